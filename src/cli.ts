@@ -16,7 +16,7 @@ const binarizeCmd = command({
     input: multioption({ type: array(string), long: 'input', short: 'i', description: 'parquet/JSONL file, directory or glob (repeatable)' }),
     recipe: option({ type: string, long: 'recipe', short: 'r', defaultValue: () => 'zephyr', defaultValueIsSerializable: true, description: `recipe name (${listRecipes().join(', ')}) or path to a YAML file` }),
     out: option({ type: string, long: 'out', short: 'o', description: 'output directory (train_prefs/test_prefs files + stats.json)' }),
-    format: option({ type: oneOf(['parquet', 'jsonl', 'both'] as const), long: 'format', defaultValue: () => 'both' as const, defaultValueIsSerializable: true, description: 'output format' }),
+    format: option({ type: oneOf(['parquet', 'jsonl', 'both'] as const), long: 'format', defaultValue: () => 'parquet' as const, defaultValueIsSerializable: true, description: 'output format (parquet, like the Hub; jsonl; or both)' }),
     seed: option({ type: optional(number), long: 'seed', description: 'overrides binarize.seed' }),
     testSize: option({ type: optional(number), long: 'test-size', description: 'overrides binarize.test_size (count, or fraction < 1)' }),
     json: flag({ long: 'json', description: 'print the report as JSON on stdout' }),
@@ -41,10 +41,17 @@ const binarizeCmd = command({
   },
 })
 
+const demoCmd = command({
+  name: 'demo',
+  description: 'the main job on the shipped sample: binarize data/ultrafeedback -> (train a tiny policy -> inspect)',
+  args: { out: option({ type: string, long: 'out', defaultValue: () => 'checkpoints/demo', defaultValueIsSerializable: true, description: 'run directory' }) },
+  handler: async (a) => (await import('./demo.ts')).demo(a.out),
+})
+
 export const app = subcommands({
   name: 'align',
   description: 'DPO fine-tuning orchestrator: binarize UltraFeedback, train a Mistral-like policy (Zephyr recipes), inspect the result',
-  cmds: { binarize: binarizeCmd },
+  cmds: { binarize: binarizeCmd, demo: demoCmd },
 })
 
 export async function main(argv: string[]): Promise<void> {

@@ -160,4 +160,11 @@ test('CLI: --json prints the report for scripts', () => {
   assert.equal(readdirSync(out).sort(), ['stats.json', 'test_prefs.jsonl', 'train_prefs.jsonl'])
 })
 
+test('test_size 0 writes an empty but valid test_prefs', async () => {
+  const { stats, out } = await run([PARQUET], recipe('zephyr', 'test_size=0'))
+  assert.is(stats.pairs.test_prefs, 0)
+  assert.equal(await parquetReadObjects({ file: await asyncBufferFromFile(join(out, 'test_prefs.parquet')) }), [])
+  assert.is(readFileSync(join(out, 'test_prefs.jsonl'), 'utf8'), '')
+})
+
 test.run()

@@ -15,7 +15,7 @@ import { countRows, expandInputs, readBatches } from './read.ts'
 import { REJECTED, SCORES, binarizeRow, type RuleOptions } from './rules.ts'
 import { countHist, emptyStats, sortHistograms, type BinarizeStats } from './stats.ts'
 import { parseRow } from './ultrafeedback.ts'
-import { OutputDir, Spool, pairRecord, promptId, writeSplit } from './write.ts'
+import { OutputDir, Spool, pairRecord, promptId, writeSplits } from './write.ts'
 
 /** The recipe's `binarize:` section. */
 export const BINARIZE_SECTION: Section = {
@@ -107,8 +107,7 @@ export async function binarize(args: BinarizeArgs): Promise<BinarizeStats> {
       throw new AlignError(`test_size ${o.test_size} leaves no training pairs (${total} pairs in all); pass --test-size with a smaller count or a fraction such as 0.1`)
     }
     const test = new Set(Rng.fromKey(`${o.seed}:split`).sample(total, testCount))
-    writeSplit(spool.path, dir.tmp, 'train_prefs', args.formats, (i) => !test.has(i))
-    writeSplit(spool.path, dir.tmp, 'test_prefs', args.formats, (i) => test.has(i))
+    writeSplits(spool.path, dir.tmp, args.formats, (i) => test.has(i))
     stats.pairs_total = total
     stats.pairs = { train_prefs: total - testCount, test_prefs: testCount }
     sortHistograms(stats)

@@ -7,10 +7,14 @@
 import { createReadStream, openSync, readSync, closeSync, readdirSync, statSync, existsSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { join, relative, resolve } from 'node:path'
-import { asyncBufferFromFile, parquetMetadataAsync, parquetReadObjects, type FileMetaData } from 'hyparquet'
+import { asyncBufferFromFile, parquetMetadataAsync, parquetReadObjects, type FileMetaData, type SchemaElement } from 'hyparquet'
 import { compressors } from 'hyparquet-compressors'
 import { AlignError } from '../errors.ts'
 import { REQUIRED_COLUMNS } from './ultrafeedback.ts'
+
+/** Leaf columns binarize decodes; rationales, critiques and the rest of the nested schema are skipped. */
+const LEAVES = new Set(['source', 'instruction', 'model', 'response', 'overall_score', 'fine-grained_score', 'Rating'])
+const wanted = (path: string[]) => (path.length === 1 ? LEAVES.has(path[0]!) : path[0] === 'completions' && LEAVES.has(path[path.length - 1]!))
 
 export interface InputFile {
   path: string
@@ -142,12 +146,13 @@ async function* readParquet(file: InputFile): AsyncGenerator<RowBatch> {
     }
   }
   const buffer = await asyncBufferFromFile(file.path)
+  const projected = projectLeaves(metadata, wanted)
   let rowStart = 0
   for (const [g, group] of metadata.row_groups.entries()) {
     const n = Number(group.num_rows)
     let rows: unknown[]
     try {
-      rows = await parquetReadObjects({ file: buffer, metadata, columns: [...REQUIRED_COLUMNS], rowStart, rowEnd: rowStart + n, compressors })
+      rows = await parquetReadObjects({ file: buffer, metadata: projected, columns: [...REQUIRED_COLUMNS], rowStart, rowEnd: rowStart + n, compressors })
     } catch (e) {
       throw new AlignError(`${file.path}: row group ${g} (rows ${rowStart + 1}-${rowStart + n}) cannot be decoded: ${(e as Error).message}`)
     }
@@ -186,4 +191,34 @@ async function* readJsonl(file: InputFile): AsyncGenerator<RowBatch> {
     if (rows.length === 1000) yield flush()
   }
   if (rows.length > 0) yield flush()
+}
+
+/**
+ * The footer with only the leaf columns `keep` accepts (and the groups above them), so hyparquet decodes
+ * and assembles just those: hyparquet selects top-level columns only, and a `completions` struct carries
+ * ~25 leaves of which binarize needs 8. Halves decode time on UltraFeedback.
+ */
+export function projectLeaves(md: FileMetaData, keep: (path: string[]) => boolean): FileMetaData {
+  interface Node { el: SchemaElement; children: Node[] }
+  let i = 0
+  const build = (): Node => {
+    const el = md.schema[i++]!
+    const children: Node[] = []
+    for (let c = 0; c < (el.num_children ?? 0); c++) children.push(build())
+    return { el, children }
+  }
+  const prune = (n: Node, path: string[]): Node | undefined => {
+    if (!n.el.num_children) return keep(path) ? n : undefined
+    const children = n.children.map((c) => prune(c, [...path, c.el.name])).filter((c): c is Node => c !== undefined)
+    return children.length ? { el: { ...n.el, num_children: children.length }, children } : undefined
+  }
+  const root = prune(build(), [])
+  const schema: SchemaElement[] = []
+  const flatten = (n: Node) => {
+    schema.push(n.el)
+    n.children.forEach(flatten)
+  }
+  if (root) flatten(root)
+  const row_groups = md.row_groups.map((g) => ({ ...g, columns: g.columns.filter((c) => c.meta_data && keep(c.meta_data.path_in_schema)) }))
+  return { ...md, schema, row_groups }
 }
