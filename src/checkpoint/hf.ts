@@ -1,0 +1,150 @@
+/**
+ * HuggingFace checkpoint directories: `config.json`, weights as `model.safetensors` or shards listed in
+ * `model.safetensors.index.json`, `generation_config.json`, tokenizer files. Read lazily (headers first, one
+ * tensor at a time); written into a temp directory renamed into place, sharded like `save_pretrained`
+ * (`model-00001-of-0000N.safetensors`, default 5 GB shards) so transformers loads it unchanged.
+ */
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { basename, dirname, join, resolve } from 'node:path'
+import { AlignError } from '../errors.ts'
+import { readHeader, readTensor, writeSafetensors, type SafetensorsHeader, type TensorInfo, type TensorToWrite } from './safetensors.ts'
+
+export const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model']
+
+export interface Weights {
+  dir: string
+  /** files in load order */
+  headers: SafetensorsHeader[]
+  names(): string[]
+  info(name: string): TensorInfo
+  read(name: string): Float32Array
+  has(name: string): boolean
+}
+
+/** Open the weights of an HF directory: sharded index, single `model.safetensors`, or `adapter_model.safetensors`. */
+export function openWeights(dir: string, file?: string): Weights {
+  if (!existsSync(dir)) throw new AlignError(`${dir}: no such checkpoint directory`)
+  const index = join(dir, 'model.safetensors.index.json')
+  const where = new Map<string, SafetensorsHeader>()
+  const headers: SafetensorsHeader[] = []
+  if (!file && existsSync(index)) {
+    let map: Record<string, string>
+    try {
+      map = JSON.parse(readFileSync(index, 'utf8')).weight_map
+    } catch (e) {
+      throw new AlignError(`${index}: not valid JSON (${(e as Error).message})`)
+    }
+    if (!map || typeof map !== 'object') throw new AlignError(`${index}: has no weight_map`)
+    const byFile = new Map<string, SafetensorsHeader>()
+    for (const [name, shard] of Object.entries(map)) {
+      let h = byFile.get(shard)
+      if (!h) {
+        const p = join(dir, shard)
+        if (!existsSync(p)) throw new AlignError(`${index}: lists shard ${shard} (for ${name}) but ${p} does not exist; the download is incomplete`)
+        h = readHeader(p)
+        byFile.set(shard, h)
+        headers.push(h)
+      }
+      if (!h.tensors.has(name)) throw new AlignError(`${index}: maps ${name} to ${shard}, which has no such tensor`)
+      where.set(name, h)
+    }
+  } else {
+    const f = file ?? ['model.safetensors', 'adapter_model.safetensors'].find((x) => existsSync(join(dir, x)))
+    if (!f || !existsSync(join(dir, f))) {
+      const bins = readdirSync(dir).filter((x) => x.endsWith('.bin') || x.endsWith('.pt'))
+      const hint = bins.length ? ` (found ${bins.join(', ')}: convert pytorch .bin weights to safetensors first)` : ''
+      throw new AlignError(`${dir}: no model.safetensors or model.safetensors.index.json${hint}`)
+    }
+    const h = readHeader(join(dir, f))
+    headers.push(h)
+    for (const name of h.tensors.keys()) where.set(name, h)
+  }
+  const get = (name: string) => {
+    const h = where.get(name)
+    if (!h) throw new AlignError(`${dir}: checkpoint has no tensor ${name}`)
+    return h
+  }
+  return {
+    dir,
+    headers,
+    names: () => [...where.keys()],
+    info: (name) => get(name).tensors.get(name)!,
+    read: (name) => readTensor(get(name), name),
+    has: (name) => where.has(name),
+  }
+}
+
+export function readJson(path: string): Record<string, unknown> {
+  if (!existsSync(path)) throw new AlignError(`${path}: not found`)
+  try {
+    return JSON.parse(readFileSync(path, 'utf8'))
+  } catch (e) {
+    throw new AlignError(`${path}: not valid JSON (${(e as Error).message})`)
+  }
+}
+
+export interface SaveOptions {
+  config?: Record<string, unknown>
+  tensors: TensorToWrite[]
+  dtype: 'F32' | 'BF16' | 'F16'
+  /** other files to write (name -> JSON value or text) */
+  files?: Record<string, unknown>
+  /** directory whose tokenizer / generation_config files are copied */
+  copyFrom?: string
+  maxShardBytes?: number
+  /** weights file name for a single file (adapter_model.safetensors for PEFT) */
+  weightsName?: string
+}
+
+/**
+ * Write an HF directory atomically: everything goes to `<dir>.tmp-<pid>` and is renamed over `dir` at the end.
+ */
+export function saveHfDir(dir: string, o: SaveOptions): void {
+  const tmp = join(dirname(resolve(dir)), `.${basename(dir)}.tmp-${process.pid}`)
+  rmSync(tmp, { recursive: true, force: true })
+  mkdirSync(tmp, { recursive: true })
+  try {
+    if (o.copyFrom) {
+      for (const f of [...TOKENIZER_FILES, 'generation_config.json']) if (existsSync(join(o.copyFrom, f))) copyFileSync(join(o.copyFrom, f), join(tmp, f))
+    }
+    const torchDtype = { F32: 'float32', BF16: 'bfloat16', F16: 'float16' }[o.dtype]
+    if (o.config) writeFileSync(join(tmp, 'config.json'), JSON.stringify({ ...o.config, torch_dtype: torchDtype }, null, 2) + '\n')
+    for (const [name, v] of Object.entries(o.files ?? {})) writeFileSync(join(tmp, name), typeof v === 'string' ? v : JSON.stringify(v, null, 2) + '\n')
+    writeWeights(tmp, o)
+    rmSync(dir, { recursive: true, force: true })
+    mkdirSync(dirname(resolve(dir)), { recursive: true })
+    renameSync(tmp, dir)
+  } catch (e) {
+    rmSync(tmp, { recursive: true, force: true })
+    throw e
+  }
+}
+
+function writeWeights(dir: string, o: SaveOptions): void {
+  const bytesPer = o.dtype === 'F32' ? 4 : 2
+  const max = o.maxShardBytes ?? 5e9
+  const shards: TensorToWrite[][] = [[]]
+  let size = 0
+  for (const t of [...o.tensors].sort((a, b) => (a.name < b.name ? -1 : 1))) {
+    const bytes = t.shape.reduce((a, d) => a * d, 1) * bytesPer
+    if (size > 0 && size + bytes > max) {
+      shards.push([])
+      size = 0
+    }
+    shards[shards.length - 1]!.push(t)
+    size += bytes
+  }
+  if (shards.length === 1) {
+    writeSafetensors(join(dir, o.weightsName ?? 'model.safetensors'), shards[0]!, o.dtype)
+    return
+  }
+  const n = shards.length
+  const weightMap: Record<string, string> = {}
+  let total = 0
+  shards.forEach((ts, i) => {
+    const name = `model-${String(i + 1).padStart(5, '0')}-of-${String(n).padStart(5, '0')}.safetensors`
+    total += writeSafetensors(join(dir, name), ts, o.dtype)
+    for (const t of ts) weightMap[t.name] = name
+  })
+  writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n')
+}

@@ -1,0 +1,289 @@
+/**
+ * A Mistral/Llama decoder in tfjs, one small function per block, HF tensor names throughout.
+ *
+ * References: transformers `modeling_mistral.py` / `modeling_llama.py` (pre-norm residual blocks, RMSNorm,
+ * rotate-half RoPE, grouped-query attention with a sliding-window causal mask, SwiGLU MLP) and nanoGPT's
+ * `model.py` for the shape of the code.
+ *
+ * Layout: on disk linear weights are HF's [out, in]; in memory they are stored transposed, [in, out], so every
+ * projection is a plain `x @ W` (the only matMul XNNPACK runs fast on wasm), converted once at load/save.
+ * Backend gaps in tfjs 4.22 designed around (../shared/reference/tfjs-feasibility.md §3): the embedding's
+ * gradient is a scatterND (wasm has no UnsortedSegmentSum); the target log-prob gradient is written out
+ * (GatherNd has none); no rank-5 tile (query groups are folded into rows instead); linear's gradient is
+ * built from explicit transposes and plain matMuls. All of it runs the same on every backend.
+ */
+import * as tf from '@tensorflow/tfjs'
+import { AlignError } from '../errors.ts'
+import type { Rng } from '../rng.ts'
+import { parameterShapes, type ModelConfig } from './config.ts'
+
+export interface Model {
+  config: ModelConfig
+  /** HF name -> variable; linear weights ([out, in] on disk) held as [in, out] */
+  params: Map<string, tf.Variable>
+}
+
+/** Projections held transposed in memory. */
+export const isLinear = (name: string) => name.endsWith('_proj.weight') || name === 'lm_head.weight'
+
+/** [rows, cols] row-major -> [cols, rows]. */
+export function transpose2d(data: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(data.length)
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols
+    for (let c = 0; c < cols; c++) out[c * rows + r] = data[base + c]!
+  }
+  return out
+}
+
+/** Build a model from HF-layout tensors (`read(name)` gives the on-disk [out, in] data). */
+export function modelFromTensors(config: ModelConfig, read: (name: string, shape: number[]) => Float32Array, trainable = true): Model {
+  const params = new Map<string, tf.Variable>()
+  for (const [name, shape] of parameterShapes(config)) {
+    let data = read(name, shape)
+    let memShape = shape
+    if (isLinear(name)) {
+      data = transpose2d(data, shape[0]!, shape[1]!)
+      memShape = [shape[1]!, shape[0]!]
+    }
+    params.set(name, tf.variable(tf.tensor(data, memShape, 'float32'), trainable))
+  }
+  return { config, params }
+}
+
+/** HF's init: normal(0, initializer_range) for embeddings and projections, ones for norms. */
+export function initModel(config: ModelConfig, rng: Rng, std = 0.02): Model {
+  return modelFromTensors(config, (name, shape) => {
+    const n = shape.reduce((a, d) => a * d, 1)
+    const out = new Float32Array(n)
+    if (name.endsWith('norm.weight')) out.fill(1)
+    else for (let i = 0; i < n; i++) out[i] = std * rng.normal()
+    return out
+  })
+}
+
+/** On-disk ([out, in]) data of a parameter. */
+export function diskData(model: Model, name: string): Float32Array {
+  const v = model.params.get(name)!
+  const data = v.dataSync() as Float32Array
+  return isLinear(name) ? transpose2d(data, v.shape[0]!, v.shape[1]!) : data.slice()
+}
+
+export function disposeModel(model: Model): void {
+  for (const v of model.params.values()) v.dispose()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// blocks
+
+type GradFn = (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor | tf.Tensor[]
+
+/** tf.customGrad with the inputs as an array (its own typing cannot express "tensors, then save"). */
+function customGrad<T extends tf.Tensor[]>(f: (inputs: T, save: tf.GradSaveFunc) => { value: tf.Tensor; gradFunc: GradFn }): (...inputs: T) => tf.Tensor {
+  return tf.customGrad(((...args: unknown[]) => {
+    const save = args.pop() as tf.GradSaveFunc
+    return f(args as T, save)
+  }) as never) as never
+}
+
+/** x @ w with a gradient of plain matMuls (dx = dy @ wᵀ, dw = xᵀ @ dy) that stay on the fast kernel. */
+export const linear: (x: tf.Tensor2D, w: tf.Tensor2D) => tf.Tensor2D = customGrad(([x, w]: [tf.Tensor2D, tf.Tensor2D], save) => {
+  save([x, w])
+  return {
+    value: tf.matMul(x, w),
+    gradFunc: (dy, saved) => {
+      const [xs, ws] = saved as [tf.Tensor2D, tf.Tensor2D]
+      return [tf.matMul(dy as tf.Tensor2D, tf.transpose(ws)), tf.matMul(tf.transpose(xs), dy as tf.Tensor2D)]
+    },
+  }
+}) as never
+
+/** Rows of the embedding table; the gradient scatters dy back onto the rows (duplicates summed). */
+export function embed(table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
+  const f = customGrad(([t]: [tf.Tensor2D], save) => {
+    save([])
+    return {
+      value: tf.gather(t, ids),
+      gradFunc: (dy) => tf.scatterND(tf.expandDims(ids, 1), dy, t.shape),
+    }
+  })
+  return f(table) as tf.Tensor2D
+}
+
+/** RMSNorm in fp32: x * rsqrt(mean(x²) + eps) * w. x: [N, D] */
+export function rmsNorm(x: tf.Tensor2D, w: tf.Tensor1D, eps: number): tf.Tensor2D {
+  const ms = tf.mean(tf.square(x), -1, true) // [N, 1]
+  return tf.mul(tf.mul(x, tf.rsqrt(tf.add(ms, eps))), w)
+}
+
+/** cos/sin tables [T, hd] for positions 0..T-1, HF layout: freqs concatenated with themselves. */
+export function ropeTables(T: number, hd: number, theta: number): { cos: tf.Tensor2D; sin: tf.Tensor2D } {
+  const cos = new Float32Array(T * hd)
+  const sin = new Float32Array(T * hd)
+  const half = hd / 2
+  for (let t = 0; t < T; t++) {
+    for (let i = 0; i < half; i++) {
+      const invFreq = 1 / theta ** ((2 * i) / hd)
+      const a = t * invFreq
+      cos[t * hd + i] = cos[t * hd + i + half] = Math.cos(a)
+      sin[t * hd + i] = sin[t * hd + i + half] = Math.sin(a)
+    }
+  }
+  return { cos: tf.tensor2d(cos, [T, hd]), sin: tf.tensor2d(sin, [T, hd]) }
+}
+
+/** Rotary embedding, rotate-half form: x*cos + [-x2, x1]*sin. x: [B, T, nH, hd]; tables [T, hd]. */
+export function rope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D {
+  const [B, T, nH, hd] = x.shape
+  const [x1, x2] = tf.split(x, 2, 3) as [tf.Tensor4D, tf.Tensor4D] // [B, T, nH, hd/2] each
+  const rotated = tf.concat([tf.neg(x2), x1], 3) // [B, T, nH, hd]
+  const c = tf.reshape(cos, [1, T, 1, hd])
+  const s = tf.reshape(sin, [1, T, 1, hd])
+  void [B, nH]
+  return tf.add(tf.mul(x, c), tf.mul(rotated, s))
+}
+
+/**
+ * Additive mask [G*T, T] for queries folded as rows g*T + i: 0 where key j is visible from query i
+ * (j <= i and i - j < window), -1e9 elsewhere. Right-padded batches need nothing more: padding sits after
+ * every real token, so the causal mask already hides it from them (padded positions are never scored).
+ */
+export function attentionMask(T: number, groups: number, window: number | null): tf.Tensor2D {
+  const m = new Float32Array(groups * T * T)
+  for (let g = 0; g < groups; g++) {
+    for (let i = 0; i < T; i++) {
+      for (let j = 0; j < T; j++) {
+        const visible = j <= i && (window === null || i - j < window)
+        m[(g * T + i) * T + j] = visible ? 0 : -1e9
+      }
+    }
+  }
+  return tf.tensor2d(m, [groups * T, T])
+}
+
+export interface Ctx {
+  B: number
+  T: number
+  cos: tf.Tensor2D
+  sin: tf.Tensor2D
+  mask: tf.Tensor2D
+}
+
+/** Grouped-query self-attention. x: [B*T, D] -> [B*T, D] */
+export function attention(model: Model, layer: number, x: tf.Tensor2D, ctx: Ctx): tf.Tensor2D {
+  const c = model.config
+  const p = (n: string) => model.params.get(`model.layers.${layer}.self_attn.${n}.weight`)! as unknown as tf.Tensor2D
+  const { B, T } = ctx
+  const H = c.numHeads
+  const KV = c.numKvHeads
+  const G = H / KV
+  const hd = c.headDim
+  const q = rope(tf.reshape(linear(x, p('q_proj')), [B, T, H, hd]) as tf.Tensor4D, ctx.cos, ctx.sin) // [B, T, H, hd]
+  const k = rope(tf.reshape(linear(x, p('k_proj')), [B, T, KV, hd]) as tf.Tensor4D, ctx.cos, ctx.sin) // [B, T, KV, hd]
+  const v = tf.reshape(linear(x, p('v_proj')), [B, T, KV, hd]) // [B, T, KV, hd]
+  // head h = kv*G + g shares kv head `kv` (HF repeat_kv): fold the G query heads of a kv head into rows
+  const qf = tf.reshape(tf.transpose(q, [0, 2, 1, 3]), [B * KV, G * T, hd]) // [B*KV, G*T, hd]
+  const kf = tf.reshape(tf.transpose(k, [0, 2, 1, 3]), [B * KV, T, hd]) // [B*KV, T, hd]
+  const vf = tf.reshape(tf.transpose(v, [0, 2, 1, 3]), [B * KV, T, hd]) // [B*KV, T, hd]
+  const scores = tf.add(tf.mul(tf.matMul(qf, kf, false, true), 1 / Math.sqrt(hd)), ctx.mask) // [B*KV, G*T, T]
+  const out = tf.matMul(tf.softmax(scores), vf) // [B*KV, G*T, hd]
+  const merged = tf.reshape(tf.transpose(tf.reshape(out, [B, H, T, hd]), [0, 2, 1, 3]), [B * T, H * hd]) as tf.Tensor2D // [B*T, H*hd]
+  return linear(merged, p('o_proj'))
+}
+
+/** SwiGLU: down(silu(gate(x)) * up(x)). x: [B*T, D] */
+export function mlp(model: Model, layer: number, x: tf.Tensor2D): tf.Tensor2D {
+  const p = (n: string) => model.params.get(`model.layers.${layer}.mlp.${n}.weight`)! as unknown as tf.Tensor2D
+  const g = linear(x, p('gate_proj')) // [B*T, I]
+  const silu = tf.mul(g, tf.sigmoid(g))
+  return linear(tf.mul(silu, linear(x, p('up_proj'))), p('down_proj')) // [B*T, D]
+}
+
+/** Pre-norm residual block. */
+export function block(model: Model, layer: number, x: tf.Tensor2D, ctx: Ctx): tf.Tensor2D {
+  const eps = model.config.rmsNormEps
+  const w = (n: string) => model.params.get(`model.layers.${layer}.${n}.weight`)! as unknown as tf.Tensor1D
+  const h: tf.Tensor2D = tf.add(x, attention(model, layer, rmsNorm(x, w('input_layernorm'), eps), ctx))
+  return tf.add(h, mlp(model, layer, rmsNorm(h, w('post_attention_layernorm'), eps)))
+}
+
+const maskCache = new Map<string, tf.Tensor2D>()
+const ropeCache = new Map<string, { cos: tf.Tensor2D; sin: tf.Tensor2D }>()
+
+function context(c: ModelConfig, B: number, T: number): Ctx {
+  const G = c.numHeads / c.numKvHeads
+  const mk = `${T}:${G}:${c.slidingWindow}`
+  if (!maskCache.has(mk)) maskCache.set(mk, tf.keep(attentionMask(T, G, c.slidingWindow)))
+  const rk = `${T}:${c.headDim}:${c.ropeTheta}`
+  if (!ropeCache.has(rk)) {
+    const t = ropeTables(T, c.headDim, c.ropeTheta)
+    ropeCache.set(rk, { cos: tf.keep(t.cos), sin: tf.keep(t.sin) })
+  }
+  return { B, T, mask: maskCache.get(mk)!, ...ropeCache.get(rk)! }
+}
+
+/** Free cached masks and rope tables (tests that check for leaks call this first). */
+export function clearCaches(): void {
+  for (const t of maskCache.values()) t.dispose()
+  for (const t of ropeCache.values()) {
+    t.cos.dispose()
+    t.sin.dispose()
+  }
+  maskCache.clear()
+  ropeCache.clear()
+}
+
+/** Final hidden states after the last norm. ids: int32 [B, T] -> [B*T, D] */
+export function hidden(model: Model, ids: tf.Tensor2D, layers?: (i: number, x: tf.Tensor2D) => void): tf.Tensor2D {
+  const c = model.config
+  const [B, T] = ids.shape
+  const ctx = context(c, B, T)
+  let x = embed(model.params.get('model.embed_tokens.weight')! as unknown as tf.Tensor2D, tf.reshape(ids, [B * T]) as tf.Tensor1D) // [B*T, D]
+  layers?.(-1, x)
+  for (let i = 0; i < c.numLayers; i++) {
+    x = block(model, i, x, ctx)
+    layers?.(i, x)
+  }
+  return rmsNorm(x, model.params.get('model.norm.weight')! as unknown as tf.Tensor1D, c.rmsNormEps)
+}
+
+/** LM head: [N, D] -> logits [N, V] (tied: the embedding table, transposed). */
+export function lmHead(model: Model, h: tf.Tensor2D): tf.Tensor2D {
+  if (model.config.tieWordEmbeddings) return tf.matMul(h, model.params.get('model.embed_tokens.weight')! as unknown as tf.Tensor2D, false, true)
+  return linear(h, model.params.get('lm_head.weight')! as unknown as tf.Tensor2D)
+}
+
+/** Logits [B*T, V] for int32 ids [B, T]. */
+export function forward(model: Model, ids: tf.Tensor2D): tf.Tensor2D {
+  return lmHead(model, hidden(model, ids))
+}
+
+/** Refuse token ids outside the model's vocabulary (an index out of range would read garbage silently). */
+export function checkIds(model: Model, ids: ArrayLike<number>, where: string): void {
+  const V = model.config.vocabSize
+  for (let i = 0; i < ids.length; i++) {
+    const t = ids[i]!
+    if (!(t >= 0 && t < V)) throw new AlignError(`${where}: token id ${t} is outside the model's vocabulary (vocab_size ${V}); the tokenizer does not match the model`)
+  }
+}
+
+/**
+ * log p(target) per row, from logits [N, V] and int32 targets [N]: logits[i, t_i] - logsumexp(logits[i]).
+ * The gradient, dy * (onehot(t) - softmax(logits)), is written out so no gather gradient is needed.
+ */
+export function targetLogProbs(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Tensor1D {
+  const [N, V] = logits.shape
+  const f = customGrad(([l]: [tf.Tensor2D], save) => {
+    save([l])
+    const flat = tf.add(tf.mul(tf.range(0, N, 1, 'int32'), V), targets) // [N] row-major positions
+    const picked = tf.gather(tf.reshape(l, [N * V]), flat) // [N]
+    return {
+      value: tf.sub(picked, tf.logSumExp(l, 1)),
+      gradFunc: (dy, saved) => {
+        const soft = tf.softmax(saved[0]!)
+        return tf.mul(tf.expandDims(dy, 1), tf.sub(tf.oneHot(targets, V, 1, 0, 'float32'), soft))
+      },
+    }
+  })
+  return f(logits) as tf.Tensor1D
+}
