@@ -1,0 +1,140 @@
+/**
+ * Tokenizer and chat template: `tokenizer.json` through @huggingface/tokenizers, `chat_template` from
+ * `tokenizer_config.json` rendered by @huggingface/jinja; Zephyr's template (alignment-handbook
+ * `DEFAULT_CHAT_TEMPLATE`) for tokenizers that have none, such as the Mistral-7B base tokenizer.
+ *
+ * DPO tokenization follows TRL (DPOTrainer, ../shared/reference/dpo-anchors.md §1.4): the prompt is the chat
+ * template with the generation prompt; prompt+completion is rendered and tokenized whole and the completion
+ * is what follows the prompt's tokens, so the token boundary is the one the model sees at inference (a
+ * separately tokenized completion would start with a spurious "▁"). The completion is the assistant text + one
+ * EOS (the template's trailing newline after EOS is dropped; an EOS is appended if the template has none).
+ * Exactly one BOS: added by the tokenizer unless the template already renders it.
+ */
+import { existsSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { Template } from '@huggingface/jinja'
+import { Tokenizer } from '@huggingface/tokenizers'
+import { AlignError } from '../errors.ts'
+
+/** alignment-handbook recipes/zephyr-7b-beta/sft/config_full.yaml `chat_template` (and Zephyr-7B-β's). */
+export const ZEPHYR_TEMPLATE =
+  "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
+
+export interface Message {
+  role: 'system' | 'user' | 'assistant'
+  content: string
+}
+
+export interface ChatTokenizer {
+  dir: string
+  bos: string
+  eos: string
+  bosId: number
+  eosId: number
+  padId: number
+  vocabSize: number
+  templateSource: 'tokenizer_config.json' | 'zephyr default'
+  encode(text: string, addSpecialTokens?: boolean): number[]
+  decode(ids: number[]): string
+  render(messages: Message[], addGenerationPrompt: boolean): string
+}
+
+const tokenText = (v: unknown): string | undefined => (typeof v === 'string' ? v : typeof v === 'object' && v !== null ? ((v as { content?: string }).content ?? undefined) : undefined)
+
+export function loadTokenizer(dir: string): ChatTokenizer {
+  const tjPath = join(dir, 'tokenizer.json')
+  if (!existsSync(tjPath)) throw new AlignError(`${dir}: no tokenizer.json (align needs the HF fast tokenizer file; tokenizer.model alone is not enough)`)
+  const json = JSON.parse(readFileSync(tjPath, 'utf8'))
+  const cfgPath = join(dir, 'tokenizer_config.json')
+  const cfg = existsSync(cfgPath) ? JSON.parse(readFileSync(cfgPath, 'utf8')) : {}
+  const tok = new Tokenizer(json, cfg)
+  const bos = tokenText(cfg.bos_token) ?? '<s>'
+  const eos = tokenText(cfg.eos_token) ?? '</s>'
+  const id = (t: string) => {
+    const i = tok.token_to_id(t)
+    if (i === undefined || i === null) throw new AlignError(`${dir}: special token ${t} is not in the vocabulary`)
+    return i as number
+  }
+  const pad = tokenText(cfg.pad_token)
+  const vocab = tok.get_vocab() as Map<string, number> | Record<string, number>
+  const ids = vocab instanceof Map ? [...vocab.values()] : Object.values(vocab)
+  const src = typeof cfg.chat_template === 'string' ? cfg.chat_template : undefined
+  const template = new Template(src ?? ZEPHYR_TEMPLATE)
+  const bosId = id(bos)
+  const eosId = id(eos)
+  return {
+    dir,
+    bos,
+    eos,
+    bosId,
+    eosId,
+    padId: pad ? id(pad) : eosId, // TRL: no pad token -> eos
+    vocabSize: Math.max(...ids) + 1,
+    templateSource: src ? 'tokenizer_config.json' : 'zephyr default',
+    encode: (text, addSpecialTokens = true) => tok.encode(text, { add_special_tokens: addSpecialTokens } as never).ids as number[],
+    decode: (ids) => tok.decode(ids, { skip_special_tokens: false } as never) as string,
+    render: (messages, addGenerationPrompt) => template.render({ messages, add_generation_prompt: addGenerationPrompt, bos_token: bos, eos_token: eos }),
+  }
+}
+
+/** Encode a rendered chat with exactly one BOS. */
+function encodeChat(t: ChatTokenizer, text: string): number[] {
+  return text.startsWith(t.bos) ? t.encode(text, false) : t.encode(text, true)
+}
+
+/** Prompt ids (template + generation prompt) and completion ids (assistant text + EOS) at the real boundary. */
+export function tokenizeTurn(t: ChatTokenizer, prompt: Message[], completion: string): { promptIds: number[]; completionIds: number[]; boundaryMismatch: boolean } {
+  const promptIds = encodeChat(t, t.render(prompt, true))
+  const full = encodeChat(t, t.render([...prompt, { role: 'assistant', content: completion }], false))
+  let completionIds: number[]
+  let boundaryMismatch = false
+  if (full.length >= promptIds.length && promptIds.every((x, i) => full[i] === x)) {
+    completionIds = full.slice(promptIds.length)
+    const lastEos = completionIds.lastIndexOf(t.eosId)
+    if (lastEos >= 0) completionIds = completionIds.slice(0, lastEos + 1)
+    else completionIds.push(t.eosId)
+  } else {
+    // the template's prompt is not a token prefix of prompt+completion (TRL warns here): tokenize apart
+    boundaryMismatch = true
+    completionIds = [...t.encode(completion, false), t.eosId]
+  }
+  return { promptIds, completionIds, boundaryMismatch }
+}
+
+export interface TokenizedPair {
+  promptIds: number[]
+  chosenIds: number[]
+  rejectedIds: number[]
+  promptTruncated: boolean
+  completionTruncated: boolean
+  boundaryMismatch: boolean
+}
+
+/**
+ * TRL's DPO truncation (v0.19 `truncation_mode="keep_end"`): if prompt + the longer completion exceeds
+ * max_length, keep the prompt's last max_prompt_length tokens (BOS kept in front), then cut completions to
+ * what is left of max_length.
+ */
+export function tokenizePair(t: ChatTokenizer, prompt: Message[], chosen: string, rejected: string, maxLength: number, maxPromptLength: number): TokenizedPair {
+  const c = tokenizeTurn(t, prompt, chosen)
+  const r = tokenizeTurn(t, prompt, rejected)
+  let promptIds = c.promptIds
+  let chosenIds = c.completionIds
+  let rejectedIds = r.completionIds
+  let promptTruncated = false
+  let completionTruncated = false
+  if (promptIds.length + Math.max(chosenIds.length, rejectedIds.length) > maxLength) {
+    if (promptIds.length > maxPromptLength) {
+      const hasBos = promptIds[0] === t.bosId
+      promptIds = hasBos ? [t.bosId, ...promptIds.slice(promptIds.length - (maxPromptLength - 1))] : promptIds.slice(-maxPromptLength)
+      promptTruncated = true
+    }
+    const room = maxLength - promptIds.length
+    if (chosenIds.length > room || rejectedIds.length > room) {
+      chosenIds = chosenIds.slice(0, room)
+      rejectedIds = rejectedIds.slice(0, room)
+      completionTruncated = true
+    }
+  }
+  return { promptIds, chosenIds, rejectedIds, promptTruncated, completionTruncated, boundaryMismatch: c.boundaryMismatch || r.boundaryMismatch }
+}
