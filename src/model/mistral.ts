@@ -101,10 +101,10 @@ export const linear: (x: tf.Tensor2D, w: tf.Tensor2D) => tf.Tensor2D = customGra
 /** Rows of the embedding table; the gradient scatters dy back onto the rows (duplicates summed). */
 export function embed(table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
   const f = customGrad(([t]: [tf.Tensor2D], save) => {
-    save([])
+    save([ids]) // closure tensors must be saved, or the forward's tidy disposes them before the backward
     return {
       value: tf.gather(t, ids),
-      gradFunc: (dy) => tf.scatterND(tf.expandDims(ids, 1), dy, t.shape),
+      gradFunc: (dy, [savedIds]) => tf.scatterND(tf.expandDims(savedIds!, 1), dy, t.shape),
     }
   })
   return f(table) as tf.Tensor2D
@@ -274,14 +274,16 @@ export function checkIds(model: Model, ids: ArrayLike<number>, where: string): v
 export function targetLogProbs(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Tensor1D {
   const [N, V] = logits.shape
   const f = customGrad(([l]: [tf.Tensor2D], save) => {
-    save([l])
-    const flat = tf.add(tf.mul(tf.range(0, N, 1, 'int32'), V), targets) // [N] row-major positions
+    save([l, targets])
+    const flat = tf.add(tf.mul(tf.range(0, N, 1, 'int32'), tf.scalar(V, 'int32')), targets) // [N] row-major positions
     const picked = tf.gather(tf.reshape(l, [N * V]), flat) // [N]
     return {
       value: tf.sub(picked, tf.logSumExp(l, 1)),
-      gradFunc: (dy, saved) => {
-        const soft = tf.softmax(saved[0]!)
-        return tf.mul(tf.expandDims(dy, 1), tf.sub(tf.oneHot(targets, V, 1, 0, 'float32'), soft))
+      gradFunc: (dy, [savedLogits, savedTargets]) => {
+        const soft = tf.softmax(savedLogits!)
+        // tf.oneHot(..., 'float32') on wasm writes int bits into the float buffer (1 -> 1.4e-45): cast instead
+        const hot = tf.cast(tf.oneHot(savedTargets as tf.Tensor1D, V), 'float32')
+        return tf.mul(tf.expandDims(dy, 1), tf.sub(hot, soft))
       },
     }
   })

@@ -11,6 +11,8 @@
  * logσ(x) is written −softplus(−x): tf.logSigmoid's gradient throws on non-variable inputs in tfjs 4.22.
  */
 import * as tf from '@tensorflow/tfjs'
+import type { Model } from '../model/mistral.ts'
+import { rowLogps, type SeqBatch } from './batch.ts'
 
 export const LOSS_TYPES = ['sigmoid', 'ipo', 'hinge'] as const
 export type LossType = (typeof LOSS_TYPES)[number]
@@ -62,4 +64,16 @@ export function rewardMetrics(v: PairValues, beta: number): Record<string, numbe
     'logps/rejected': mean(v.policyRejected),
     pairs: n,
   }
+}
+
+/**
+ * The DPO loss of one concatenated batch (rows [chosen…, rejected…]) given the reference's summed log-probs.
+ * Returns the scalar loss plus the per-row policy log-probs and logit sums for the metrics.
+ */
+export function dpoBatchLoss(model: Model, batch: SeqBatch, refChosen: number[], refRejected: number[], o: DpoOptions): { loss: tf.Scalar; logps: tf.Tensor1D; logitSums: tf.Tensor1D } {
+  const n = batch.B / 2
+  const { logps, logitSums } = rowLogps(model, batch)
+  const [pc, pr] = tf.split(logps, [n, n]) as [tf.Tensor1D, tf.Tensor1D]
+  const loss = tf.mean(dpoLosses(pc, pr, tf.tensor1d(refChosen), tf.tensor1d(refRejected), o)) as tf.Scalar
+  return { loss, logps, logitSums }
 }

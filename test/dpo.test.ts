@@ -1,0 +1,51 @@
+// DPO losses and metrics against the golden of tiny-mistral-random/expected/dpo.json (TRL definitions, β = 0.1),
+// and summed completion log-probs of the tiny Mistral policy/reference within 1e-2.
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { dpoLosses, rewardMetrics, type LossType } from '../src/train/dpo.ts'
+import { padBatch, pairSequences, rowCounts, rowLogps } from '../src/train/batch.ts'
+import { loadModel } from '../src/model/io.ts'
+import { disposeModel } from '../src/model/mistral.ts'
+import { FIXTURES } from './helpers.ts'
+import { useBackend } from './tfjs.ts'
+
+const tf = await useBackend()
+const DIR = join(FIXTURES, 'tiny-mistral-random')
+const golden = JSON.parse(readFileSync(join(DIR, 'expected', 'dpo.json'), 'utf8'))
+const pairs = golden.pairs as { prompt_ids: number[]; chosen_ids: number[]; rejected_ids: number[]; policy_chosen_logp: number; policy_rejected_logp: number; reference_chosen_logp: number; reference_rejected_logp: number }[]
+const rel = (a: number, b: number) => Math.abs(a - b) / Math.max(Math.abs(b), 1e-12)
+
+test('loss of every type and the reward metrics match TRL within 1e-5 relative', () => {
+  const col = (k: keyof (typeof pairs)[number]) => tf.tensor1d(pairs.map((p) => p[k] as number))
+  const cases: [string, LossType, number][] = [['sigmoid', 'sigmoid', 0], ['sigmoid_label_smoothing_0.1', 'sigmoid', 0.1], ['ipo', 'ipo', 0], ['hinge', 'hinge', 0]]
+  for (const [key, lossType, labelSmoothing] of cases) {
+    const loss = tf.tidy(() => tf.mean(dpoLosses(col('policy_chosen_logp'), col('policy_rejected_logp'), col('reference_chosen_logp'), col('reference_rejected_logp'), { beta: golden.beta, lossType, labelSmoothing })).dataSync()[0]!)
+    const want = golden.metrics[key]
+    assert.ok(rel(loss, want.loss) < 1e-5, `${key}: ${loss} vs ${want.loss}`)
+  }
+  const m = rewardMetrics({ policyChosen: pairs.map((p) => p.policy_chosen_logp), policyRejected: pairs.map((p) => p.policy_rejected_logp), refChosen: pairs.map((p) => p.reference_chosen_logp), refRejected: pairs.map((p) => p.reference_rejected_logp) }, golden.beta)
+  for (const k of ['rewards/chosen', 'rewards/rejected', 'rewards/accuracies', 'rewards/margins', 'logps/chosen', 'logps/rejected']) {
+    assert.ok(rel(m[k]!, golden.metrics.sigmoid[k]) < 1e-5, `${k}: ${m[k]} vs ${golden.metrics.sigmoid[k]}`)
+  }
+})
+
+test('rewards/accuracies counts ties as wrong', () => {
+  const m = rewardMetrics({ policyChosen: [-1, -2], policyRejected: [-1, -3], refChosen: [0, 0], refRejected: [0, 0] }, 0.1)
+  assert.is(m['rewards/accuracies'], 0.5)
+})
+
+test('summed completion log-probs of policy and reference (one concatenated pass) within 1e-2', () => {
+  const batch = padBatch(pairSequences(pairs.map((p) => ({ promptIds: p.prompt_ids, chosenIds: p.chosen_ids, rejectedIds: p.rejected_ids }))), 2)
+  assert.equal(rowCounts(batch), [...pairs.map((p) => p.chosen_ids.length), ...pairs.map((p) => p.rejected_ids.length)])
+  for (const [who, keyC, keyR] of [['policy', 'policy_chosen_logp', 'policy_rejected_logp'], ['reference', 'reference_chosen_logp', 'reference_rejected_logp']] as const) {
+    const model = loadModel(join(DIR, who))
+    const got = tf.tidy(() => Array.from(rowLogps(model, batch).logps.dataSync()))
+    const want = [...pairs.map((p) => p[keyC]), ...pairs.map((p) => p[keyR])]
+    got.forEach((g, i) => assert.ok(Math.abs(g - want[i]!) < 1e-2, `${who} row ${i}: ${g} vs ${want[i]}`))
+    disposeModel(model)
+  }
+})
+
+test.run()

@@ -1,0 +1,100 @@
+// Gradients: the hand-written ones (linear, embedding scatter, target log-prob) against finite differences, and
+// the same DPO step on the cpu and wasm backends (the GPU path is the same code on a third backend).
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import * as tf from '@tensorflow/tfjs'
+import { initBackend } from '../src/model/backend.ts'
+import { parseConfig, parameterShapes } from '../src/model/config.ts'
+import { clearCaches, diskData, disposeModel, initModel, modelFromTensors, type Model } from '../src/model/mistral.ts'
+import { padBatch, pairSequences } from '../src/train/batch.ts'
+import { dpoBatchLoss } from '../src/train/dpo.ts'
+import { Rng } from '../src/rng.ts'
+
+const config = parseConfig({
+  architectures: ['MistralForCausalLM'], vocab_size: 40, hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2,
+  num_attention_heads: 4, num_key_value_heads: 2, head_dim: 4, rms_norm_eps: 1e-5, rope_theta: 10000, sliding_window: 5, tie_word_embeddings: false,
+})
+// two pairs sharing token ids (duplicate ids exercise the scatter-add of the embedding gradient)
+const batch = padBatch(pairSequences([
+  { promptIds: [1, 5, 7, 5, 9], chosenIds: [3, 4, 2], rejectedIds: [8, 2] },
+  { promptIds: [1, 11, 12], chosenIds: [13, 5, 14, 15, 2], rejectedIds: [5, 5, 2] },
+]), 0, 1)
+const ref = { chosen: [-10.5, -16.1], rejected: [-7.9, -11.2] }
+const opts = { beta: 0.5, lossType: 'sigmoid' as const, labelSmoothing: 0 }
+
+function weights(): Map<string, Float32Array> {
+  const m = initModel(config, Rng.fromKey('grad-test'), 0.3)
+  const out = new Map([...parameterShapes(config).keys()].map((n) => [n, diskData(m, n)]))
+  disposeModel(m)
+  return out
+}
+const W = weights()
+const build = (w: Map<string, Float32Array>) => modelFromTensors(config, (name) => w.get(name)!.slice())
+const lossOf = (m: Model) => tf.tidy(() => dpoBatchLoss(m, batch, ref.chosen, ref.rejected, opts).loss.dataSync()[0]!)
+function grads(m: Model): Map<string, Float32Array> {
+  const { grads: g, value } = tf.variableGrads(() => dpoBatchLoss(m, batch, ref.chosen, ref.rejected, opts).loss)
+  value.dispose()
+  const out = new Map<string, Float32Array>()
+  for (const [name, v] of m.params) out.set(name, g[v.name]!.dataSync() as Float32Array)
+  tf.dispose(g)
+  return out
+}
+
+test('cpu: analytic gradients match central finite differences (float64 accumulation not needed at h=1e-2)', async () => {
+  await initBackend('cpu')
+  const m = build(W)
+  const g = grads(m)
+  const rng = Rng.fromKey('fd')
+  let checked = 0
+  for (const [name, v] of m.params) {
+    const data = v.dataSync() as Float32Array
+    const gn = g.get(name)!
+    // the largest-gradient entry and two random entries with a non-zero gradient (many rows of a table are 0)
+    const nonzero = [...gn.keys()].filter((i) => Math.abs(gn[i]!) > 1e-4)
+    const largest = nonzero.reduce((a, b) => (Math.abs(gn[b]!) > Math.abs(gn[a]!) ? b : a), nonzero[0]!)
+    for (const i of [largest, nonzero[rng.int(nonzero.length)]!, nonzero[rng.int(nonzero.length)]!]) {
+      const h = 1e-2
+      const orig = data[i]!
+      const at = (x: number) => {
+        const d = data.slice()
+        d[i] = x
+        v.assign(tf.tensor(d, v.shape))
+        return lossOf(m)
+      }
+      const fd = (at(orig + h) - at(orig - h)) / (2 * h)
+      at(orig)
+      const an = g.get(name)![i]!
+      assert.ok(Math.abs(fd - an) <= 2e-3 + 0.05 * Math.abs(an), `${name}[${i}]: analytic ${an} vs finite difference ${fd}`)
+      checked++
+    }
+  }
+  assert.ok(checked >= 3 * 20)
+  disposeModel(m)
+})
+
+// this test caught tfjs 4.22's wasm oneHot(…, 'float32') writing int bits into a float buffer
+test('cpu and wasm agree on the loss and every gradient of a DPO step', async () => {
+  await initBackend('cpu')
+  const a = build(W)
+  const la = lossOf(a)
+  const ga = grads(a)
+  disposeModel(a)
+  clearCaches()
+  await initBackend('wasm')
+  const b = build(W)
+  const lb = lossOf(b)
+  const gb = grads(b)
+  assert.ok(Math.abs(la - lb) < 1e-5, `loss cpu ${la} wasm ${lb}`)
+  for (const [name, x] of ga) {
+    const y = gb.get(name)!
+    const scale = Math.max(...x.map(Math.abs), 1e-6)
+    let md = 0
+    for (let i = 0; i < x.length; i++) md = Math.max(md, Math.abs(x[i]! - y[i]!))
+    assert.ok(md <= 1e-4 * scale + 1e-7, `${name}: max |cpu - wasm| ${md} (scale ${scale})`)
+  }
+  disposeModel(b)
+  clearCaches()
+  await initBackend('cpu')
+})
+
+test.run()
