@@ -48,10 +48,47 @@ const demoCmd = command({
   handler: async (a) => (await import('./demo.ts')).demo(a.out),
 })
 
+const backendOpt = option({ type: string, long: 'backend', defaultValue: () => process.env.ALIGN_BACKEND ?? 'auto', defaultValueIsSerializable: true, description: 'auto | tfjs-node-gpu | tfjs-node | wasm | cpu' })
+
+const infoCmd = command({
+  name: 'info',
+  description: 'which tfjs backend is active, and why each other one was skipped',
+  args: { backend: backendOpt, json: flag({ long: 'json', description: 'machine-readable output' }) },
+  handler: async (a) => {
+    const { initBackend, describeBackend } = await import('./model/backend.ts')
+    const tf = await import('@tensorflow/tfjs')
+    const b = await initBackend(a.backend)
+    const versions = { align: (await import('../package.json', { with: { type: 'json' } })).default.version, node: process.version, tfjs: tf.version.tfjs }
+    if (a.json) process.stdout.write(JSON.stringify({ ...b, versions }, null, 2) + '\n')
+    else process.stdout.write(`align ${versions.align} · node ${versions.node} · tfjs ${versions.tfjs}\n${describeBackend(b)}\n`)
+  },
+})
+
+function trainCommand(stage: 'sft' | 'dpo') {
+  return command({
+    name: stage === 'dpo' ? 'train' : 'sft',
+    description: stage === 'dpo' ? 'DPO on binarized pairs (recipe sections model, data, dpo, lora)' : 'supervised fine-tuning on the chosen conversations (recipe sections model, data, sft)',
+    args: {
+      recipe: option({ type: string, long: 'recipe', short: 'r', description: `recipe name (${listRecipes().join(', ')}) or path to a YAML file` }),
+      backend: backendOpt,
+      resume: option({ type: optional(string), long: 'resume', description: 'latest, or a checkpoint-<step> directory' }),
+      dryRun: flag({ long: 'dry-run', description: 'resolve the recipe, tokenize, print step counts and the memory plan; train nothing' }),
+      overrides,
+    },
+    handler: async (a) => {
+      const { TRAIN_SCHEMA } = await import('./train/schema.ts')
+      const { train } = await import('./train/loop.ts')
+      const recipe = loadRecipe(a.recipe, TRAIN_SCHEMA, a.overrides)
+      const r = await train({ stage, recipe, backend: a.backend, resume: a.resume, dryRun: a.dryRun })
+      if (r.plan) process.stdout.write(r.plan + '\n')
+    },
+  })
+}
+
 export const app = subcommands({
   name: 'align',
   description: 'DPO fine-tuning orchestrator: binarize UltraFeedback, train a Mistral-like policy (Zephyr recipes), inspect the result',
-  cmds: { binarize: binarizeCmd, demo: demoCmd },
+  cmds: { binarize: binarizeCmd, sft: trainCommand('sft'), train: trainCommand('dpo'), info: infoCmd, demo: demoCmd },
 })
 
 export async function main(argv: string[]): Promise<void> {

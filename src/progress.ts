@@ -24,7 +24,7 @@ export class Progress {
     const rate = done / Math.max(elapsed, 1e-3)
     const pct = total ? ` ${((100 * done) / total).toFixed(0)}%` : ''
     const eta = total && rate > 0 ? ` · ETA ${formatSeconds((total - done) / rate)}` : ''
-    const text = `${this.label}${pct} · ${done.toLocaleString('en-US')}${total ? '/' + total.toLocaleString('en-US') : ''} ${unit} · ${Math.round(rate).toLocaleString('en-US')} ${unit}/s${eta}${extra}`
+    const text = `${this.label}${pct} · ${done.toLocaleString('en-US')}${total ? '/' + total.toLocaleString('en-US') : ''} ${unit} · ${rate >= 10 ? Math.round(rate).toLocaleString('en-US') : rate.toFixed(2)} ${unit}/s${eta}${extra}`
     if (this.spinner) this.spinner.text = text
     else if (!this.quiet && Date.now() - this.lastPlain >= this.plainEveryMs) {
       this.lastPlain = Date.now()

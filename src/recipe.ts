@@ -28,6 +28,9 @@ export interface Field {
 export type Section = Record<string, Field>
 export type Schema = Record<string, Section>
 
+/** Every section any command reads; a recipe with another top-level key is an error (a typo would be ignored). */
+export const KNOWN_SECTIONS = ['description', 'binarize', 'model', 'data', 'sft', 'dpo', 'lora']
+
 export const RECIPES_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'recipes')
 
 export interface LoadedRecipe {
@@ -73,9 +76,9 @@ export function loadRecipe(nameOrPath: string, schema: Schema, overrides: string
   if (root !== null && !isMap(root)) throw new AlignError(`${path}: a recipe is a YAML mapping of sections (${Object.keys(schema).join(', ')})`)
   for (const pair of root?.items ?? []) {
     const section = String(isScalar(pair.key) ? pair.key.value : pair.key)
-    if (section === 'description') continue
+    if (!KNOWN_SECTIONS.includes(section)) throw unknownKey(where(pair.key as Node), '', section, Object.fromEntries(KNOWN_SECTIONS.map((k) => [k, 1])))
     const fields = schema[section]
-    if (!fields) continue // sections of other commands (train, sft, …) are checked by those commands
+    if (!fields) continue // sections of other commands are checked by those commands
     if (pair.value === null) continue
     if (!isMap(pair.value)) throw new AlignError(`${where(pair.key as Node)}: section ${section} must be a mapping of key: value`)
     for (const item of pair.value.items) {
@@ -105,7 +108,7 @@ export function applyOverride(values: Record<string, Record<string, unknown>>, s
     const owners = Object.keys(schema).filter((s) => dotted in schema[s]!)
     if (owners.length !== 1) {
       const all = Object.fromEntries(Object.entries(schema).flatMap(([s, f]) => Object.entries(f).map(([k, v]) => [`${s}.${k}`, v])))
-      if (owners.length === 0) throw unknownKey('override', '', dotted, all)
+      if (owners.length === 0) throw unknownKey('override', '', dotted, all, 'key')
       throw new AlignError(`override ${dotted}: ambiguous, write one of ${owners.map((s) => `${s}.${dotted}`).join(', ')}`)
     }
     ;[section, key] = [owners[0]!, dotted]
@@ -122,12 +125,12 @@ export function applyOverride(values: Record<string, Record<string, unknown>>, s
   values[section]![key] = checkValue(parsed ?? null, field, `override ${section}.${key}`)
 }
 
-function unknownKey(where: string, section: string, key: string, fields: Record<string, unknown>): AlignError {
+function unknownKey(where: string, section: string, key: string, fields: Record<string, unknown>, what = section ? 'key' : 'section'): AlignError {
   const names = Object.keys(fields)
   const near = names.map((n) => [n, editDistance(n, key)] as const).sort((a, b) => a[1] - b[1])[0]
   const hint = near && near[1] <= Math.max(2, key.length / 3) ? `did you mean ${near[0]}? ` : ''
   const full = section ? `${section}.${key}` : key
-  return new AlignError(`${where}: unknown key ${full}; ${hint}valid keys: ${names.join(', ')}`)
+  return new AlignError(`${where}: unknown ${what} ${full}; ${hint}valid: ${names.join(', ')}`)
 }
 
 /** Check one value against its field; returns the (normalised) value or throws naming `where`. */

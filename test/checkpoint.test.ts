@@ -13,6 +13,9 @@ import { FIXTURES, rejects, tmp } from './helpers.ts'
 import { useBackend } from './tfjs.ts'
 
 await useBackend()
+test.before(async () => {
+  await useBackend()
+})
 const LLAMA = join(FIXTURES, 'tiny-llama-random')
 
 test('header is read without the payload; tensors one at a time; BF16 -> F32 exact', () => {

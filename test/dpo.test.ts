@@ -12,6 +12,9 @@ import { FIXTURES } from './helpers.ts'
 import { useBackend } from './tfjs.ts'
 
 const tf = await useBackend()
+test.before(async () => {
+  await useBackend()
+})
 const DIR = join(FIXTURES, 'tiny-mistral-random')
 const golden = JSON.parse(readFileSync(join(DIR, 'expected', 'dpo.json'), 'utf8'))
 const pairs = golden.pairs as { prompt_ids: number[]; chosen_ids: number[]; rejected_ids: number[]; policy_chosen_logp: number; policy_rejected_logp: number; reference_chosen_logp: number; reference_rejected_logp: number }[]

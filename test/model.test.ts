@@ -12,6 +12,9 @@ import { FIXTURES, rejects, tmp } from './helpers.ts'
 import { maxAbsDiff, useBackend } from './tfjs.ts'
 
 const tf = await useBackend()
+test.before(async () => {
+  await useBackend()
+})
 const LLAMA = join(FIXTURES, 'tiny-llama-random')
 const MISTRAL = join(FIXTURES, 'tiny-mistral-random')
 

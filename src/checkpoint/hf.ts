@@ -94,6 +94,8 @@ export interface SaveOptions {
   maxShardBytes?: number
   /** weights file name for a single file (adapter_model.safetensors for PEFT) */
   weightsName?: string
+  /** more safetensors files (optimizer state), always F32 */
+  extraTensors?: Record<string, TensorToWrite[]>
 }
 
 /**
@@ -111,6 +113,7 @@ export function saveHfDir(dir: string, o: SaveOptions): void {
     if (o.config) writeFileSync(join(tmp, 'config.json'), JSON.stringify({ ...o.config, torch_dtype: torchDtype }, null, 2) + '\n')
     for (const [name, v] of Object.entries(o.files ?? {})) writeFileSync(join(tmp, name), typeof v === 'string' ? v : JSON.stringify(v, null, 2) + '\n')
     writeWeights(tmp, o)
+    for (const [name, tensors] of Object.entries(o.extraTensors ?? {})) writeSafetensors(join(tmp, name), tensors, 'F32')
     rmSync(dir, { recursive: true, force: true })
     mkdirSync(dirname(resolve(dir)), { recursive: true })
     renameSync(tmp, dir)

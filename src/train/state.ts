@@ -1,0 +1,123 @@
+/**
+ * Training checkpoints: `checkpoint-<step>/` in HF layout (weights, config, tokenizer files) plus what resume
+ * needs — `trainer_state.json` (HF's TrainerState, with log_history), `optimizer.safetensors` (exp_avg.<name>,
+ * exp_avg_sq.<name>, in HF [out, in] layout), `optimizer.json`, `rng_state.json` and the resolved recipe. Each
+ * directory is written to a temp path and renamed, so any `checkpoint-N` that exists is complete.
+ */
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { join } from 'node:path'
+import * as tf from '@tensorflow/tfjs'
+import { AlignError } from '../errors.ts'
+import { openWeights, saveHfDir } from '../checkpoint/hf.ts'
+import type { TensorToWrite } from '../checkpoint/safetensors.ts'
+import { isLinear, transpose2d, type Model } from '../model/mistral.ts'
+import type { Optimizer } from './optim.ts'
+
+export interface TrainerState {
+  global_step: number
+  max_steps: number
+  epoch: number
+  num_train_epochs: number
+  logging_steps: number
+  eval_steps: number
+  save_steps: number
+  train_batch_size: number
+  log_history: Record<string, number>[]
+  best_metric: null
+  best_model_checkpoint: null
+  is_local_process_zero: true
+  is_world_process_zero: true
+  stage: 'sft' | 'dpo'
+  seed: number
+}
+
+const hfData = (name: string, v: tf.Tensor) => {
+  const d = v.dataSync() as Float32Array
+  return isLinear(name) ? transpose2d(d, v.shape[0]!, v.shape[1]!) : d.slice()
+}
+const hfShape = (name: string, v: tf.Tensor) => (isLinear(name) ? [v.shape[1]!, v.shape[0]!] : [...v.shape])
+
+export interface SaveArgs {
+  dir: string
+  model: Model
+  /** the trainable tensors to save as weights (all, or the LoRA adapters in PEFT layout) */
+  weights: TensorToWrite[]
+  weightsName?: string
+  config?: Record<string, unknown>
+  dtype: 'F32' | 'BF16' | 'F16'
+  tokenizerDir?: string
+  state: TrainerState
+  optimizer?: Optimizer
+  files?: Record<string, unknown>
+}
+
+export function saveCheckpoint(a: SaveArgs): void {
+  const extra: Record<string, TensorToWrite[]> = {}
+  const files: Record<string, unknown> = { 'trainer_state.json': a.state, ...a.files }
+  if (a.optimizer) {
+    const ts: TensorToWrite[] = []
+    for (const [kind, map] of [['exp_avg', a.optimizer.m], ['exp_avg_sq', a.optimizer.v]] as const) {
+      for (const [name, v] of map) ts.push({ name: `${kind}.${name}`, shape: hfShape(name, v), data: () => hfData(name, v) })
+    }
+    extra['optimizer.safetensors'] = ts
+    files['optimizer.json'] = { optimizer: a.optimizer.config.optimizer, step: a.optimizer.step, config: a.optimizer.config }
+  }
+  saveHfDir(a.dir, { config: a.config, tensors: a.weights, dtype: a.dtype, copyFrom: a.tokenizerDir, files, extraTensors: extra, weightsName: a.weightsName })
+}
+
+/** The model's weights as HF tensors (transposed back to [out, in]). */
+export function modelWeights(model: Model): TensorToWrite[] {
+  return [...model.params].map(([name, v]) => ({ name, shape: hfShape(name, v), data: () => hfData(name, v) }))
+}
+
+/** Restore optimizer moments saved by saveCheckpoint into `opt` (variables created as needed). */
+export function loadOptimizer(dir: string, opt: Optimizer): void {
+  const meta = JSON.parse(readFileSync(join(dir, 'optimizer.json'), 'utf8'))
+  if (meta.optimizer !== opt.config.optimizer) throw new AlignError(`${dir}: checkpoint optimizer is ${meta.optimizer} but the recipe says ${opt.config.optimizer}`)
+  const w = openWeights(dir, 'optimizer.safetensors')
+  for (const key of w.names()) {
+    const dot = key.indexOf('.')
+    const kind = key.slice(0, dot)
+    const name = key.slice(dot + 1)
+    const shape = w.info(key).shape
+    let data = w.read(key)
+    let mem = shape
+    if (isLinear(name)) {
+      data = transpose2d(data, shape[0]!, shape[1]!)
+      mem = [shape[1]!, shape[0]!]
+    }
+    const map = kind === 'exp_avg' ? opt.m : opt.v
+    map.get(name)?.dispose()
+    map.set(name, tf.variable(tf.tensor(data, mem), false))
+  }
+  opt.step = meta.step
+}
+
+export const checkpointName = (step: number) => `checkpoint-${step}`
+
+/** Complete checkpoints of a run, oldest first. */
+export function listCheckpoints(runDir: string): { step: number; dir: string }[] {
+  if (!existsSync(runDir)) return []
+  return readdirSync(runDir)
+    .map((f) => /^checkpoint-(\d+)$/.exec(f))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .map((m) => ({ step: Number(m[1]), dir: join(runDir, m[0]) }))
+    .sort((a, b) => a.step - b.step)
+}
+
+/** Delete all but the last `keep` checkpoints (0 keeps all). */
+export function pruneCheckpoints(runDir: string, keep: number): void {
+  if (keep <= 0) return
+  const all = listCheckpoints(runDir)
+  for (const c of all.slice(0, Math.max(0, all.length - keep))) rmSync(c.dir, { recursive: true, force: true })
+}
+
+export function resolveResume(runDir: string, resume: string): string {
+  if (resume !== 'latest') {
+    if (!existsSync(join(resume, 'trainer_state.json'))) throw new AlignError(`--resume ${resume}: not a checkpoint directory (no trainer_state.json)`)
+    return resume
+  }
+  const last = listCheckpoints(runDir).pop()
+  if (!last) throw new AlignError(`--resume latest: no checkpoint-<step> directory in ${runDir}`)
+  return last.dir
+}

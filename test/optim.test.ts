@@ -1,0 +1,73 @@
+// AdamW / RMSprop against hand-derived PyTorch steps; HF schedules; global-norm clipping; tfevents bytes.
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { Optimizer, clipByGlobalNorm, lrLambda, warmupSteps } from '../src/train/optim.ts'
+import { crc32c, encodeEvent, maskCrc, readEvents, record } from '../src/train/tfevents.ts'
+import { useBackend } from './tfjs.ts'
+
+const tf = await useBackend()
+test.before(async () => {
+  await useBackend()
+})
+const close = (a: number, b: number, tol = 1e-6) => assert.ok(Math.abs(a - b) <= tol, `${a} vs ${b}`)
+
+test('AdamW, first two steps by hand (torch.optim.AdamW semantics)', () => {
+  // p=1, lr=0.1, wd=0.01, β=(0.9,0.999), ε=1e-8
+  // step 1, g=0.5: p ← 1·(1−0.1·0.01)=0.999; m=0.05, v=0.00025; m̂=0.5, v̂=0.25 → p ← 0.999 − 0.1·0.5/(0.5+1e-8) = 0.899
+  // step 2, g=−0.3: p ← 0.899·0.999=0.898101; m=0.045−0.03=0.015, v=0.00024975+0.00009=0.00033975;
+  //   m̂=0.015/0.19=0.0789474, v̂=0.00033975/0.001999=0.1699600 → √=0.4122620 → p ← 0.898101 − 0.1·0.191500 = 0.8789511
+  const p = tf.variable(tf.scalar(1))
+  const opt = new Optimizer({ optimizer: 'adamw', beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, rmspropAlpha: 0.99 })
+  const params = new Map([['w', p]])
+  opt.apply(params, new Map([['w', tf.scalar(0.5)]]), 0.1)
+  close(p.dataSync()[0]!, 0.899)
+  opt.apply(params, new Map([['w', tf.scalar(-0.3)]]), 0.1)
+  close(p.dataSync()[0]!, 0.8789511, 2e-6)
+  assert.is(opt.step, 2)
+})
+
+test('RMSprop, one step by hand (torch defaults α=0.99)', () => {
+  // v = 0.01·0.25 = 0.0025 → p ← 1 − 0.1·0.5/(0.05+1e-8) = 0
+  const p = tf.variable(tf.scalar(1))
+  const opt = new Optimizer({ optimizer: 'rmsprop', beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, rmspropAlpha: 0.99 })
+  opt.apply(new Map([['w', p]]), new Map([['w', tf.scalar(0.5)]]), 0.1)
+  close(p.dataSync()[0]!, 0, 1e-6)
+})
+
+test('schedules match transformers get_*_schedule_with_warmup', () => {
+  assert.is(warmupSteps(0.1, 95), 10) // ceil(9.5)
+  assert.is(lrLambda('linear', 0, 100, 10), 0)
+  assert.is(lrLambda('linear', 5, 100, 10), 0.5)
+  assert.is(lrLambda('linear', 10, 100, 10), 1)
+  close(lrLambda('linear', 55, 100, 10), 0.5)
+  assert.is(lrLambda('linear', 100, 100, 10), 0)
+  close(lrLambda('cosine', 55, 100, 10), 0.5)
+  close(lrLambda('cosine', 10, 100, 10), 1)
+  assert.is(lrLambda('constant', 70, 100, 10), 1)
+})
+
+test('global-norm clipping: norm before clipping, scaled to max_norm', () => {
+  const g = new Map([['a', tf.tensor1d([3, 0])], ['b', tf.tensor1d([4])]]) // norm 5
+  const { grads, norm } = clipByGlobalNorm(g, 1)
+  close(norm, 5)
+  close(grads.get('a')!.dataSync()[0]!, 3 / (5 + 1e-6))
+  close(grads.get('b')!.dataSync()[0]!, 4 / (5 + 1e-6))
+  const same = new Map([['a', tf.tensor1d([0.3])]])
+  assert.is(clipByGlobalNorm(same, 1).grads.get('a'), same.get('a'))
+})
+
+test('tfevents: CRC32C test vector, masked CRCs, and scalar events read back', () => {
+  assert.is(crc32c(Buffer.from('123456789')), 0xe3069283)
+  assert.is(maskCrc(0), 0xa282ead8)
+  const buf = Buffer.concat([record(encodeEvent(1700000000.5, 0)), record(encodeEvent(1700000001, 7, 'train/loss', 0.5)), record(encodeEvent(1700000002, 300, 'eval/rewards/accuracies', 0.75))])
+  assert.equal(readEvents(buf), [{ step: 7, tag: 'train/loss', value: 0.5 }, { step: 300, tag: 'eval/rewards/accuracies', value: 0.75 }])
+  // the file-version event, byte for byte: wall_time f64, step 0, file_version "brain.Event:2"
+  const head = encodeEvent(1, 0)
+  assert.equal([...head.slice(0, 1)], [0x09])
+  assert.is(Buffer.from(head.slice(13)).toString(), 'brain.Event:2')
+  const corrupt = Buffer.from(buf)
+  corrupt[buf.length - 6]! ^= 1
+  assert.throws(() => readEvents(corrupt), /bad data crc/)
+})
+
+test.run()

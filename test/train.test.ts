@@ -1,0 +1,104 @@
+// `align sft` / `align train` end to end on a 1-layer Mistral-like model (real tokenizer, vocab 32000):
+// metrics with TRL names, HF-layout checkpoints, resume equal to an uninterrupted run, NaN stop, dry-run plan.
+import { existsSync, readFileSync, readdirSync } from 'node:fs'
+import { join } from 'node:path'
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { BINARIZE_SECTION, binarize, type BinarizeOptions } from '../src/binarize/index.ts'
+import { loadRecipe } from '../src/recipe.ts'
+import { parseConfig } from '../src/model/config.ts'
+import { saveModel, loadModel } from '../src/model/io.ts'
+import { disposeModel, initModel } from '../src/model/mistral.ts'
+import { Rng } from '../src/rng.ts'
+import { TRAIN_SCHEMA } from '../src/train/schema.ts'
+import { train } from '../src/train/loop.ts'
+import { readEvents } from '../src/train/tfevents.ts'
+import { FIXTURES, ROOT, rejects, tmp } from './helpers.ts'
+import { useBackend } from './tfjs.ts'
+
+// wasm: the fast CPU backend (cpu and wasm agree on gradients: gradients.test.ts)
+test.before(async () => {
+  await useBackend(process.env.ALIGN_TEST_BACKEND ?? 'wasm')
+})
+await useBackend('wasm')
+const work = tmp()
+const policyDir = join(work, 'policy')
+const dataDir = join(work, 'data')
+{
+  const config = parseConfig({ architectures: ['MistralForCausalLM'], model_type: 'mistral', vocab_size: 32000, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1, head_dim: 8, rms_norm_eps: 1e-5, rope_theta: 10000, sliding_window: 32, tie_word_embeddings: false, bos_token_id: 1, eos_token_id: 2 })
+  const m = initModel(config, Rng.fromKey('train-test'))
+  saveModel(policyDir, m, { dtype: 'F32', copyFrom: join(ROOT, 'data', 'tokenizer') })
+  disposeModel(m)
+  const o = loadRecipe('zephyr', { binarize: BINARIZE_SECTION }, ['test_size=8']).values.binarize as unknown as BinarizeOptions
+  await binarize({ inputs: [join(FIXTURES, 'ultrafeedback', 'head200.zstd.parquet')], out: dataDir, formats: ['jsonl'], recipeName: 'zephyr', options: o, quiet: true })
+}
+
+const base = (out: string, ...more: string[]) => [
+  `model.policy=${policyDir}`, `data.pairs=${dataDir}`, 'data.max_train_pairs=12', 'data.max_eval_pairs=4',
+  `dpo.output_dir=${out}`, `sft.output_dir=${out}`, 'dpo.max_length=48', 'dpo.max_prompt_length=24', 'sft.max_length=48',
+  'dpo.per_device_train_batch_size=2', 'dpo.gradient_accumulation_steps=2', 'dpo.per_device_eval_batch_size=4', 'dpo.learning_rate=1e-2',
+  'dpo.logging_steps=1', 'dpo.eval_steps=2', 'dpo.save_steps=2', 'dpo.save_total_limit=2', 'dpo.max_steps=4', 'dpo.warmup_ratio=0.25',
+  'sft.per_device_train_batch_size=4', 'sft.max_steps=3', 'sft.logging_steps=1', 'sft.learning_rate=1e-2', 'sft.eval_steps=0',
+  ...more,
+]
+const recipe = (...o: string[]) => loadRecipe('tiny', TRAIN_SCHEMA, o)
+const losses = (h: Record<string, number>[]) => h.filter((r) => r.loss !== undefined).map((r) => [r.step, r.loss])
+
+test('DPO: TRL metric names in metrics.jsonl, trainer_state.json and TensorBoard; HF-layout checkpoints', async () => {
+  const out = join(work, 'runA')
+  const r = await train({ stage: 'dpo', recipe: recipe(...base(out)), quiet: true })
+  const rows = readFileSync(join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l))
+  const trainRow = rows.find((x) => x.step === 2 && x.loss !== undefined)
+  for (const k of ['loss', 'rewards/chosen', 'rewards/rejected', 'rewards/accuracies', 'rewards/margins', 'logps/chosen', 'logps/rejected', 'logits/chosen', 'logits/rejected', 'learning_rate', 'grad_norm', 'epoch', 'tokens_per_second']) assert.ok(k in trainRow, k)
+  const evalRow = rows.find((x) => x.step === 4 && x.eval_loss !== undefined)
+  for (const k of ['eval_loss', 'eval_rewards/accuracies', 'eval_rewards/margins', 'eval_logps/chosen', 'eval_runtime']) assert.ok(k in evalRow, k)
+  // step 1 is warmup (lr 0): the policy still equals the reference, every reward is 0 and the loss is ln 2
+  const first = rows[0]
+  assert.is(first.learning_rate, 0)
+  assert.ok(Math.abs(first.loss - Math.LN2) < 1e-5 && Math.abs(first['rewards/margins']) < 1e-5)
+  // checkpoints: the last save_total_limit=2 kept, each an HF dir with optimizer state; final/ loads
+  assert.equal(readdirSync(out).filter((f) => f.startsWith('checkpoint-')).sort(), ['checkpoint-2', 'checkpoint-4'])
+  for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'trainer_state.json', 'optimizer.safetensors', 'optimizer.json', 'recipe.resolved.json']) assert.ok(existsSync(join(out, 'checkpoint-4', f)), f)
+  const state = JSON.parse(readFileSync(join(out, 'checkpoint-4', 'trainer_state.json'), 'utf8'))
+  assert.is(state.global_step, 4)
+  assert.equal(state.log_history, rows)
+  loadModel(r.finalDir!)
+  const ev = readEvents(readFileSync(join(out, 'runs', readdirSync(join(out, 'runs'))[0]!)))
+  assert.ok(ev.some((e) => e.tag === 'train/rewards/accuracies' && e.step === 2))
+  assert.ok(ev.some((e) => e.tag === 'eval/loss' && e.step === 4))
+})
+
+test('resume: stop after 2 steps, --resume latest, and the losses equal the uninterrupted run', async () => {
+  const a = await train({ stage: 'dpo', recipe: recipe(...base(join(work, 'full'))), quiet: true })
+  const out = join(work, 'interrupted')
+  await train({ stage: 'dpo', recipe: recipe(...base(out)), quiet: true, stopAfter: 2 })
+  assert.ok(existsSync(join(out, 'checkpoint-2')))
+  const b = await train({ stage: 'dpo', recipe: recipe(...base(out)), quiet: true, resume: 'latest' })
+  assert.equal(losses(b.logHistory), losses(a.logHistory))
+  assert.is(losses(a.logHistory).length, 4)
+})
+
+test('SFT: loss on assistant tokens decreases; DPO loss goes below ln 2 on the pairs it trains on', async () => {
+  const s = await train({ stage: 'sft', recipe: recipe(...base(join(work, 'sft'), 'sft.max_steps=6', 'sft.learning_rate=3e-2')), quiet: true })
+  const l = losses(s.logHistory).map((x) => x[1]!)
+  assert.ok(l[l.length - 1]! < l[0]!, `sft loss ${l}`)
+  const d = await train({ stage: 'dpo', recipe: recipe(...base(join(work, 'overfit'), 'data.max_train_pairs=4', 'dpo.max_steps=12', 'dpo.learning_rate=3e-2', 'dpo.eval_steps=0', 'dpo.save_steps=0')), quiet: true })
+  const dl = losses(d.logHistory).map((x) => x[1]!)
+  assert.ok(dl[dl.length - 1]! < Math.LN2 - 0.05, `dpo loss ${dl}`)
+})
+
+test('a NaN/Inf loss stops the run, names the step and keeps the last good checkpoint', async () => {
+  const out = join(work, 'nan')
+  await rejects(() => train({ stage: 'dpo', recipe: recipe(...base(out, 'dpo.learning_rate=1e30', 'dpo.warmup_ratio=0', 'dpo.save_steps=1', 'dpo.max_grad_norm=0')), quiet: true }), /loss is (NaN|-?Infinity) at step \d+; stopped/, /last good checkpoint/)
+  assert.ok(readdirSync(out).some((f) => f.startsWith('checkpoint-')))
+})
+
+test('dry run: step counts and a memory plan — 7B zephyr-lora fits an 80 GB GPU, full zephyr does not', async () => {
+  const r = await train({ stage: 'dpo', recipe: recipe(...base(join(work, 'dry'), 'model.policy=preset:mistral-7b', 'dpo.max_length=1024', 'dpo.per_device_train_batch_size=1')), quiet: true, dryRun: true })
+  assert.match(r.plan!, /7241\.7M parameters/)
+  assert.match(r.plan!, /^full\*.* no$/m)
+  assert.match(r.plan!, /^lora .* yes$/m)
+  assert.not.ok(existsSync(join(work, 'dry')))
+})
+
+test.run()
