@@ -3,7 +3,7 @@
  * The `align` command line (cmd-ts). Each subcommand parses its flags, loads its recipe section and calls
  * one function; AlignErrors print as one line `align: error: …` with exit status 1.
  */
-import { binary, command, flag, multioption, number, oneOf, option, optional, restPositionals, run, string, subcommands, array } from 'cmd-ts'
+import { binary, command, flag, multioption, number, oneOf, option, optional, positional, restPositionals, run, string, subcommands, array } from 'cmd-ts'
 import { AlignError } from './errors.ts'
 import { applyOverride, listRecipes, loadRecipe } from './recipe.ts'
 
@@ -85,10 +85,27 @@ function trainCommand(stage: 'sft' | 'dpo') {
   })
 }
 
+const inspectCmd = command({
+  name: 'inspect',
+  description: 'summarize a checkpoint, adapter or run directory: config, parameters, tensors, LoRA, provenance, curves; compare two',
+  args: {
+    dir: positional({ type: string, displayName: 'dir', description: 'HF checkpoint, PEFT adapter, or run directory' }),
+    other: positional({ type: optional(string), displayName: 'other-dir', description: 'second checkpoint: per-tensor relative change' }),
+    json: flag({ long: 'json', description: 'everything as JSON on stdout' }),
+    stats: flag({ long: 'stats', description: 'per-tensor mean/std/min/max and NaN/Inf counts (reads every tensor)' }),
+    tensors: flag({ long: 'tensors', description: 'list every tensor' }),
+    plot: option({ type: optional(string), long: 'plot', description: 'write the curves as an SVG file' }),
+  },
+  handler: async (a) => {
+    const { inspect } = await import('./inspect/index.ts')
+    process.stdout.write(inspect(a).text + '\n')
+  },
+})
+
 export const app = subcommands({
   name: 'align',
   description: 'DPO fine-tuning orchestrator: binarize UltraFeedback, train a Mistral-like policy (Zephyr recipes), inspect the result',
-  cmds: { binarize: binarizeCmd, sft: trainCommand('sft'), train: trainCommand('dpo'), info: infoCmd, demo: demoCmd },
+  cmds: { binarize: binarizeCmd, inspect: inspectCmd, sft: trainCommand('sft'), train: trainCommand('dpo'), info: infoCmd, demo: demoCmd },
 })
 
 export async function main(argv: string[]): Promise<void> {

@@ -100,6 +100,11 @@ export const linear: (x: tf.Tensor2D, w: tf.Tensor2D) => tf.Tensor2D = customGra
 
 /** Rows of the embedding table; the gradient scatters dy back onto the rows (duplicates summed). */
 export function embed(table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
+  return gatherRows(table, ids)
+}
+
+/** table[ids] with a scatterND gradient (tf.gather's own gradient needs UnsortedSegmentSum, absent on wasm). */
+export function gatherRows(table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
   const f = customGrad(([t]: [tf.Tensor2D], save) => {
     save([ids]) // closure tensors must be saved, or the forward's tidy disposes them before the backward
     return {

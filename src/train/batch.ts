@@ -7,7 +7,7 @@
  * padding contribute nothing). Row lengths are padded up to a multiple of 16 so few distinct shapes occur.
  */
 import * as tf from '@tensorflow/tfjs'
-import { forward, targetLogProbs, type Model } from '../model/mistral.ts'
+import { gatherRows, hidden, lmHead, targetLogProbs, type Model } from '../model/mistral.ts'
 
 export interface Sequence {
   ids: number[]
@@ -63,15 +63,27 @@ export interface RowLogps {
   logitSums: tf.Tensor1D
 }
 
-/** Per-row summed completion log-probs, one forward pass. */
+/**
+ * Per-row summed completion log-probs, one forward pass. The LM head runs only at the scored positions
+ * (completion tokens): prompt and padding positions never get [*, V] logits, which on a 32k vocabulary is
+ * most of the step's compute and memory.
+ */
 export function rowLogps(model: Model, batch: SeqBatch): RowLogps {
   const { B, T } = batch
-  const logits = forward(model, tf.tensor2d(batch.ids, [B, T], 'int32')) // [B*T, V]
-  const mask = tf.tensor1d(batch.mask)
-  const lp = tf.mul(targetLogProbs(logits, tf.tensor1d(batch.targets, 'int32')), mask) // [B*T]
-  const logps = tf.sum(tf.reshape(lp, [B, T]), 1) as tf.Tensor1D // [B]
-  const meanLogit = tf.mul(tf.mean(logits, 1), mask) // [B*T]
-  const logitSums = tf.sum(tf.reshape(meanLogit, [B, T]), 1) as tf.Tensor1D // [B]
+  const positions: number[] = []
+  for (let i = 0; i < B * T; i++) if (batch.mask[i]) positions.push(i)
+  const N = positions.length
+  const select = new Float32Array(B * N) // [B, N]: 1 where scored position n belongs to row b
+  positions.forEach((p, n) => (select[Math.floor(p / T) * N + n] = 1))
+  if (N === 0) return { logps: tf.zeros([B]) as tf.Tensor1D, logitSums: tf.zeros([B]) as tf.Tensor1D }
+  const h = hidden(model, tf.tensor2d(batch.ids, [B, T], 'int32')) // [B*T, D]
+  const pos = tf.tensor1d(positions, 'int32')
+  const logits = lmHead(model, gatherRows(h, pos)) // [N, V]
+  const targets = tf.tensor1d(positions.map((p) => batch.targets[p]!), 'int32')
+  const lp = targetLogProbs(logits, targets) // [N]
+  const sel = tf.tensor2d(select, [B, N])
+  const logps = tf.reshape(tf.matMul(sel, tf.reshape(lp, [N, 1])), [B]) as tf.Tensor1D // Σ per row
+  const logitSums = tf.reshape(tf.matMul(sel, tf.reshape(tf.mean(logits, 1), [N, 1])), [B]) as tf.Tensor1D
   return { logps, logitSums }
 }
 

@@ -4,7 +4,9 @@
  * exp_avg_sq.<name>, in HF [out, in] layout), `optimizer.json`, `rng_state.json` and the resolved recipe. Each
  * directory is written to a temp path and renamed, so any `checkpoint-N` that exists is complete.
  */
-import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
+import { listCheckpoints } from '../checkpoint/runs.ts'
+export { checkpointName, listCheckpoints, pruneCheckpoints } from '../checkpoint/runs.ts'
 import { join } from 'node:path'
 import * as tf from '@tensorflow/tfjs'
 import { AlignError } from '../errors.ts'
@@ -91,25 +93,6 @@ export function loadOptimizer(dir: string, opt: Optimizer): void {
     map.set(name, tf.variable(tf.tensor(data, mem), false))
   }
   opt.step = meta.step
-}
-
-export const checkpointName = (step: number) => `checkpoint-${step}`
-
-/** Complete checkpoints of a run, oldest first. */
-export function listCheckpoints(runDir: string): { step: number; dir: string }[] {
-  if (!existsSync(runDir)) return []
-  return readdirSync(runDir)
-    .map((f) => /^checkpoint-(\d+)$/.exec(f))
-    .filter((m): m is RegExpExecArray => m !== null)
-    .map((m) => ({ step: Number(m[1]), dir: join(runDir, m[0]) }))
-    .sort((a, b) => a.step - b.step)
-}
-
-/** Delete all but the last `keep` checkpoints (0 keeps all). */
-export function pruneCheckpoints(runDir: string, keep: number): void {
-  if (keep <= 0) return
-  const all = listCheckpoints(runDir)
-  for (const c of all.slice(0, Math.max(0, all.length - keep))) rmSync(c.dir, { recursive: true, force: true })
 }
 
 export function resolveResume(runDir: string, resume: string): string {
