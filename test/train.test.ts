@@ -13,6 +13,7 @@ import { Rng } from '../src/rng.ts'
 import { TRAIN_SCHEMA } from '../src/train/schema.ts'
 import { train } from '../src/train/loop.ts'
 import { readEvents } from '../src/train/tfevents.ts'
+import { readHeader } from '../src/checkpoint/safetensors.ts'
 import { FIXTURES, ROOT, rejects, tmp } from './helpers.ts'
 import { useBackend } from './tfjs.ts'
 
@@ -85,6 +86,27 @@ test('SFT: loss on assistant tokens decreases; DPO loss goes below ln 2 on the p
   const d = await train({ stage: 'dpo', recipe: recipe(...base(join(work, 'overfit'), 'data.max_train_pairs=4', 'dpo.max_steps=12', 'dpo.learning_rate=3e-2', 'dpo.eval_steps=0', 'dpo.save_steps=0')), quiet: true })
   const dl = losses(d.logHistory).map((x) => x[1]!)
   assert.ok(dl[dl.length - 1]! < Math.LN2 - 0.05, `dpo loss ${dl}`)
+})
+
+test('LoRA: PEFT adapter layout, base frozen, starts at the reference (loss ln 2), resume exact with dropout', async () => {
+  const lora = ['lora.enabled=true', 'lora.r=4', 'lora.alpha=8', 'lora.dropout=0.1', 'lora.target_modules=q_proj,v_proj,down_proj', 'dpo.learning_rate=5e-2']
+  const a = await train({ stage: 'dpo', recipe: recipe(...base(join(work, 'lora'), ...lora)), quiet: true })
+  const fin = a.finalDir!
+  assert.ok(existsSync(join(fin, 'adapter_model.safetensors')) && existsSync(join(fin, 'adapter_config.json')))
+  assert.not.ok(existsSync(join(fin, 'model.safetensors')))
+  const cfg = JSON.parse(readFileSync(join(fin, 'adapter_config.json'), 'utf8'))
+  assert.equal([cfg.peft_type, cfg.r, cfg.lora_alpha, cfg.target_modules, cfg.base_model_name_or_path], ['LORA', 4, 8, ['q_proj', 'v_proj', 'down_proj'], policyDir])
+  const h = readHeader(join(fin, 'adapter_model.safetensors'))
+  assert.equal([...h.tensors.keys()].sort(), ['base_model.model.model.layers.0.mlp.down_proj.lora_A.weight', 'base_model.model.model.layers.0.mlp.down_proj.lora_B.weight', 'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight', 'base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight', 'base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight', 'base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight'])
+  assert.equal(h.tensors.get('base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight')!.shape, [4, 16]) // [r, in]
+  assert.equal(h.tensors.get('base_model.model.model.layers.0.mlp.down_proj.lora_B.weight')!.shape, [16, 4]) // [out, r]
+  assert.ok(Math.abs(a.logHistory[0]!.loss! - Math.LN2) < 1e-5)
+  const l = losses(a.logHistory)
+  assert.ok(new Set(l.map((x) => x[1])).size > 1, 'the adapters learn')
+  const out = join(work, 'lora-resume')
+  await train({ stage: 'dpo', recipe: recipe(...base(out, ...lora)), quiet: true, stopAfter: 2 })
+  const b = await train({ stage: 'dpo', recipe: recipe(...base(out, ...lora)), quiet: true, resume: 'latest' })
+  assert.equal(losses(b.logHistory), l)
 })
 
 test('a NaN/Inf loss stops the run, names the step and keeps the last good checkpoint', async () => {

@@ -19,12 +19,28 @@ import { parameterShapes, type ModelConfig } from './config.ts'
 
 export interface Model {
   config: ModelConfig
-  /** HF name -> variable; linear weights ([out, in] on disk) held as [in, out] */
+  /** HF name -> variable; linear weights ([out, in] on disk) held as [in, out]. LoRA adapters live here too,
+   * as `<module>.lora_A.weight` / `<module>.lora_B.weight` (PEFT's names without the base_model.model. prefix). */
   params: Map<string, tf.Variable>
+  lora?: LoraState
 }
 
-/** Projections held transposed in memory. */
-export const isLinear = (name: string) => name.endsWith('_proj.weight') || name === 'lm_head.weight'
+/** LoRA (Hu et al. 2021) as PEFT applies it: W x + (alpha / r) · B A dropout(x); B starts at zero. */
+export interface LoraState {
+  r: number
+  alpha: number
+  dropout: number
+  targets: string[]
+  /** false = the base model (TRL's reference with adapters disabled) */
+  enabled: boolean
+  /** training mode applies dropout; seeds derive from `seed` and a per-call counter (deterministic resume) */
+  training: boolean
+  seed: number
+  calls: number
+}
+
+/** Projections held transposed in memory (LoRA A as [in, r], B as [r, out]). */
+export const isLinear = (name: string) => name.endsWith('_proj.weight') || name === 'lm_head.weight' || /\.lora_[AB]\.weight$/.test(name)
 
 /** [rows, cols] row-major -> [cols, rows]. */
 export function transpose2d(data: Float32Array, rows: number, cols: number): Float32Array {
@@ -174,18 +190,29 @@ export interface Ctx {
   mask: tf.Tensor2D
 }
 
+/** A projection `module` (e.g. `model.layers.0.self_attn.q_proj`): x @ W, plus the LoRA branch when enabled. */
+export function proj(model: Model, module: string, x: tf.Tensor2D): tf.Tensor2D {
+  const y = linear(x, model.params.get(`${module}.weight`)! as unknown as tf.Tensor2D)
+  const l = model.lora
+  const a = l?.enabled ? model.params.get(`${module}.lora_A.weight`) : undefined
+  if (!l || !a) return y
+  const b = model.params.get(`${module}.lora_B.weight`)! as unknown as tf.Tensor2D
+  const xd = l.training && l.dropout > 0 ? tf.dropout(x, l.dropout, undefined, l.seed * 1_000_003 + l.calls++) : x
+  return tf.add(y, tf.mul(linear(linear(xd as tf.Tensor2D, a as unknown as tf.Tensor2D), b), l.alpha / l.r)) // [N, out]
+}
+
 /** Grouped-query self-attention. x: [B*T, D] -> [B*T, D] */
 export function attention(model: Model, layer: number, x: tf.Tensor2D, ctx: Ctx): tf.Tensor2D {
   const c = model.config
-  const p = (n: string) => model.params.get(`model.layers.${layer}.self_attn.${n}.weight`)! as unknown as tf.Tensor2D
+  const p = (n: string, x: tf.Tensor2D) => proj(model, `model.layers.${layer}.self_attn.${n}`, x)
   const { B, T } = ctx
   const H = c.numHeads
   const KV = c.numKvHeads
   const G = H / KV
   const hd = c.headDim
-  const q = rope(tf.reshape(linear(x, p('q_proj')), [B, T, H, hd]) as tf.Tensor4D, ctx.cos, ctx.sin) // [B, T, H, hd]
-  const k = rope(tf.reshape(linear(x, p('k_proj')), [B, T, KV, hd]) as tf.Tensor4D, ctx.cos, ctx.sin) // [B, T, KV, hd]
-  const v = tf.reshape(linear(x, p('v_proj')), [B, T, KV, hd]) // [B, T, KV, hd]
+  const q = rope(tf.reshape(p('q_proj', x), [B, T, H, hd]) as tf.Tensor4D, ctx.cos, ctx.sin) // [B, T, H, hd]
+  const k = rope(tf.reshape(p('k_proj', x), [B, T, KV, hd]) as tf.Tensor4D, ctx.cos, ctx.sin) // [B, T, KV, hd]
+  const v = tf.reshape(p('v_proj', x), [B, T, KV, hd]) // [B, T, KV, hd]
   // head h = kv*G + g shares kv head `kv` (HF repeat_kv): fold the G query heads of a kv head into rows
   const qf = tf.reshape(tf.transpose(q, [0, 2, 1, 3]), [B * KV, G * T, hd]) // [B*KV, G*T, hd]
   const kf = tf.reshape(tf.transpose(k, [0, 2, 1, 3]), [B * KV, T, hd]) // [B*KV, T, hd]
@@ -193,15 +220,15 @@ export function attention(model: Model, layer: number, x: tf.Tensor2D, ctx: Ctx)
   const scores = tf.add(tf.mul(tf.matMul(qf, kf, false, true), 1 / Math.sqrt(hd)), ctx.mask) // [B*KV, G*T, T]
   const out = tf.matMul(tf.softmax(scores), vf) // [B*KV, G*T, hd]
   const merged = tf.reshape(tf.transpose(tf.reshape(out, [B, H, T, hd]), [0, 2, 1, 3]), [B * T, H * hd]) as tf.Tensor2D // [B*T, H*hd]
-  return linear(merged, p('o_proj'))
+  return p('o_proj', merged)
 }
 
 /** SwiGLU: down(silu(gate(x)) * up(x)). x: [B*T, D] */
 export function mlp(model: Model, layer: number, x: tf.Tensor2D): tf.Tensor2D {
-  const p = (n: string) => model.params.get(`model.layers.${layer}.mlp.${n}.weight`)! as unknown as tf.Tensor2D
-  const g = linear(x, p('gate_proj')) // [B*T, I]
+  const p = (n: string, x: tf.Tensor2D) => proj(model, `model.layers.${layer}.mlp.${n}`, x)
+  const g = p('gate_proj', x) // [B*T, I]
   const silu = tf.mul(g, tf.sigmoid(g))
-  return linear(tf.mul(silu, linear(x, p('up_proj'))), p('down_proj')) // [B*T, D]
+  return p('down_proj', tf.mul(silu, p('up_proj', x))) // [B*T, D]
 }
 
 /** Pre-norm residual block. */
@@ -293,4 +320,39 @@ export function targetLogProbs(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Te
     }
   })
   return f(logits) as tf.Tensor1D
+}
+
+/**
+ * Add LoRA adapters to `targets` (q_proj, …, down_proj) and freeze every base weight. A ~ kaiming_uniform(a=√5)
+ * = U(−1/√in, 1/√in) as PEFT initialises it; B = 0, so the adapted model starts equal to the base.
+ */
+export function addLora(model: Model, o: { r: number; alpha: number; dropout: number; targets: string[] }, rng: Rng): void {
+  for (const p of model.params.values()) p.trainable = false
+  const known = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
+  for (const t of o.targets) if (!known.includes(t)) throw new AlignError(`lora.target_modules: unknown module ${t}; choose from ${known.join(', ')}`)
+  for (const [name, w] of [...model.params]) {
+    const m = /^(model\.layers\.\d+\.(?:self_attn|mlp)\.(\w+_proj))\.weight$/.exec(name)
+    if (!m || !o.targets.includes(m[2]!)) continue
+    const [inDim, outDim] = w.shape as [number, number] // held as [in, out]
+    const bound = 1 / Math.sqrt(inDim)
+    const a = new Float32Array(inDim * o.r).map(() => (2 * rng.random() - 1) * bound)
+    model.params.set(`${m[1]}.lora_A.weight`, tf.variable(tf.tensor2d(a, [inDim, o.r]), true)) // [in, r]
+    model.params.set(`${m[1]}.lora_B.weight`, tf.variable(tf.zeros([o.r, outDim]), true)) // [r, out]
+  }
+  model.lora = { ...o, enabled: true, training: false, seed: 0, calls: 0 }
+}
+
+/** Run `f` with LoRA adapters on or off (and in eval mode), restoring the previous state. */
+export function withAdapters<T>(model: Model, enabled: boolean, f: () => T): T {
+  const l = model.lora
+  if (!l) return f()
+  const [e, t] = [l.enabled, l.training]
+  l.enabled = enabled
+  l.training = false
+  try {
+    return f()
+  } finally {
+    l.enabled = e
+    l.training = t
+  }
 }

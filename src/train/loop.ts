@@ -18,14 +18,14 @@ import { Rng } from '../rng.ts'
 import { initBackend, type BackendInfo } from '../model/backend.ts'
 import { PRESETS, parseConfig, type ModelConfig } from '../model/config.ts'
 import { loadConfig, loadModel } from '../model/io.ts'
-import { disposeModel, initModel, type Model } from '../model/mistral.ts'
+import { addLora, disposeModel, initModel, withAdapters, type Model } from '../model/mistral.ts'
 import { loadTokenizer, type ChatTokenizer } from '../model/tokenizer.ts'
 import { padBatch, pairSequences, rowCounts, rowLogps, type PairIds, type Sequence } from './batch.ts'
 import { loadPairs, resolveSplit, epochBatches, type DataStats } from './data.ts'
 import { dpoBatchLoss, rewardMetrics, type DpoOptions } from './dpo.ts'
 import { Optimizer, clipByGlobalNorm, lrLambda, warmupSteps } from './optim.ts'
 import { referenceLogps } from './reference.ts'
-import { checkpointName, loadOptimizer, modelWeights, pruneCheckpoints, resolveResume, saveCheckpoint, type TrainerState } from './state.ts'
+import { adapterConfig, adapterWeights, checkpointName, loadAdapters, loadOptimizer, modelWeights, pruneCheckpoints, resolveResume, saveCheckpoint, type TrainerState } from './state.ts'
 import { EventWriter } from './tfevents.ts'
 import type { TrainerArgs } from './schema.ts'
 import { memoryPlan, formatPlan } from './plan.ts'
@@ -119,6 +119,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   }
   const policy = loadPolicy(m.policy, m.init_seed)
   const model = policy.model
+  const lora = v.lora as { enabled: boolean; r: number; alpha: number; dropout: number; target_modules: string[] }
+  if (lora.enabled) addLora(model, { r: lora.r, alpha: lora.alpha, dropout: lora.dropout, targets: lora.target_modules }, Rng.fromKey(`lora:${args.seed}`))
 
   // ---------------------------------------------------------------------------------------------------
   // reference log-probs (DPO): precomputed once and cached, or a frozen copy evaluated every step
@@ -129,10 +131,12 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   if (o.stage === 'dpo') {
     const refSpec = m.reference ?? m.policy
     const refId = m.reference ?? policy.id
-    if (args.reference_mode === 'frozen') frozenRef = m.reference || o.resume ? loadPolicy(refSpec, m.init_seed).model : cloneModel(model)
+    // with LoRA and no separate reference, the reference is the base model: the policy with adapters disabled
+    const adaptersOff = model.lora !== undefined && !m.reference
+    if (args.reference_mode === 'frozen') frozenRef = adaptersOff ? model : m.reference || o.resume ? loadPolicy(refSpec, m.init_seed).model : cloneModel(model)
     else {
       const lazy = { model: undefined as Model | undefined }
-      const getRef = () => (lazy.model ??= m.reference || o.resume ? loadPolicy(refSpec, m.init_seed).model : model)
+      const getRef = () => (lazy.model ??= adaptersOff || !(m.reference || o.resume) ? model : loadPolicy(refSpec, m.init_seed).model)
       const key = { refId, tokDir, maxLength: args.max_length, maxPrompt }
       refTrain = await referenceLogps(getRef, train.pairs, { ...key, data: train.sha256, limit: dataCfg.max_train_pairs }, args.per_device_eval_batch_size, log)
       refEval = await referenceLogps(getRef, evalSet.pairs, { ...key, data: evalSet.sha256, limit: dataCfg.max_eval_pairs }, args.per_device_eval_batch_size, log)
@@ -150,9 +154,12 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     const dir = resolveResume(runDir, o.resume)
     const state = JSON.parse((await import('node:fs')).readFileSync(join(dir, 'trainer_state.json'), 'utf8')) as TrainerState
     if (state.stage !== o.stage) throw new AlignError(`--resume ${dir}: a ${state.stage} checkpoint cannot resume ${o.stage}`)
-    const saved = loadModel(dir)
-    for (const [name, p] of model.params) p.assign(saved.params.get(name)!)
-    disposeModel(saved)
+    if (model.lora) loadAdapters(dir, model)
+    else {
+      const saved = loadModel(dir)
+      for (const [name, p] of model.params) p.assign(saved.params.get(name)!)
+      disposeModel(saved)
+    }
     loadOptimizer(dir, opt)
     step = state.global_step
     logHistory = state.log_history
@@ -168,8 +175,11 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     logging_steps: args.logging_steps, eval_steps: args.eval_steps, save_steps: args.save_steps, train_batch_size: args.per_device_train_batch_size,
     log_history: logHistory, best_metric: null, best_model_checkpoint: null, is_local_process_zero: true, is_world_process_zero: true, stage: o.stage, seed: args.seed,
   })
+  const resolved = { 'recipe.resolved.json': { recipe: o.recipe.path, overrides: o.recipe.overrides, values: v } }
   const save = (dir: string, withOptimizer: boolean, dtype: 'F32' | 'BF16' | 'F16') =>
-    saveCheckpoint({ dir, model, weights: modelWeights(model), config: model.config.raw, dtype, tokenizerDir: tokDir, state: state(), optimizer: withOptimizer ? opt : undefined, files: { 'recipe.resolved.json': { recipe: o.recipe.path, overrides: o.recipe.overrides, values: v } } })
+    model.lora
+      ? saveCheckpoint({ dir, model, weights: adapterWeights(model), weightsName: 'adapter_model.safetensors', dtype, tokenizerDir: tokDir, state: state(), optimizer: withOptimizer ? opt : undefined, files: { ...resolved, 'adapter_config.json': adapterConfig(model, m.policy) } })
+      : saveCheckpoint({ dir, model, weights: modelWeights(model), config: model.config.raw, dtype, tokenizerDir: tokDir, state: state(), optimizer: withOptimizer ? opt : undefined, files: resolved })
   const record = (row: Record<string, number>) => {
     logHistory.push(row)
     appendFileSync(metricsPath, JSON.stringify(row) + '\n')
@@ -185,8 +195,9 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   }
 
   // one micro-batch: loss (scaled by 1/GA) and its gradients, plus the numbers the metrics need
-  const microStep = (idx: number[]) => {
+  const microStep = (idx: number[], k: number) => {
     const pairs = idx.map((i) => train.pairs[i]!)
+    if (model.lora) Object.assign(model.lora, { training: true, seed: args.seed * 1_000_003 + k, calls: 0 })
     if (o.stage === 'sft') {
       const batch = padBatch(sftSequences(pairs), tok.padId)
       const tokens = Math.max(1, batch.mask.reduce((a, b) => a + b, 0))
@@ -226,7 +237,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       // accumulate gradients over GA micro-batches
       let acc: Map<string, tf.Tensor> | undefined
       for (let a = 0; a < args.gradient_accumulation_steps; a++) {
-        const { grads, loss, tokens, pairStats } = microStep(microBatch(step * args.gradient_accumulation_steps + a))
+        const k = step * args.gradient_accumulation_steps + a
+        const { grads, loss, tokens, pairStats } = microStep(microBatch(k), k)
         if (!Number.isFinite(loss)) {
           tf.dispose(grads)
           if (acc) tf.dispose([...acc.values()])
@@ -256,9 +268,9 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       }
       const last = step === maxSteps
       if (o.stage === 'dpo' && ((args.eval_steps > 0 && step % args.eval_steps === 0) || last)) {
-        record({ step, epoch: round(epoch), ...evaluateDpo(model, evalSet.pairs, refEval, frozenRef, dpo, args.per_device_eval_batch_size, tok.padId) })
+        record({ step, epoch: round(epoch), ...withAdapters(model, true, () => evaluateDpo(model, evalSet.pairs, refEval, frozenRef, dpo, args.per_device_eval_batch_size, tok.padId)) })
       } else if (o.stage === 'sft' && ((args.eval_steps > 0 && step % args.eval_steps === 0) || last)) {
-        record({ step, epoch: round(epoch), ...evaluateSft(model, evalSet.pairs, args.per_device_eval_batch_size, tok.padId) })
+        record({ step, epoch: round(epoch), ...withAdapters(model, true, () => evaluateSft(model, evalSet.pairs, args.per_device_eval_batch_size, tok.padId)) })
       }
       const stopping = interrupted || (o.stopAfter !== undefined && step - startStep >= o.stopAfter)
       if ((args.save_steps > 0 && step % args.save_steps === 0) || last || stopping) {
@@ -278,7 +290,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   } finally {
     process.off('SIGINT', onSigint)
     disposeModel(model)
-    if (frozenRef) disposeModel(frozenRef)
+    if (frozenRef && frozenRef !== model) disposeModel(frozenRef)
     opt.dispose()
   }
 }
@@ -320,9 +332,10 @@ function sftSequences(pairs: PairIds[]): Sequence[] {
 /** Tokens of a pair counted once: prompt + chosen + rejected. */
 const pairTokens = (pairs: PairIds[]) => pairs.reduce((a, p) => a + p.promptIds.length + p.chosenIds.length + p.rejectedIds.length, 0)
 
+/** Reference log-probs of a batch from a frozen model (or the policy with its adapters switched off). */
 function frozenLogps(ref: Model, pairs: PairIds[]): { chosen: number[]; rejected: number[] } {
   const batch = padBatch(pairSequences(pairs), 0)
-  const lp = tf.tidy(() => Array.from(rowLogps(ref, batch).logps.dataSync()))
+  const lp = withAdapters(ref, false, () => tf.tidy(() => Array.from(rowLogps(ref, batch).logps.dataSync())))
   return { chosen: lp.slice(0, pairs.length), rejected: lp.slice(pairs.length) }
 }
 

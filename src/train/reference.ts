@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import * as tf from '@tensorflow/tfjs'
-import type { Model } from '../model/mistral.ts'
+import { withAdapters, type Model } from '../model/mistral.ts'
 import { padBatch, pairSequences, rowLogps, type PairIds } from './batch.ts'
 
 export const CACHE_DIR = join('checkpoints', '.cache')
@@ -50,7 +50,7 @@ export async function referenceLogps(getRef: () => Model, pairs: PairIds[], key:
   const rejected: number[] = []
   for (let i = 0; i < pairs.length; i += batchSize) {
     const chunk = pairs.slice(i, i + batchSize)
-    const lp = tf.tidy(() => Array.from(rowLogps(ref, padBatch(pairSequences(chunk), 0)).logps.dataSync()))
+    const lp = withAdapters(ref, false, () => tf.tidy(() => Array.from(rowLogps(ref, padBatch(pairSequences(chunk), 0)).logps.dataSync())))
     chosen.push(...lp.slice(0, chunk.length))
     rejected.push(...lp.slice(chunk.length))
   }

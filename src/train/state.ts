@@ -72,6 +72,29 @@ export function modelWeights(model: Model): TensorToWrite[] {
   return [...model.params].map(([name, v]) => ({ name, shape: hfShape(name, v), data: () => hfData(name, v) }))
 }
 
+/** PEFT's adapter layout: `base_model.model.<module>.lora_{A,B}.weight`, A [r, in], B [out, r]. */
+export function adapterWeights(model: Model): TensorToWrite[] {
+  return [...model.params].filter(([name]) => name.includes('.lora_')).map(([name, v]) => ({ name: `base_model.model.${name}`, shape: hfShape(name, v), data: () => hfData(name, v) }))
+}
+
+/** adapter_config.json as PEFT writes it. */
+export function adapterConfig(model: Model, base: string): Record<string, unknown> {
+  const l = model.lora!
+  return { peft_type: 'LORA', task_type: 'CAUSAL_LM', base_model_name_or_path: base, r: l.r, lora_alpha: l.alpha, lora_dropout: l.dropout, target_modules: l.targets, bias: 'none', fan_in_fan_out: false, inference_mode: true, init_lora_weights: true, modules_to_save: null, use_rslora: false, use_dora: false, revision: null }
+}
+
+/** Load adapter weights saved by adapterWeights into a model that has LoRA added. */
+export function loadAdapters(dir: string, model: Model): void {
+  const w = openWeights(dir, 'adapter_model.safetensors')
+  for (const key of w.names()) {
+    const name = key.replace(/^base_model\.model\./, '')
+    const v = model.params.get(name)
+    if (!v) throw new AlignError(`${dir}: adapter tensor ${key} does not match this recipe's lora.target_modules`)
+    const shape = w.info(key).shape
+    v.assign(tf.tensor(transpose2d(w.read(key), shape[0]!, shape[1]!), [shape[1]!, shape[0]!]))
+  }
+}
+
 /** Restore optimizer moments saved by saveCheckpoint into `opt` (variables created as needed). */
 export function loadOptimizer(dir: string, opt: Optimizer): void {
   const meta = JSON.parse(readFileSync(join(dir, 'optimizer.json'), 'utf8'))
