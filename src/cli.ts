@@ -9,6 +9,8 @@ import { applyOverride, listRecipes, loadRecipe } from './recipe.ts'
 
 const overrides = restPositionals({ type: string, displayName: 'key=value', description: 'recipe overrides, e.g. binarize.min_margin=1 (type-checked; unknown keys are errors)' })
 
+const backendOpt = option({ type: string, long: 'backend', defaultValue: () => process.env.ALIGN_BACKEND ?? 'auto', defaultValueIsSerializable: true, description: 'auto | tfjs-node-gpu | tfjs-node | wasm | cpu' })
+
 const binarizeCmd = command({
   name: 'binarize',
   description: 'UltraFeedback (openbmb schema, parquet or JSONL) -> chosen/rejected pairs in HuggingFaceH4/ultrafeedback_binarized schema',
@@ -43,12 +45,10 @@ const binarizeCmd = command({
 
 const demoCmd = command({
   name: 'demo',
-  description: 'the main job on the shipped sample: binarize data/ultrafeedback -> (train a tiny policy -> inspect)',
-  args: { out: option({ type: string, long: 'out', defaultValue: () => 'checkpoints/demo', defaultValueIsSerializable: true, description: 'run directory' }) },
-  handler: async (a) => (await import('./demo.ts')).demo(a.out),
+  description: 'the main job on the shipped sample: binarize data/ultrafeedback -> SFT a tiny policy -> DPO -> inspect',
+  args: { out: option({ type: string, long: 'out', defaultValue: () => 'checkpoints/demo', defaultValueIsSerializable: true, description: 'run directory' }), backend: backendOpt },
+  handler: async (a) => (await import('./demo.ts')).demo(a.out, a.backend),
 })
-
-const backendOpt = option({ type: string, long: 'backend', defaultValue: () => process.env.ALIGN_BACKEND ?? 'auto', defaultValueIsSerializable: true, description: 'auto | tfjs-node-gpu | tfjs-node | wasm | cpu' })
 
 const infoCmd = command({
   name: 'info',
