@@ -102,10 +102,68 @@ const inspectCmd = command({
   },
 })
 
+const evalCmd = command({
+  name: 'eval',
+  description: 'DPO metrics (TRL names) of a policy against a reference on a pairs file; per-pair log-probs and rewards',
+  args: {
+    policy: option({ type: string, long: 'policy', description: 'policy checkpoint or LoRA adapter directory' }),
+    reference: option({ type: optional(string), long: 'reference', description: 'reference checkpoint (default for an adapter: its base with adapters disabled)' }),
+    pairs: option({ type: string, long: 'pairs', description: 'binarize output file (parquet/jsonl), text pairs, or pre-tokenized prompt_ids/chosen_ids/rejected_ids' }),
+    beta: option({ type: number, long: 'beta', defaultValue: () => 0.1, defaultValueIsSerializable: true, description: 'DPO beta' }),
+    loss: option({ type: oneOf(['sigmoid', 'ipo', 'hinge'] as const), long: 'loss', defaultValue: () => 'sigmoid' as const, defaultValueIsSerializable: true, description: 'loss type' }),
+    labelSmoothing: option({ type: number, long: 'label-smoothing', defaultValue: () => 0, defaultValueIsSerializable: true, description: 'conservative DPO epsilon' }),
+    maxLength: option({ type: number, long: 'max-length', defaultValue: () => 1024, defaultValueIsSerializable: true, description: 'max prompt + completion tokens' }),
+    maxPromptLength: option({ type: number, long: 'max-prompt-length', defaultValue: () => 512, defaultValueIsSerializable: true, description: 'max prompt tokens' }),
+    batchSize: option({ type: number, long: 'batch-size', defaultValue: () => 8, defaultValueIsSerializable: true, description: 'pairs per forward pass' }),
+    out: option({ type: optional(string), long: 'out', description: 'per-pair JSONL output' }),
+    json: flag({ long: 'json', description: 'metrics as JSON' }),
+    backend: backendOpt,
+  },
+  handler: async (a) => {
+    const { evaluatePairs } = await import('./train/evaluate.ts')
+    const { metrics } = await evaluatePairs(a)
+    process.stdout.write(a.json ? JSON.stringify(metrics, null, 2) + '\n' : Object.entries(metrics).map(([k, v]) => `${k.padEnd(22)} ${Number.isInteger(v) ? v : v.toFixed(6)}`).join('\n') + '\n')
+  },
+})
+
+const sampleCmd = command({
+  name: 'sample',
+  description: 'generate from a checkpoint (or adapter) with the chat template and a KV cache; streams tokens',
+  args: {
+    dir: positional({ type: string, displayName: 'dir', description: 'checkpoint or LoRA adapter directory' }),
+    prompt: option({ type: string, long: 'prompt', short: 'p', description: 'the user message' }),
+    maxNewTokens: option({ type: number, long: 'max-new-tokens', defaultValue: () => 128, defaultValueIsSerializable: true, description: 'tokens to generate' }),
+    temperature: option({ type: number, long: 'temperature', defaultValue: () => 0, defaultValueIsSerializable: true, description: '0 = greedy' }),
+    topP: option({ type: number, long: 'top-p', defaultValue: () => 1, defaultValueIsSerializable: true, description: 'nucleus sampling mass' }),
+    seed: option({ type: number, long: 'seed', defaultValue: () => 0, defaultValueIsSerializable: true, description: 'sampling seed' }),
+    raw: flag({ long: 'raw', description: 'no chat template: continue the prompt text as is' }),
+    backend: backendOpt,
+  },
+  handler: async (a) => {
+    const { initBackend } = await import('./model/backend.ts')
+    const { loadAny, tokenizerDirFor } = await import('./model/load.ts')
+    const { loadTokenizer } = await import('./model/tokenizer.ts')
+    const { generate } = await import('./model/generate.ts')
+    await initBackend(a.backend)
+    const { model, baseDir } = loadAny(a.dir)
+    const tok = loadTokenizer(tokenizerDirFor(a.dir, baseDir))
+    const ids = a.raw ? tok.encode(a.prompt) : tok.encode(tok.render([{ role: 'user', content: a.prompt }], true), !tok.render([], true).startsWith(tok.bos))
+    let shown = ''
+    const out: number[] = []
+    generate(model, ids, { maxNewTokens: a.maxNewTokens, temperature: a.temperature, topP: a.topP, seed: a.seed, eosIds: [tok.eosId], onToken: (id) => {
+      out.push(id)
+      const text = tok.decode(out)
+      process.stdout.write(text.slice(shown.length))
+      shown = text
+    } })
+    process.stdout.write('\n')
+  },
+})
+
 export const app = subcommands({
   name: 'align',
   description: 'DPO fine-tuning orchestrator: binarize UltraFeedback, train a Mistral-like policy (Zephyr recipes), inspect the result',
-  cmds: { binarize: binarizeCmd, inspect: inspectCmd, sft: trainCommand('sft'), train: trainCommand('dpo'), info: infoCmd, demo: demoCmd },
+  cmds: { binarize: binarizeCmd, inspect: inspectCmd, eval: evalCmd, sample: sampleCmd, sft: trainCommand('sft'), train: trainCommand('dpo'), info: infoCmd, demo: demoCmd },
 })
 
 export async function main(argv: string[]): Promise<void> {

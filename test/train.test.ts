@@ -123,4 +123,13 @@ test('dry run: step counts and a memory plan — 7B zephyr-lora fits an 80 GB GP
   assert.not.ok(existsSync(join(work, 'dry')))
 })
 
+test('a tokenizer larger than the model vocabulary is a clear error, before any weight is loaded', async () => {
+  const dir = join(work, 'small-vocab')
+  const { mkdirSync, writeFileSync } = await import('node:fs')
+  mkdirSync(dir, { recursive: true })
+  const cfg = JSON.parse(readFileSync(join(policyDir, 'config.json'), 'utf8'))
+  writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...cfg, vocab_size: 1000 }))
+  await rejects(() => train({ stage: 'dpo', recipe: recipe(...base(join(work, 'sv'), `model.policy=${dir}`, `model.tokenizer=${join(ROOT, 'data', 'tokenizer')}`)), quiet: true, dryRun: true }), /tokenizer .* has 32000 tokens but the model's vocab_size is 1000/)
+})
+
 test.run()

@@ -290,15 +290,6 @@ export function forward(model: Model, ids: tf.Tensor2D): tf.Tensor2D {
   return lmHead(model, hidden(model, ids))
 }
 
-/** Refuse token ids outside the model's vocabulary (an index out of range would read garbage silently). */
-export function checkIds(model: Model, ids: ArrayLike<number>, where: string): void {
-  const V = model.config.vocabSize
-  for (let i = 0; i < ids.length; i++) {
-    const t = ids[i]!
-    if (!(t >= 0 && t < V)) throw new AlignError(`${where}: token id ${t} is outside the model's vocabulary (vocab_size ${V}); the tokenizer does not match the model`)
-  }
-}
-
 /**
  * log p(target) per row, from logits [N, V] and int32 targets [N]: logits[i, t_i] - logsumexp(logits[i]).
  * The gradient, dy * (onehot(t) - softmax(logits)), is written out so no gather gradient is needed.

@@ -112,6 +112,10 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   if (tok.vocabSize > config.vocabSize) {
     throw new AlignError(`tokenizer ${tokDir} has ${tok.vocabSize} tokens but the model's vocab_size is ${config.vocabSize}; use the policy's own tokenizer`)
   }
+  for (const [file, set] of [[trainFile, train], [evalFile, evalSet]] as const) {
+    const i = set.pairs.findIndex((p) => [p.promptIds, p.chosenIds, p.rejectedIds].some((ids) => ids.some((t) => t < 0 || t >= config.vocabSize)))
+    if (i >= 0) throw new AlignError(`${file} pair ${i + 1}: token id outside the model's vocabulary (vocab_size ${config.vocabSize}); the data was tokenized for another model`)
+  }
   if (o.dryRun) {
     const plan = memoryPlan(config, o.stage, args, backend.active, (v.lora as any).enabled, (v.lora as any).r)
     const text = `${o.stage} dry run: ${maxSteps} optimizer steps (${microPerEpoch} micro-batches/epoch, global batch ${args.per_device_train_batch_size * args.gradient_accumulation_steps}), warmup ${warmup}\n${formatPlan(plan)}`
@@ -138,8 +142,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       const lazy = { model: undefined as Model | undefined }
       const getRef = () => (lazy.model ??= adaptersOff || !(m.reference || o.resume) ? model : loadPolicy(refSpec, m.init_seed).model)
       const key = { refId, tokDir, maxLength: args.max_length, maxPrompt }
-      refTrain = await referenceLogps(getRef, train.pairs, { ...key, data: train.sha256, limit: dataCfg.max_train_pairs }, args.per_device_eval_batch_size, log)
-      refEval = await referenceLogps(getRef, evalSet.pairs, { ...key, data: evalSet.sha256, limit: dataCfg.max_eval_pairs }, args.per_device_eval_batch_size, log)
+      refTrain = await referenceLogps(getRef, train.pairs, { ...key, data: train.sha256, limit: dataCfg.max_train_pairs }, args.per_device_eval_batch_size, log, o.quiet)
+      refEval = await referenceLogps(getRef, evalSet.pairs, { ...key, data: evalSet.sha256, limit: dataCfg.max_eval_pairs }, args.per_device_eval_batch_size, log, o.quiet)
       if (lazy.model && lazy.model !== model) disposeModel(lazy.model)
     }
   }

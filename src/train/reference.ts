@@ -9,6 +9,7 @@ import { join } from 'node:path'
 import * as tf from '@tensorflow/tfjs'
 import { withAdapters, type Model } from '../model/mistral.ts'
 import { padBatch, pairSequences, rowLogps, type PairIds } from './batch.ts'
+import { Progress } from '../progress.ts'
 
 export const CACHE_DIR = join('checkpoints', '.cache')
 
@@ -34,7 +35,7 @@ export interface RefKey {
   limit: number
 }
 
-export async function referenceLogps(getRef: () => Model, pairs: PairIds[], key: RefKey, batchSize: number, log: (s: string) => void): Promise<{ chosen: number[]; rejected: number[] }> {
+export async function referenceLogps(getRef: () => Model, pairs: PairIds[], key: RefKey, batchSize: number, log: (s: string) => void, quiet = false): Promise<{ chosen: number[]; rejected: number[] }> {
   const id = createHash('sha256').update(JSON.stringify({ ...key, refId: modelIdentity(key.refId), tokDir: modelIdentity(key.tokDir) })).digest('hex').slice(0, 24)
   const path = join(CACHE_DIR, `ref-logps-${id}.json`)
   if (existsSync(path)) {
@@ -48,7 +49,9 @@ export async function referenceLogps(getRef: () => Model, pairs: PairIds[], key:
   const ref = getRef()
   const chosen: number[] = []
   const rejected: number[] = []
+  const progress = new Progress('reference log-probs', { quiet })
   for (let i = 0; i < pairs.length; i += batchSize) {
+    progress.update(i, pairs.length, 'pairs')
     const chunk = pairs.slice(i, i + batchSize)
     const lp = withAdapters(ref, false, () => tf.tidy(() => Array.from(rowLogps(ref, padBatch(pairSequences(chunk), 0)).logps.dataSync())))
     chosen.push(...lp.slice(0, chunk.length))
@@ -57,6 +60,7 @@ export async function referenceLogps(getRef: () => Model, pairs: PairIds[], key:
   mkdirSync(CACHE_DIR, { recursive: true })
   writeFileSync(path + '.tmp', JSON.stringify({ key, chosen, rejected }))
   renameSync(path + '.tmp', path)
+  progress.succeed(`reference log-probs: ${pairs.length} pairs in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
   log(`reference log-probs: ${pairs.length} pairs in ${((performance.now() - t0) / 1000).toFixed(1)} s -> ${path}`)
   return { chosen, rejected }
 }
