@@ -160,10 +160,35 @@ const sampleCmd = command({
   },
 })
 
+const benchCmd = subcommands({
+  name: 'bench',
+  description: 'speed measurements',
+  cmds: {
+    dpo: command({
+      name: 'dpo',
+      description: 'one DPO optimizer step (forward + backward + AdamW) on pre-tokenized pairs; prints pairs/s, tokens/s, step_ms',
+      args: {
+        model: option({ type: string, long: 'model', description: 'config.json path or preset:<name> (random weights)' }),
+        pairs: option({ type: string, long: 'pairs', description: 'JSONL with prompt_ids, chosen_ids, rejected_ids (optional reference_*_logp)' }),
+        batchPairs: option({ type: number, long: 'batch-pairs', defaultValue: () => 4, defaultValueIsSerializable: true, description: 'pairs per step' }),
+        steps: option({ type: number, long: 'steps', defaultValue: () => 5, defaultValueIsSerializable: true, description: 'timed steps' }),
+        warmup: option({ type: number, long: 'warmup', defaultValue: () => 1, defaultValueIsSerializable: true, description: 'untimed steps first' }),
+        json: flag({ long: 'json', description: 'one JSON object' }),
+        backend: backendOpt,
+      },
+      handler: async (a) => {
+        const { benchDpo } = await import('./train/bench.ts')
+        const r = await benchDpo(a)
+        process.stdout.write(a.json ? JSON.stringify(r) + '\n' : Object.entries(r).map(([k, v]) => `${k.padEnd(18)} ${v}`).join('\n') + '\n')
+      },
+    }),
+  },
+})
+
 export const app = subcommands({
   name: 'align',
   description: 'DPO fine-tuning orchestrator: binarize UltraFeedback, train a Mistral-like policy (Zephyr recipes), inspect the result',
-  cmds: { binarize: binarizeCmd, inspect: inspectCmd, eval: evalCmd, sample: sampleCmd, sft: trainCommand('sft'), train: trainCommand('dpo'), info: infoCmd, demo: demoCmd },
+  cmds: { binarize: binarizeCmd, inspect: inspectCmd, eval: evalCmd, sample: sampleCmd, sft: trainCommand('sft'), train: trainCommand('dpo'), info: infoCmd, bench: benchCmd, demo: demoCmd },
 })
 
 export async function main(argv: string[]): Promise<void> {

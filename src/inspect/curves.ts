@@ -60,7 +60,7 @@ export function asciiChart(points: [number, number][], width = 60, height = 6): 
   })
   const lines: string[] = []
   for (let r = height - 1; r >= 0; r--) {
-    lines.push(cols.map((v) => BLOCKS[Math.max(0, Math.min(8, Math.round((v * height - r) * 8)))]).join(''))
+    lines.push(cols.map((v) => BLOCKS[Math.max(r === 0 ? 1 : 0, Math.min(8, Math.round((v * height - r) * 8)))]).join('')) // the bottom row always shows
   }
   const fmt = (x: number) => (Math.abs(x) >= 1e-2 || x === 0 ? x.toFixed(4) : x.toExponential(2))
   lines[0] += `  ${fmt(hi)}`

@@ -8,7 +8,7 @@
  * consumes micro-batches [s·GA, (s+1)·GA). The whole state of a run is therefore the step number, the weights
  * and the optimizer moments, which is what a checkpoint holds and what `--resume` restores.
  */
-import { appendFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs'
+import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { isAbsolute, join } from 'node:path'
 import * as tf from '@tensorflow/tfjs'
 import { AlignError } from '../errors.ts'
@@ -117,7 +117,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     if (i >= 0) throw new AlignError(`${file} pair ${i + 1}: token id outside the model's vocabulary (vocab_size ${config.vocabSize}); the data was tokenized for another model`)
   }
   if (o.dryRun) {
-    const plan = memoryPlan(config, o.stage, args, backend.active, (v.lora as any).enabled, (v.lora as any).r)
+    const lora = v.lora as { enabled: boolean; r: number; alpha: number; dropout: number; target_modules: string[] }
+    const plan = memoryPlan(config, o.stage, args, backend.active, lora.enabled, lora.r)
     const text = `${o.stage} dry run: ${maxSteps} optimizer steps (${microPerEpoch} micro-batches/epoch, global batch ${args.per_device_train_batch_size * args.gradient_accumulation_steps}), warmup ${warmup}\n${formatPlan(plan)}`
     return { runDir, finalDir: undefined, logHistory: [], backend, dataStats: { train: train.stats, eval: evalSet.stats }, plan: text }
   }
@@ -156,7 +157,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   let logHistory: Record<string, number>[] = []
   if (o.resume) {
     const dir = resolveResume(runDir, o.resume)
-    const state = JSON.parse((await import('node:fs')).readFileSync(join(dir, 'trainer_state.json'), 'utf8')) as TrainerState
+    const state = JSON.parse(readFileSync(join(dir, 'trainer_state.json'), 'utf8')) as TrainerState
     if (state.stage !== o.stage) throw new AlignError(`--resume ${dir}: a ${state.stage} checkpoint cannot resume ${o.stage}`)
     if (model.lora) loadAdapters(dir, model)
     else {

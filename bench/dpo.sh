@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# bench/dpo.sh: align's DPO step against the same step in PyTorch + OpenBLAS, side by side, on the standard set —
+# the tiny-bench Mistral (vocab 32000, hidden 256, 4 layers, 8 heads / 2 KV heads, intermediate 688), pairs of
+# ~128 prompt + ~128 completion tokens, 4 pairs per step. Installs Debian's python3-torch and libopenblas0-pthread
+# (the strong peer: reference BLAS is ~10x slower) when missing; needs root for apt-get.
+# Usage: bash bench/dpo.sh [steps]     Target (issue #6): align pairs/s >= 1.0x PyTorch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+steps=${1:-5}
+mkdir -p bench/out
+[ -f bench/out/pairs-128.jsonl ] || npx tsx bench/make-pairs.ts bench/out/pairs-128.jsonl 64
+align=$(node --import tsx src/cli.ts bench dpo --model preset:tiny-bench --pairs bench/out/pairs-128.jsonl --batch-pairs 4 --steps "$steps" --json)
+echo "$align"
+if ! /usr/bin/python3 -c 'import torch' 2>/dev/null || ! dpkg -s libopenblas0-pthread >/dev/null 2>&1; then
+  echo "installing python3-torch + libopenblas0-pthread (apt-get)" >&2
+  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch libopenblas0-pthread >&2
+fi
+torch=$(/usr/bin/python3 bench/dpo_torch.py bench/out/pairs-128.jsonl 4 "$steps")
+echo "$torch"
+node -e 'const [a, t] = process.argv.slice(1).map((s) => JSON.parse(s)); console.log(`align/pytorch pairs/s: ${(a.pairs_per_second / t.pairs_per_second).toFixed(2)}x (${a.backend} ${a.pairs_per_second} vs ${t.pairs_per_second}) on ${new Date().toISOString().slice(0, 10)}`)' "$align" "$torch"

@@ -1,0 +1,73 @@
+/**
+ * `align bench dpo`: the speed of one DPO optimizer step on pre-tokenized pairs — forward + backward of the
+ * policy on a batch of `batchPairs` pairs + the AdamW update, reference log-probs read from the file
+ * (`reference_chosen_logp` / `reference_rejected_logp`, 0 when absent). Warm-up steps are not timed.
+ */
+import { existsSync } from 'node:fs'
+import * as tf from '@tensorflow/tfjs'
+import { AlignError } from '../errors.ts'
+import { initBackend } from '../model/backend.ts'
+import { PRESETS, parseConfig } from '../model/config.ts'
+import { readJson } from '../checkpoint/hf.ts'
+import { disposeModel, initModel } from '../model/mistral.ts'
+import { Rng } from '../rng.ts'
+import { padBatch, pairSequences, type PairIds } from './batch.ts'
+import { readRows, isTokenized } from './data.ts'
+import { dpoBatchLoss } from './dpo.ts'
+import { Optimizer } from './optim.ts'
+
+export interface BenchArgs {
+  model: string
+  pairs: string
+  batchPairs: number
+  steps: number
+  warmup: number
+  backend?: string
+}
+
+export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
+  const backend = await initBackend(a.backend)
+  const raw = a.model.startsWith('preset:') ? PRESETS[a.model.slice(7)] : existsSync(a.model) ? readJson(a.model) : undefined
+  if (!raw) throw new AlignError(`--model ${a.model}: a config.json path or preset:<name> (${Object.keys(PRESETS).join(', ')})`)
+  const config = parseConfig(raw, a.model)
+  const rows = await readRows(a.pairs)
+  if (!rows.every(isTokenized)) throw new AlignError(`${a.pairs}: bench needs pre-tokenized rows (prompt_ids, chosen_ids, rejected_ids)`)
+  const pairs: PairIds[] = rows.map((r) => ({ promptIds: r.prompt_ids as number[], chosenIds: r.chosen_ids as number[], rejectedIds: r.rejected_ids as number[] }))
+  const ref = (k: string) => rows.map((r) => (typeof r[k] === 'number' ? (r[k] as number) : 0))
+  const refC = ref('reference_chosen_logp')
+  const refR = ref('reference_rejected_logp')
+  const model = initModel(config, Rng.fromKey('bench'))
+  const opt = new Optimizer({ optimizer: 'adamw', beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, rmspropAlpha: 0.99 })
+  const vars = [...model.params.values()]
+  const names = new Map(vars.map((v, i) => [v.name, [...model.params.keys()][i]!]))
+  let timed = 0
+  let tokens = 0
+  let pairsDone = 0
+  const tensorsAfter: number[] = []
+  for (let s = 0; s < a.warmup + a.steps; s++) {
+    const idx = Array.from({ length: a.batchPairs }, (_, j) => (s * a.batchPairs + j) % pairs.length)
+    const chunk = idx.map((i) => pairs[i]!)
+    const t0 = performance.now()
+    const batch = padBatch(pairSequences(chunk), 0)
+    const { value, grads } = tf.variableGrads(() => dpoBatchLoss(model, batch, idx.map((i) => refC[i]!), idx.map((i) => refR[i]!), { beta: 0.1, lossType: 'sigmoid', labelSmoothing: 0 }).loss, vars)
+    value.dataSync()
+    const byName = new Map(Object.entries(grads).map(([k, g]) => [names.get(k)!, g]))
+    opt.apply(model.params, byName, 1e-6)
+    tf.dispose([value, ...Object.values(grads)])
+    model.params.get('lm_head.weight')?.dataSync() // wait for the update
+    if (s >= a.warmup) {
+      timed += performance.now() - t0
+      tokens += chunk.reduce((x, p) => x + p.promptIds.length + p.chosenIds.length + p.rejectedIds.length, 0)
+      pairsDone += chunk.length
+      tensorsAfter.push(tf.memory().numTensors)
+    }
+  }
+  disposeModel(model)
+  opt.dispose()
+  const secs = timed / 1000
+  return {
+    bench: 'dpo', backend: backend.active, model: a.model, batch_pairs: a.batchPairs, steps: a.steps,
+    pairs_per_second: +(pairsDone / secs).toFixed(3), tokens_per_second: Math.round(tokens / secs), step_ms: Math.round(timed / a.steps),
+    peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024), tensors_flat: new Set(tensorsAfter).size === 1,
+  }
+}
