@@ -31,9 +31,9 @@ export async function demo(out = 'checkpoints/demo', backend?: string): Promise<
   process.stdout.write(inspect({ dir: `${dir}/dpo`, plot: `${dir}/dpo/curves.svg` }).text + '\n')
 
   const last = (k: string) => [...dpo.logHistory].reverse().find((r) => r[k] !== undefined)?.[k]
-  const trainLoss = last('loss')!
+  const trainLoss = last('train_loss')!
   const acc = last('eval_rewards/accuracies')!
   const minutes = (Date.now() - started) / 60000
-  process.stdout.write(`\ndemo: ${minutes.toFixed(1)} min · DPO train loss ${trainLoss.toFixed(4)} (ln 2 = 0.6931) · eval_rewards/accuracies ${acc.toFixed(3)} · eval_loss ${last('eval_loss')!.toFixed(4)}\n`)
+  process.stdout.write(`\ndemo: ${minutes.toFixed(1)} min · DPO train_loss ${trainLoss.toFixed(4)} (mean over training; ln 2 = 0.6931) · eval_rewards/accuracies ${acc.toFixed(3)} · eval_loss ${last('eval_loss')!.toFixed(4)}\n`)
   process.stdout.write(`outputs: ${dir}/{data,sft,dpo}; curves: ${dir}/dpo/curves.svg\n`)
 }

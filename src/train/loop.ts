@@ -236,7 +236,9 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   process.on('SIGINT', onSigint)
   const window = newWindow()
   let tLast = performance.now()
+  const tStart = performance.now()
   const startStep = step
+  let lossSum = 0 // per-step mean losses of this invocation, for the final train_loss (HF Trainer)
   try {
     while (step < maxSteps) {
       // accumulate gradients over GA micro-batches
@@ -260,6 +262,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       tf.dispose([...grads.values()])
       step++
       window.gradNorms.push(norm)
+      lossSum += mean(window.loss.slice(-args.gradient_accumulation_steps))
 
       const epoch = (step * args.gradient_accumulation_steps) / microPerEpoch
       if (step % args.logging_steps === 0 || step === maxSteps || step === 1) {
@@ -287,10 +290,12 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
         return { runDir, finalDir: undefined, logHistory, backend, dataStats: { train: train.stats, eval: evalSet.stats } }
       }
     }
+    const secs = (performance.now() - tStart) / 1000
+    const steps = step - startStep
+    record({ step, epoch: round((step * args.gradient_accumulation_steps) / microPerEpoch), train_loss: lossSum / Math.max(1, steps), train_runtime: round(secs), train_samples_per_second: round((steps * args.gradient_accumulation_steps * args.per_device_train_batch_size) / secs), train_steps_per_second: round(steps / secs) })
     const finalDir = join(runDir, 'final')
     save(finalDir, false, SAVE_DTYPE[m.save_dtype as keyof typeof SAVE_DTYPE])
-    const lastRow = [...logHistory].reverse().find((r) => r.loss !== undefined)
-    progress.succeed(`${o.stage}: ${maxSteps} steps · loss ${lastRow?.loss?.toFixed(4)} · saved ${finalDir}`)
+    progress.succeed(`${o.stage}: ${maxSteps} steps · train_loss ${(lossSum / Math.max(1, steps)).toFixed(4)} (mean of this run) · saved ${finalDir}`)
     return { runDir, finalDir, logHistory, backend, dataStats: { train: train.stats, eval: evalSet.stats } }
   } finally {
     process.off('SIGINT', onSigint)
