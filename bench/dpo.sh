@@ -15,6 +15,7 @@ if ! /usr/bin/python3 -c 'import torch' 2>/dev/null || ! dpkg -s libopenblas0-pt
   echo "installing python3-torch + libopenblas0-pthread (apt-get)" >&2
   apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch libopenblas0-pthread >&2
 fi
-torch=$(/usr/bin/python3 bench/dpo_torch.py bench/out/pairs-128.jsonl 4 "$steps")
+# this machine sets OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for old numpy builds; they slow a current OpenBLAS
+torch=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 bench/dpo_torch.py bench/out/pairs-128.jsonl 4 "$steps")
 echo "$torch"
 node -e 'const [a, t] = process.argv.slice(1).map((s) => JSON.parse(s)); console.log(`align/pytorch pairs/s: ${(a.pairs_per_second / t.pairs_per_second).toFixed(2)}x (${a.backend} ${a.pairs_per_second} vs ${t.pairs_per_second}) on ${new Date().toISOString().slice(0, 10)}`)' "$align" "$torch"

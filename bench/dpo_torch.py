@@ -4,8 +4,10 @@ A plain Mistral decoder (RMSNorm, rotate-half RoPE, GQA, SwiGLU, untied head), a
 [chosen..., rejected...], full [B, T, V] logits, summed completion log-probs, sigmoid DPO loss, AdamW.
 Usage: python3 bench/dpo_torch.py <pairs.jsonl> <batch_pairs> <steps> [warmup]   -> one JSON line
 """
-import json, math, resource, sys, time
+import json, math, os, resource, sys, time
 import torch
+
+torch.set_num_threads(os.cpu_count() or 1)  # torch 1.13 picks 1 intra-op thread here; the peer gets both cores
 import torch.nn.functional as F
 
 cfg = dict(vocab=32000, hidden=256, inter=688, layers=4, heads=8, kv=2)  # PRESETS['tiny-bench']

@@ -4,9 +4,9 @@
  *   SFT weights → inspect the DPO run (terminal charts + curves.svg).
  * Everything lands under checkpoints/demo/ (override with --out).
  */
-import { resolve } from 'node:path'
+import { join, resolve } from 'node:path'
 import { binarize, BINARIZE_SECTION, type BinarizeOptions } from './binarize/index.ts'
-import { loadRecipe } from './recipe.ts'
+import { PACKAGE_DIR, loadRecipe } from './recipe.ts'
 
 export async function demo(out = 'checkpoints/demo', backend?: string): Promise<void> {
   const started = Date.now()
@@ -15,7 +15,7 @@ export async function demo(out = 'checkpoints/demo', backend?: string): Promise<
 
   step('1/4 binarize data/ultrafeedback (recipe tiny: the zephyr rule, 100 held-out pairs)')
   const b = loadRecipe('tiny', { binarize: BINARIZE_SECTION })
-  const stats = await binarize({ inputs: ['data/ultrafeedback'], out: `${dir}/data`, formats: ['parquet'], recipeName: 'tiny', options: b.values.binarize as unknown as BinarizeOptions })
+  const stats = await binarize({ inputs: [join(PACKAGE_DIR, 'data', 'ultrafeedback')], out: `${dir}/data`, formats: ['parquet'], recipeName: 'tiny', options: b.values.binarize as unknown as BinarizeOptions })
   process.stderr.write(`${stats.rows_read} rows -> ${stats.pairs.train_prefs} train / ${stats.pairs.test_prefs} test pairs\n`)
 
   const { TRAIN_SCHEMA } = await import('./train/schema.ts')

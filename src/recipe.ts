@@ -31,7 +31,10 @@ export type Schema = Record<string, Section>
 /** Every section any command reads; a recipe with another top-level key is an error (a typo would be ignored). */
 export const KNOWN_SECTIONS = ['description', 'binarize', 'model', 'data', 'sft', 'dpo', 'lora']
 
-export const RECIPES_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'recipes')
+export const PACKAGE_DIR = join(dirname(fileURLToPath(import.meta.url)), '..')
+export const RECIPES_DIR = join(PACKAGE_DIR, 'recipes')
+/** The shipped Mistral-7B tokenizer (data/PROVENANCE.md), for preset policies that have none. */
+export const SHIPPED_TOKENIZER = join(PACKAGE_DIR, 'data', 'tokenizer')
 
 export interface LoadedRecipe {
   name: string

@@ -5,6 +5,7 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { AlignError } from '../errors.ts'
+import { SHIPPED_TOKENIZER } from '../recipe.ts'
 import { Rng } from '../rng.ts'
 import { loadModel } from './io.ts'
 import { addLora, type Model } from './mistral.ts'
@@ -28,5 +29,5 @@ export function loadAny(dir: string, base?: string): { model: Model; baseDir: st
 /** The tokenizer directory for a checkpoint: its own files, else its base's, else the shipped Mistral tokenizer. */
 export function tokenizerDirFor(dir: string, baseDir: string): string {
   for (const d of [dir, baseDir]) if (existsSync(join(d, 'tokenizer.json'))) return d
-  return 'data/tokenizer'
+  return SHIPPED_TOKENIZER
 }

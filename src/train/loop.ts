@@ -13,7 +13,7 @@ import { isAbsolute, join } from 'node:path'
 import * as tf from '@tensorflow/tfjs'
 import { AlignError } from '../errors.ts'
 import { Progress } from '../progress.ts'
-import type { LoadedRecipe } from '../recipe.ts'
+import { SHIPPED_TOKENIZER, type LoadedRecipe } from '../recipe.ts'
 import { Rng } from '../rng.ts'
 import { initBackend, type BackendInfo } from '../model/backend.ts'
 import { PRESETS, parseConfig, type ModelConfig } from '../model/config.ts'
@@ -92,7 +92,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   // setup: backend, tokenizer, policy, data
   const backend = await initBackend(o.backend)
   log(`${o.stage}: backend ${backend.active} · recipe ${o.recipe.name} · run ${runDir}`)
-  const tokDir = m.tokenizer ?? (!String(m.policy).startsWith('preset:') && existsSync(join(m.policy, 'tokenizer.json')) ? m.policy : 'data/tokenizer')
+  const tokDir = m.tokenizer ?? (!String(m.policy).startsWith('preset:') && existsSync(join(m.policy, 'tokenizer.json')) ? m.policy : SHIPPED_TOKENIZER)
   const tok = loadTokenizer(tokDir)
   // SFT keeps at most half of max_length for the prompt, so every row keeps completion tokens to learn from
   const maxPrompt = o.stage === 'dpo' ? args.max_prompt_length! : Math.floor(args.max_length / 2)
