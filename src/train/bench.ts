@@ -54,7 +54,7 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     const byName = new Map(Object.entries(grads).map(([k, g]) => [names.get(k)!, g]))
     opt.apply(model.params, byName, 1e-6)
     tf.dispose([value, ...Object.values(grads)])
-    model.params.get('lm_head.weight')?.dataSync() // wait for the update
+    tf.tidy(() => tf.sum(model.params.get('model.norm.weight')!).dataSync()) // wait for the update on async backends (a scalar readback)
     if (s >= a.warmup) {
       timed += performance.now() - t0
       tokens += chunk.reduce((x, p) => x + p.promptIds.length + p.chosenIds.length + p.rejectedIds.length, 0)
