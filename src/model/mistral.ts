@@ -104,11 +104,13 @@ function customGrad<T extends tf.Tensor[]>(f: (inputs: T, save: tf.GradSaveFunc)
 
 /** x @ w with a gradient of plain matMuls (dx = dy @ wᵀ, dw = xᵀ @ dy) that stay on the fast kernel. */
 export const linear: (x: tf.Tensor2D, w: tf.Tensor2D) => tf.Tensor2D = customGrad(([x, w]: [tf.Tensor2D, tf.Tensor2D], save) => {
-  save([x, w])
+  // save() clones what it keeps; weights are variables (never disposed by a tidy), so only x is saved
+  save(w instanceof tf.Variable ? [x] : [x, w])
   return {
     value: tf.matMul(x, w),
     gradFunc: (dy, saved) => {
-      const [xs, ws] = saved as [tf.Tensor2D, tf.Tensor2D]
+      const xs = saved[0] as tf.Tensor2D
+      const ws = (saved[1] ?? w) as tf.Tensor2D
       return [tf.matMul(dy as tf.Tensor2D, tf.transpose(ws)), tf.matMul(tf.transpose(xs), dy as tf.Tensor2D)]
     },
   }
