@@ -1,6 +1,7 @@
 // `align sft` / `align train` end to end on a 1-layer Mistral-like model (real tokenizer, vocab 32000):
 // metrics with TRL names, HF-layout checkpoints, resume equal to an uninterrupted run, NaN stop, dry-run plan.
 import { existsSync, readFileSync, readdirSync } from 'node:fs'
+import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
@@ -127,6 +128,25 @@ test('dry run: step counts and a memory plan — 7B zephyr-lora fits an 80 GB GP
   assert.match(r.plan!, /^full\*.* no$/m)
   assert.match(r.plan!, /^lora .* yes$/m)
   assert.not.ok(existsSync(join(work, 'dry')))
+  // without --dry-run a 7B preset (random weights) is refused before anything is allocated
+  await rejects(() => train({ stage: 'dpo', recipe: recipe(...base(join(work, 'dry7b'), 'model.policy=preset:mistral-7b')), quiet: true }), /would train 7\.2B random weights; point model\.policy at an SFT checkpoint/)
+})
+
+test('Ctrl-C finishes the current step, saves checkpoint-<step> and exits 130', async () => {
+  const out = join(work, 'sigint')
+  const args = ['--import', 'tsx', join(ROOT, 'src', 'cli.ts'), 'train', '--recipe', 'tiny', '--backend', 'wasm', ...base(out, 'dpo.max_steps=500', 'dpo.save_steps=0', 'dpo.eval_steps=0')]
+  const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+  let stderr = ''
+  child.stderr.on('data', (d) => (stderr += d))
+  const metrics = join(out, 'metrics.jsonl')
+  for (let i = 0; i < 600 && !(existsSync(metrics) && readFileSync(metrics, 'utf8').trim().length > 0); i++) await new Promise((r) => setTimeout(r, 100))
+  child.kill('SIGINT')
+  const code = await new Promise<number | null>((r) => child.on('exit', r))
+  assert.is(code, 130, stderr)
+  const ckpts = readdirSync(out).filter((f) => /^checkpoint-\d+$/.test(f))
+  assert.is(ckpts.length, 1, stderr)
+  assert.ok(Number(ckpts[0]!.split('-')[1]) < 500)
+  assert.not.ok(existsSync(join(out, 'final')))
 })
 
 test('a tokenizer larger than the model vocabulary is a clear error, before any weight is loaded', async () => {

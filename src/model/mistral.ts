@@ -157,12 +157,11 @@ export function ropeTables(T: number, hd: number, theta: number): { cos: tf.Tens
 
 /** Rotary embedding, rotate-half form: x*cos + [-x2, x1]*sin. x: [B, T, nH, hd]; tables [T, hd]. */
 export function rope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D {
-  const [B, T, nH, hd] = x.shape
+  const [, T, , hd] = x.shape // [B, T, nH, hd]
   const [x1, x2] = tf.split(x, 2, 3) as [tf.Tensor4D, tf.Tensor4D] // [B, T, nH, hd/2] each
   const rotated = tf.concat([tf.neg(x2), x1], 3) // [B, T, nH, hd]
   const c = tf.reshape(cos, [1, T, 1, hd])
   const s = tf.reshape(sin, [1, T, 1, hd])
-  void [B, nH]
   return tf.add(tf.mul(x, c), tf.mul(rotated, s))
 }
 

@@ -16,7 +16,7 @@ import { Progress } from '../progress.ts'
 import { SHIPPED_TOKENIZER, type LoadedRecipe } from '../recipe.ts'
 import { Rng } from '../rng.ts'
 import { initBackend, type BackendInfo } from '../model/backend.ts'
-import { PRESETS, parseConfig, type ModelConfig } from '../model/config.ts'
+import { PRESETS, parameterShapes, parseConfig, type ModelConfig } from '../model/config.ts'
 import { loadConfig, loadModel } from '../model/io.ts'
 import { addLora, disposeModel, initModel, withAdapters, type Model } from '../model/mistral.ts'
 import { loadTokenizer, type ChatTokenizer } from '../model/tokenizer.ts'
@@ -44,6 +44,8 @@ export interface TrainOptions {
 }
 
 export interface TrainResult {
+  /** true when Ctrl-C (or stopAfter) ended the run early, after saving a checkpoint */
+  interrupted?: boolean
   runDir: string
   finalDir: string | undefined
   logHistory: Record<string, number>[]
@@ -75,7 +77,10 @@ export function loadPolicy(spec: string, initSeed: number): { model: Model; id: 
     const name = spec.slice(7)
     const raw = PRESETS[name]
     if (!raw) throw new AlignError(`model.policy ${spec}: unknown preset; presets: ${Object.keys(PRESETS).join(', ')}`)
-    return { model: initModel(parseConfig(raw, spec), Rng.fromKey(`init:${initSeed}`)), id: `${spec}:seed${initSeed}` }
+    const config = parseConfig(raw, spec)
+    const params = [...parameterShapes(config).values()].reduce((a, sh) => a + sh.reduce((x, d) => x * d, 1), 0)
+    if (params > 1e9) throw new AlignError(`model.policy ${spec} would train ${(params / 1e9).toFixed(1)}B random weights; point model.policy at an SFT checkpoint directory (e.g. zephyr-7b-sft-full), or add --dry-run for the plan`)
+    return { model: initModel(config, Rng.fromKey(`init:${initSeed}`)), id: `${spec}:seed${initSeed}` }
   }
   return { model: loadModel(spec), id: spec, dir: spec }
 }
@@ -241,6 +246,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   let lossSum = 0 // per-step mean losses of this invocation, for the final train_loss (HF Trainer)
   try {
     while (step < maxSteps) {
+      await new Promise((r) => setImmediate(r)) // let a pending Ctrl-C (SIGINT) handler run between steps
       // accumulate gradients over GA micro-batches
       let acc: Map<string, tf.Tensor> | undefined
       for (let a = 0; a < args.gradient_accumulation_steps; a++) {
@@ -286,8 +292,9 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
         pruneCheckpoints(runDir, args.save_total_limit)
       }
       if (stopping) {
-        progress.fail(`${o.stage}: stopped at step ${step}/${maxSteps}; resume with --resume latest`)
-        return { runDir, finalDir: undefined, logHistory, backend, dataStats: { train: train.stats, eval: evalSet.stats } }
+        progress.fail(`${o.stage}: stopped at step ${step}/${maxSteps}, saved ${join(runDir, checkpointName(step))}; resume with --resume latest`)
+        if (o.quiet && interrupted) process.stderr.write(`${o.stage}: interrupted at step ${step}; saved ${join(runDir, checkpointName(step))}\n`)
+        return { interrupted: true, runDir, finalDir: undefined, logHistory, backend, dataStats: { train: train.stats, eval: evalSet.stats } }
       }
     }
     const secs = (performance.now() - tStart) / 1000
