@@ -5,7 +5,7 @@ import * as assert from 'uvu/assert'
 import * as tf from '@tensorflow/tfjs'
 import { initBackend } from '../src/model/backend.ts'
 import { parseConfig, parameterShapes } from '../src/model/config.ts'
-import { clearCaches, diskData, disposeModel, initModel, modelFromTensors, type Model } from '../src/model/mistral.ts'
+import { clearCaches, diskData, disposeModel, initModel, modelFromTensors, setHeadChunkTokens, type Model } from '../src/model/mistral.ts'
 import { padBatch, pairSequences } from '../src/train/batch.ts'
 import { dpoBatchLoss } from '../src/train/dpo.ts'
 import { Rng } from '../src/rng.ts'
@@ -28,6 +28,7 @@ function weights(): Map<string, Float32Array> {
   disposeModel(m)
   return out
 }
+await initBackend('cpu')
 const W = weights()
 const build = (w: Map<string, Float32Array>) => modelFromTensors(config, (name) => w.get(name)!.slice())
 const lossOf = (m: Model) => tf.tidy(() => dpoBatchLoss(m, batch, ref.chosen, ref.rejected, opts).loss.dataSync()[0]!)
@@ -95,6 +96,31 @@ test('cpu and wasm agree on the loss and every gradient of a DPO step', async ()
   disposeModel(b)
   clearCaches()
   await initBackend('cpu')
+})
+
+test('the chunked LM head gives the same log-probs and gradients as the whole head', async () => {
+  await initBackend('wasm')
+  const whole = build(W)
+  const lw = lossOf(whole)
+  const gw = grads(whole)
+  disposeModel(whole)
+  setHeadChunkTokens(3) // the batch's 13 scored tokens in 5 chunks
+  try {
+    const chunked = build(W)
+    assert.ok(Math.abs(lossOf(chunked) - lw) < 1e-6)
+    const gc = grads(chunked)
+    for (const [name, x] of gw) {
+      const y = gc.get(name)!
+      let md = 0
+      for (let i = 0; i < x.length; i++) md = Math.max(md, Math.abs(x[i]! - y[i]!))
+      assert.ok(md < 1e-5, `${name}: max |whole - chunked| ${md}`)
+    }
+    disposeModel(chunked)
+  } finally {
+    setHeadChunkTokens(0)
+    clearCaches()
+    await initBackend('cpu')
+  }
 })
 
 test.run()

@@ -348,3 +348,60 @@ export function withAdapters<T>(model: Model, enabled: boolean, f: () => T): T {
     l.training = t
   }
 }
+
+/** Scored tokens per chunk of the LM head (0 = auto: chunks of at most 2^27 logits, 512 MB, ~4k tokens at 32k vocab). */
+let headChunkTokens = 0
+export function setHeadChunkTokens(n: number): void {
+  headChunkTokens = n
+}
+
+/**
+ * Target log-probs [N] and mean logits [N] of the final hidden states h [N, D]. When the [N, V] logits would be
+ * large they are never materialised whole: the head, log-softmax and target pick run over chunks of tokens in
+ * the forward pass, and are recomputed chunk by chunk in the backward pass (dh = g Wᵀ, dW += hᵀ g with
+ * g = dy·(onehot − softmax)), bounding memory by one chunk — the wasm heap stops at 4 GiB.
+ */
+export function headLogProbs(model: Model, h: tf.Tensor2D, targets: tf.Tensor1D): { logps: tf.Tensor1D; meanLogits: tf.Tensor1D } {
+  const [N] = h.shape
+  const V = model.config.vocabSize
+  const chunk = headChunkTokens > 0 ? headChunkTokens : Math.max(1, Math.floor(2 ** 27 / V))
+  const w = model.params.get('lm_head.weight') as unknown as tf.Tensor2D | undefined
+  if (N <= chunk || !w || model.config.tieWordEmbeddings) {
+    const logits = lmHead(model, h) // [N, V]
+    return { logps: targetLogProbs(logits, targets), meanLogits: tf.mean(logits, 1) as tf.Tensor1D }
+  }
+  // mean over the vocabulary of h·W equals h · (row means of W): no logits needed
+  const meanLogits = tf.reshape(tf.matMul(h, tf.mean(w, 1, true)), [N]) as tf.Tensor1D
+  const starts = Array.from({ length: Math.ceil(N / chunk) }, (_, i) => i * chunk)
+  const pieces = (t: tf.Tensor, s: number) => tf.slice(t, [s], [Math.min(chunk, N - s)])
+  const f = customGrad(([hs, ws]: [tf.Tensor2D, tf.Tensor2D], save) => {
+    save([hs, targets])
+    const value = tf.concat(starts.map((s) => tf.tidy(() => {
+      const hc = tf.slice(hs, [s, 0], [Math.min(chunk, N - s), -1]) as tf.Tensor2D // [C, D]
+      return targetLogProbs(tf.matMul(hc, ws), pieces(targets, s) as tf.Tensor1D) // [C]; the [C, V] logits freed here
+    })))
+    return {
+      value,
+      gradFunc: (dy, [hSaved, tSaved]) => {
+        const wT = tf.transpose(ws) // [V, D], once
+        const dh: tf.Tensor[] = []
+        let dw: tf.Tensor = tf.zerosLike(ws)
+        for (const s of starts) {
+          const [dhc, next] = tf.tidy(() => {
+            const n = Math.min(chunk, N - s)
+            const hc = tf.slice(hSaved!, [s, 0], [n, -1]) as tf.Tensor2D // [C, D]
+            const logits = tf.matMul(hc, ws) // [C, V]
+            const hot = tf.cast(tf.oneHot(pieces(tSaved!, s) as tf.Tensor1D, V), 'float32')
+            const g = tf.mul(tf.expandDims(pieces(dy, s), 1), tf.sub(hot, tf.softmax(logits))) as tf.Tensor2D // [C, V]
+            return [tf.matMul(g, wT), tf.add(dw, tf.matMul(tf.transpose(hc), g))] // [C, D], [D, V]
+          })
+          dh.push(dhc!)
+          dw.dispose()
+          dw = next!
+        }
+        return [tf.concat(dh), dw]
+      },
+    }
+  })
+  return { logps: f(h, w) as tf.Tensor1D, meanLogits }
+}

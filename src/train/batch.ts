@@ -7,7 +7,7 @@
  * padding contribute nothing). Row lengths are padded up to a multiple of 16 so few distinct shapes occur.
  */
 import * as tf from '@tensorflow/tfjs'
-import { gatherRows, hidden, lmHead, targetLogProbs, type Model } from '../model/mistral.ts'
+import { gatherRows, headLogProbs, hidden, type Model } from '../model/mistral.ts'
 
 export interface Sequence {
   ids: number[]
@@ -66,7 +66,7 @@ export interface RowLogps {
 /**
  * Per-row summed completion log-probs, one forward pass. The LM head runs only at the scored positions
  * (completion tokens): prompt and padding positions never get [*, V] logits, which on a 32k vocabulary is
- * most of the step's compute and memory.
+ * most of the step's compute and memory; large heads run in chunks of tokens (headLogProbs).
  */
 export function rowLogps(model: Model, batch: SeqBatch): RowLogps {
   const { B, T } = batch
@@ -78,12 +78,11 @@ export function rowLogps(model: Model, batch: SeqBatch): RowLogps {
   if (N === 0) return { logps: tf.zeros([B]) as tf.Tensor1D, logitSums: tf.zeros([B]) as tf.Tensor1D }
   const h = hidden(model, tf.tensor2d(batch.ids, [B, T], 'int32')) // [B*T, D]
   const pos = tf.tensor1d(positions, 'int32')
-  const logits = lmHead(model, gatherRows(h, pos)) // [N, V]
   const targets = tf.tensor1d(positions.map((p) => batch.targets[p]!), 'int32')
-  const lp = targetLogProbs(logits, targets) // [N]
+  const { logps: lp, meanLogits } = headLogProbs(model, gatherRows(h, pos), targets) // [N], [N]
   const sel = tf.tensor2d(select, [B, N])
   const logps = tf.reshape(tf.matMul(sel, tf.reshape(lp, [N, 1])), [B]) as tf.Tensor1D // Σ per row
-  const logitSums = tf.reshape(tf.matMul(sel, tf.reshape(tf.mean(logits, 1), [N, 1])), [B]) as tf.Tensor1D
+  const logitSums = tf.reshape(tf.matMul(sel, tf.reshape(meanLogits, [N, 1])), [B]) as tf.Tensor1D
   return { logps, logitSums }
 }
 
