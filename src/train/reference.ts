@@ -60,7 +60,6 @@ export async function referenceLogps(getRef: () => Model, pairs: PairIds[], key:
   mkdirSync(CACHE_DIR, { recursive: true })
   writeFileSync(path + '.tmp', JSON.stringify({ key, chosen, rejected }))
   renameSync(path + '.tmp', path)
-  progress.succeed(`reference log-probs: ${pairs.length} pairs in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
-  log(`reference log-probs: ${pairs.length} pairs in ${((performance.now() - t0) / 1000).toFixed(1)} s -> ${path}`)
+  progress.succeed(`reference log-probs: ${pairs.length} pairs in ${((performance.now() - t0) / 1000).toFixed(1)} s -> ${path}`)
   return { chosen, rejected }
 }
