@@ -9,6 +9,7 @@ import { clearCaches, diskData, disposeModel, initModel, modelFromTensors, setHe
 import { padBatch, pairSequences } from '../src/train/batch.ts'
 import { dpoBatchLoss } from '../src/train/dpo.ts'
 import { Rng } from '../src/rng.ts'
+import { maxAbsDiff } from './tfjs.ts'
 
 const config = parseConfig({
   architectures: ['MistralForCausalLM'], vocab_size: 40, hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2,
@@ -89,8 +90,7 @@ test('cpu and wasm agree on the loss and every gradient of a DPO step', async ()
   for (const [name, x] of ga) {
     const y = gb.get(name)!
     const scale = Math.max(...x.map(Math.abs), 1e-6)
-    let md = 0
-    for (let i = 0; i < x.length; i++) md = Math.max(md, Math.abs(x[i]! - y[i]!))
+    const md = maxAbsDiff(x, y)
     assert.ok(md <= 1e-4 * scale + 1e-7, `${name}: max |cpu - wasm| ${md} (scale ${scale})`)
   }
   disposeModel(b)
@@ -110,9 +110,7 @@ test('the chunked LM head gives the same log-probs and gradients as the whole he
     assert.ok(Math.abs(lossOf(chunked) - lw) < 1e-6)
     const gc = grads(chunked)
     for (const [name, x] of gw) {
-      const y = gc.get(name)!
-      let md = 0
-      for (let i = 0; i < x.length; i++) md = Math.max(md, Math.abs(x[i]! - y[i]!))
+      const md = maxAbsDiff(x, gc.get(name)!)
       assert.ok(md < 1e-5, `${name}: max |whole - chunked| ${md}`)
     }
     disposeModel(chunked)
