@@ -10,7 +10,7 @@ import { loadModel, saveModel } from '../src/model/io.ts'
 import { diskData, disposeModel } from '../src/model/mistral.ts'
 import { parameterShapes } from '../src/model/config.ts'
 import { FIXTURES, rejects, tmp } from './helpers.ts'
-import { useBackend } from './tfjs.ts'
+import { useBackend } from './tfjs-helpers.ts'
 
 await useBackend()
 test.before(async () => {

@@ -9,7 +9,7 @@ import { padBatch, pairSequences, rowCounts, rowLogps } from '../src/train/batch
 import { loadModel } from '../src/model/io.ts'
 import { disposeModel } from '../src/model/mistral.ts'
 import { FIXTURES } from './helpers.ts'
-import { useBackend } from './tfjs.ts'
+import { useBackend } from './tfjs-helpers.ts'
 
 const tf = await useBackend()
 test.before(async () => {

@@ -8,7 +8,7 @@ import { loadModel } from '../src/model/io.ts'
 import { forward } from '../src/model/mistral.ts'
 import { Rng } from '../src/rng.ts'
 import { FIXTURES } from './helpers.ts'
-import { useBackend } from './tfjs.ts'
+import { useBackend } from './tfjs-helpers.ts'
 
 test.before(async () => {
   await useBackend(process.env.ALIGN_TEST_BACKEND ?? 'wasm')

@@ -9,7 +9,7 @@ import { clearCaches, diskData, disposeModel, initModel, modelFromTensors, setHe
 import { padBatch, pairSequences } from '../src/train/batch.ts'
 import { dpoBatchLoss } from '../src/train/dpo.ts'
 import { Rng } from '../src/rng.ts'
-import { maxAbsDiff } from './tfjs.ts'
+import { maxAbsDiff } from './tfjs-helpers.ts'
 
 const config = parseConfig({
   architectures: ['MistralForCausalLM'], vocab_size: 40, hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2,

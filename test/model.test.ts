@@ -9,7 +9,7 @@ import { disposeModel, forward, hidden } from '../src/model/mistral.ts'
 import { loadConfig } from '../src/model/io.ts'
 import { parseConfig, PRESETS } from '../src/model/config.ts'
 import { FIXTURES, rejects, tmp } from './helpers.ts'
-import { maxAbsDiff, useBackend } from './tfjs.ts'
+import { maxAbsDiff, useBackend } from './tfjs-helpers.ts'
 
 const tf = await useBackend()
 test.before(async () => {

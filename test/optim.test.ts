@@ -3,7 +3,7 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { Optimizer, clipByGlobalNorm, lrLambda, warmupSteps } from '../src/train/optim.ts'
 import { crc32c, encodeEvent, maskCrc, readEvents, record } from '../src/train/tfevents.ts'
-import { useBackend } from './tfjs.ts'
+import { useBackend } from './tfjs-helpers.ts'
 
 const tf = await useBackend()
 test.before(async () => {

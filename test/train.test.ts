@@ -16,7 +16,7 @@ import { train } from '../src/train/loop.ts'
 import { readEvents } from '../src/train/tfevents.ts'
 import { readHeader } from '../src/checkpoint/safetensors.ts'
 import { FIXTURES, ROOT, rejects, tmp } from './helpers.ts'
-import { useBackend } from './tfjs.ts'
+import { useBackend } from './tfjs-helpers.ts'
 
 // wasm: the fast CPU backend (cpu and wasm agree on gradients: gradients.test.ts)
 test.before(async () => {

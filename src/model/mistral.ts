@@ -7,7 +7,7 @@
  *
  * Layout: on disk linear weights are HF's [out, in]; in memory they are stored transposed, [in, out], so every
  * projection is a plain `x @ W` (the only matMul XNNPACK runs fast on wasm), converted once at load/save.
- * Backend gaps in tfjs 4.22 designed around (../shared/reference/tfjs-feasibility.md §3): the embedding's
+ * Backend gaps in tfjs 4.22 designed around (the project's reference notes, tfjs-feasibility.md §3): the embedding's
  * gradient is a scatterND (wasm has no UnsortedSegmentSum); the target log-prob gradient is written out
  * (GatherNd has none); no rank-5 tile (query groups are folded into rows instead); linear's gradient is
  * built from explicit transposes and plain matMuls. All of it runs the same on every backend.

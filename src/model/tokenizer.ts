@@ -3,7 +3,7 @@
  * `tokenizer_config.json` rendered by @huggingface/jinja; Zephyr's template (alignment-handbook
  * `DEFAULT_CHAT_TEMPLATE`) for tokenizers that have none, such as the Mistral-7B base tokenizer.
  *
- * DPO tokenization follows TRL (DPOTrainer, ../shared/reference/dpo-anchors.md §1.4): the prompt is the chat
+ * DPO tokenization follows TRL (DPOTrainer, the project's reference notes, dpo-anchors.md §1.4): the prompt is the chat
  * template with the generation prompt; prompt+completion is rendered and tokenized whole and the completion
  * is what follows the prompt's tokens, so the token boundary is the one the model sees at inference (a
  * separately tokenized completion would start with a spurious "▁"). The completion is the assistant text + one

@@ -2,7 +2,7 @@
  * DPO losses and metrics as small pure functions.
  *
  * Direct Preference Optimization (Rafailov et al. 2023, arXiv 2305.18290), with the definitions of TRL's
- * DPOTrainer (v0.7.7–v0.19 `dpo_loss`; ../shared/reference/dpo-anchors.md §1.1–1.2, §1.6):
+ * DPOTrainer (v0.7.7–v0.19 `dpo_loss`; the project's reference notes, dpo-anchors.md §1.1–1.2, §1.6):
  *   Δ = (π_c − π_r) − (ref_c − ref_r)          on log-probs summed over completion tokens
  *   sigmoid: −(1−ε)·logσ(βΔ) − ε·logσ(−βΔ)      ε = label_smoothing (conservative DPO, Mitchell 2023)
  *   ipo:     (Δ − 1/(2β))²                        (Azar et al. 2023; on summed log-probs, as TRL 0.7.7)
