@@ -160,6 +160,19 @@ test('CLI: --json prints the report for scripts', () => {
   assert.equal(readdirSync(out).sort(), ['stats.json', 'test_prefs.jsonl', 'train_prefs.jsonl'])
 })
 
+test('exclude_prompts_file drops rows whose instruction equals a listed prompt (H4\'s TruthfulQA question match)', async () => {
+  const dir = tmp()
+  const list = join(dir, 'questions.txt')
+  const oneLine = rawRows.filter((r) => !r.instruction.includes('\n') && r.source !== 'truthful_qa' && r.completions.length >= 2).slice(0, 2).map((r) => r.instruction)
+  writeFileSync(list, [...oneLine, 'a question nobody asked'].join('\n') + '\n')
+  const { stats } = await run([PARQUET], recipe('zephyr', 'test_size=10', `binarize.exclude_prompts_file=${list}`))
+  assert.is(stats.dropped.excluded_prompt, 2)
+  const jl = join(dir, 'questions.jsonl')
+  writeFileSync(jl, JSON.stringify({ question: rawRows.find((r) => r.instruction.includes('\n') && r.source !== 'truthful_qa' && r.completions.length >= 2).instruction }) + '\n')
+  assert.is((await run([PARQUET], recipe('zephyr', 'test_size=10', `binarize.exclude_prompts_file=${jl}`))).stats.dropped.excluded_prompt, 1)
+  await rejects(() => run([PARQUET], recipe('zephyr', 'test_size=10', `binarize.exclude_prompts_file=${join(dir, 'nope.txt')}`)), /exclude_prompts_file .*nope\.txt: no such file/)
+})
+
 test('test_size 0 writes an empty but valid test_prefs', async () => {
   const { stats, out } = await run([PARQUET], recipe('zephyr', 'test_size=0'))
   assert.is(stats.pairs.test_prefs, 0)

@@ -5,9 +5,10 @@
  * write each split. Same inputs + recipe + seed => byte-identical files.
  */
 import { createHash } from 'node:crypto'
-import { createReadStream, rmSync, writeFileSync } from 'node:fs'
+import { createReadStream, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { AlignError } from '../errors.ts'
+import { readRows } from '../rows.ts'
 import { Progress } from '../progress.ts'
 import type { Section } from '../recipe.ts'
 import { Rng } from '../rng.ts'
@@ -27,12 +28,14 @@ export const BINARIZE_SECTION: Section = {
   drop_empty_responses: { type: { kind: 'boolean' }, default: false, doc: 'remove completions whose response is empty or whitespace' },
   dedupe_responses: { type: { kind: 'boolean' }, default: false, doc: 'remove completions whose response repeats an earlier one of the same prompt' },
   exclude_sources: { type: { kind: 'strings' }, default: [], doc: 'drop rows of these sources (e.g. truthful_qa)' },
+  exclude_prompts_file: { type: { kind: 'string' }, default: null, nullable: true, doc: 'drop rows whose instruction equals a prompt in this file (.txt one per line, .jsonl/.parquet with a question, prompt or instruction column): H4 uses the TruthfulQA questions' },
   fix_overall_score_bug: { type: { kind: 'boolean' }, default: false, doc: 'treat overall_score 10 with fine-grained <= 2 as 1 (OpenBMB fix of 2023-12-29)' },
   test_size: { type: { kind: 'number', min: 0 }, default: 0, doc: 'pairs in test_prefs: a count (>= 1) or a fraction (< 1)' },
   seed: { type: { kind: 'integer' }, default: 42, doc: 'seeds the rejected draws and the test split' },
 }
 
 export interface BinarizeOptions extends RuleOptions {
+  exclude_prompts_file: string | null
   test_size: number
   seed: number
 }
@@ -54,6 +57,7 @@ export async function binarize(args: BinarizeArgs): Promise<BinarizeStats> {
   }
   const files = expandInputs(args.inputs)
   const stats = emptyStats(args.recipeName, { ...o })
+  const rules: RuleOptions = o.exclude_prompts_file ? { ...o, excludedPrompts: await readPromptList(o.exclude_prompts_file) } : o
   const dir = new OutputDir(args.out)
   const onSignal = () => {
     dir.abort()
@@ -76,7 +80,7 @@ export async function binarize(args: BinarizeArgs): Promise<BinarizeStats> {
           const id = promptId(row.instruction)
           const src = (stats.sources[row.source] ??= { rows: 0, pairs: 0, dropped: 0 })
           src.rows++
-          const result = binarizeRow(row, o, () => Rng.fromKey(`${o.seed}:${id}`))
+          const result = binarizeRow(row, rules, () => Rng.fromKey(`${o.seed}:${id}`))
           if ('drop' in result) {
             stats.dropped[result.drop]++
             src.dropped++
@@ -132,4 +136,19 @@ function sha256File(path: string): Promise<string> {
       .on('end', () => res(h.digest('hex')))
       .on('error', rej)
   })
+}
+
+/** Prompts to exclude: a .txt file (one per line) or JSONL / parquet rows with a question, prompt or instruction column. */
+export async function readPromptList(path: string): Promise<Set<string>> {
+  if (!existsSync(path)) throw new AlignError(`binarize.exclude_prompts_file ${path}: no such file`)
+  // .txt holds single-line prompts, matched exactly; prompts with newlines need .jsonl / .parquet
+  if (path.endsWith('.txt')) return new Set(readFileSync(path, 'utf8').split('\n').map((l) => l.replace(/\r$/, '')).filter(Boolean))
+  const rows = await readRows(path)
+  const out = new Set<string>()
+  rows.forEach((r, i) => {
+    const v = typeof r === 'string' ? r : (r.question ?? r.prompt ?? r.instruction)
+    if (typeof v !== 'string') throw new AlignError(`${path} row ${i + 1}: no question, prompt or instruction string`)
+    out.add(v)
+  })
+  return out
 }

@@ -10,6 +10,7 @@ export const SCORES = ['overall', 'mean_of_aspects', 'weighted', ...ASPECTS] as 
 export const REJECTED = ['random_other', 'random_lower', 'lowest', 'all_pairs'] as const
 export const DROP_REASONS = [
   'excluded_source',
+  'excluded_prompt',
   'fewer_than_2_completions',
   'empty_response',
   'duplicate',
@@ -28,6 +29,8 @@ export interface RuleOptions {
   drop_empty_responses: boolean
   dedupe_responses: boolean
   exclude_sources: string[]
+  /** exact prompts to drop (H4 drops instructions equal to a TruthfulQA question) */
+  excludedPrompts?: Set<string>
   fix_overall_score_bug: boolean
 }
 
@@ -84,6 +87,7 @@ export function scoreOf(c: Completion, o: RuleOptions): number | null {
 /** Apply the filters, then the pairing rule. `rng` is asked for only when a random draw is needed. */
 export function binarizeRow(row: UFRow, o: RuleOptions, rng: () => Rng): RowResult {
   if (o.exclude_sources.includes(row.source)) return { drop: 'excluded_source' }
+  if (o.excludedPrompts?.has(row.instruction)) return { drop: 'excluded_prompt' }
   let cands = row.completions.map((c, index) => ({ ...c, index }))
   if (cands.length < 2) return { drop: 'fewer_than_2_completions' }
   if (o.drop_empty_responses) {

@@ -7,9 +7,9 @@
 import { createHash } from 'node:crypto'
 import { existsSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
-import { asyncBufferFromFile, parquetReadObjects } from 'hyparquet'
-import { compressors } from 'hyparquet-compressors'
 import { AlignError, describe } from '../errors.ts'
+import { readRows } from '../rows.ts'
+export { readRows } from '../rows.ts'
 import { tokenizePair, type ChatTokenizer, type Message } from '../model/tokenizer.ts'
 import type { PairIds } from './batch.ts'
 
@@ -35,18 +35,6 @@ export function resolveSplit(path: string, split: string): string {
   }
   if (!existsSync(path)) throw new AlignError(`${path}: no such pairs file`)
   return path
-}
-
-export async function readRows(path: string): Promise<Record<string, unknown>[]> {
-  if (path.endsWith('.parquet')) return (await parquetReadObjects({ file: await asyncBufferFromFile(path), compressors })) as Record<string, unknown>[]
-  return readFileSync(path, 'utf8').split('\n').flatMap((line, i) => {
-    if (!line.trim()) return []
-    try {
-      return [JSON.parse(line)]
-    } catch (e) {
-      throw new AlignError(`${path} line ${i + 1}: invalid JSON (${(e as Error).message})`)
-    }
-  })
 }
 
 function messages(v: unknown, where: string): Message[] {
