@@ -125,6 +125,8 @@ test('a NaN/Inf loss stops the run, names the step and keeps the last good check
 test('dry run: step counts and a memory plan — 7B zephyr-lora fits an 80 GB GPU, full zephyr does not', async () => {
   const r = await train({ stage: 'dpo', recipe: recipe(...base(join(work, 'dry'), 'model.policy=preset:mistral-7b', 'dpo.max_length=1024', 'dpo.per_device_train_batch_size=1')), quiet: true, dryRun: true })
   assert.match(r.plan!, /7241\.7M parameters/)
+  assert.match(r.plan!, /^train \(.*\): 12 pairs, \d+ tokens, prompts truncated \d+/m)
+  assert.match(r.plan!, /^resolved: \{"model":\{"policy":"preset:mistral-7b"/m)
   assert.match(r.plan!, /^full\*.* no$/m)
   assert.match(r.plan!, /^lora .* yes$/m)
   assert.not.ok(existsSync(join(work, 'dry')))

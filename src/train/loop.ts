@@ -121,15 +121,22 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     const i = set.pairs.findIndex((p) => [p.promptIds, p.chosenIds, p.rejectedIds].some((ids) => ids.some((t) => t < 0 || t >= config.vocabSize)))
     if (i >= 0) throw new AlignError(`${file} pair ${i + 1}: token id outside the model's vocabulary (vocab_size ${config.vocabSize}); the data was tokenized for another model`)
   }
+  const lora = v.lora as { enabled: boolean; r: number; alpha: number; dropout: number; target_modules: string[] }
   if (o.dryRun) {
-    const lora = v.lora as { enabled: boolean; r: number; alpha: number; dropout: number; target_modules: string[] }
     const plan = memoryPlan(config, o.stage, args, backend.active, lora.enabled, lora.r)
-    const text = `${o.stage} dry run: ${maxSteps} optimizer steps (${microPerEpoch} micro-batches/epoch, global batch ${args.per_device_train_batch_size * args.gradient_accumulation_steps}), warmup ${warmup}\n${formatPlan(plan)}`
+    const counts = (name: string, d: DataStats) => `${name}: ${d.pairs} pairs, ${d.tokens} tokens, prompts truncated ${d.prompt_truncated}, completions truncated ${d.completion_truncated}, boundary mismatches ${d.boundary_mismatch}`
+    const text = [
+      `${o.stage} dry run of ${o.recipe.path}${o.recipe.overrides.length ? ` + ${o.recipe.overrides.join(' ')}` : ''}`,
+      `resolved: ${JSON.stringify({ model: v.model, data: v.data, [o.stage]: v[o.stage], ...(lora.enabled ? { lora } : {}) })}`,
+      counts(`train (${trainFile})`, train.stats),
+      counts(`eval (${evalFile})`, evalSet.stats),
+      `${maxSteps} optimizer steps (${microPerEpoch} micro-batches/epoch, global batch ${args.per_device_train_batch_size * args.gradient_accumulation_steps}), warmup ${warmup}`,
+      formatPlan(plan),
+    ].join('\n')
     return { runDir, finalDir: undefined, logHistory: [], backend, dataStats: { train: train.stats, eval: evalSet.stats }, plan: text }
   }
   const policy = loadPolicy(m.policy, m.init_seed)
   const model = policy.model
-  const lora = v.lora as { enabled: boolean; r: number; alpha: number; dropout: number; target_modules: string[] }
   if (lora.enabled) addLora(model, { r: lora.r, alpha: lora.alpha, dropout: lora.dropout, targets: lora.target_modules }, Rng.fromKey(`lora:${args.seed}`))
 
   // ---------------------------------------------------------------------------------------------------
