@@ -96,3 +96,37 @@ export function epochBatches(order: number[], size: number): number[][] {
   for (let i = 0; i < order.length; i += size) out.push(order.slice(i, i + size))
   return out
 }
+
+/**
+ * HF's LengthGroupedSampler (TrainingArguments.group_by_length): cut a shuffled order into megabatches of
+ * 50 micro-batches, sort each by length (longest first), so a micro-batch holds pairs of similar length and
+ * padding shrinks; the longest micro-batch goes first, so an out-of-memory shows at step 1.
+ */
+export function lengthGroupedOrder(order: number[], lengths: number[], batchSize: number): number[] {
+  const mega = 50 * batchSize
+  const out: number[] = []
+  for (let i = 0; i < order.length; i += mega) out.push(...order.slice(i, i + mega).sort((a, b) => lengths[b]! - lengths[a]! || a - b))
+  const longest = out.reduce((best, idx, k) => (lengths[idx]! > lengths[out[best]!]! ? k : best), 0)
+  const first = Math.floor(longest / batchSize) * batchSize
+  if (first > 0) {
+    const head = out.slice(0, batchSize)
+    const swap = out.slice(first, first + batchSize)
+    if (swap.length === batchSize) {
+      out.splice(0, batchSize, ...swap)
+      out.splice(first, batchSize, ...head)
+    }
+  }
+  return out
+}
+
+/** Padding share of a set of micro-batches: padded tokens / all tokens, rows padded to their batch's longest. */
+export function paddingFraction(batches: number[][], rowLengths: (i: number) => number[]): number {
+  let real = 0
+  let total = 0
+  for (const b of batches) {
+    const rows = b.flatMap(rowLengths)
+    real += rows.reduce((a, x) => a + x, 0)
+    total += rows.length * Math.max(...rows)
+  }
+  return total ? 1 - real / total : 0
+}

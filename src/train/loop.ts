@@ -21,7 +21,7 @@ import { loadConfig, loadModel } from '../model/io.ts'
 import { addLora, disposeModel, initModel, withAdapters, type Model } from '../model/mistral.ts'
 import { loadTokenizer, type ChatTokenizer } from '../model/tokenizer.ts'
 import { padBatch, pairSequences, rowCounts, rowLogps, type PairIds, type Sequence } from './batch.ts'
-import { loadPairs, resolveSplit, epochBatches, type DataStats } from './data.ts'
+import { loadPairs, resolveSplit, epochBatches, lengthGroupedOrder, type DataStats } from './data.ts'
 import { dpoBatchLoss, rewardMetrics, type DpoOptions } from './dpo.ts'
 import { Optimizer, clipByGlobalNorm, lrLambda, warmupSteps } from './optim.ts'
 import { referenceLogps } from './reference.ts'
@@ -205,9 +205,14 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
 
   // the batch order: epoch e is a permutation seeded by (seed, e); micro-batch k of the stream
   const orders = new Map<number, number[][]>()
+  const pairLengths = train.pairs.map((p) => p.promptIds.length + Math.max(p.chosenIds.length, p.rejectedIds.length))
   const microBatch = (k: number): number[] => {
     const e = Math.floor(k / microPerEpoch)
-    if (!orders.has(e)) orders.set(e, epochBatches(Rng.fromKey(`${args.seed}:epoch:${e}`).shuffle([...train.pairs.keys()]), args.per_device_train_batch_size))
+    if (!orders.has(e)) {
+      let order = Rng.fromKey(`${args.seed}:epoch:${e}`).shuffle([...train.pairs.keys()])
+      if (args.group_by_length) order = lengthGroupedOrder(order, pairLengths, args.per_device_train_batch_size)
+      orders.set(e, epochBatches(order, args.per_device_train_batch_size))
+    }
     return orders.get(e)![k % microPerEpoch]!
   }
 

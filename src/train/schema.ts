@@ -45,6 +45,7 @@ function trainerFields(d: { lr: number; epochs: number; schedule: string; warmup
     weight_decay: num(0, 'decoupled weight decay'),
     max_grad_norm: num(1, 'global gradient-norm clip (0 = off)'),
     seed: int(42, 'data order seed'),
+    group_by_length: { type: { kind: 'boolean' }, default: false, doc: 'HF group_by_length: micro-batches of similar-length pairs (less padding)' },
     max_length: int(d.maxLength, 'max tokens of prompt + completion', 8),
     logging_steps: int(10, 'log every N optimizer steps', 1),
     eval_steps: int(100, 'evaluate every N steps (0 = only at the end)'),
@@ -91,6 +92,7 @@ export interface TrainerArgs {
   weight_decay: number
   max_grad_norm: number
   seed: number
+  group_by_length: boolean
   max_length: number
   logging_steps: number
   eval_steps: number
