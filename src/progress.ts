@@ -39,6 +39,7 @@ export class Progress {
 
   fail(text: string): void {
     if (this.spinner) this.spinner.fail(text)
+    else if (!this.quiet) process.stderr.write(text + '\n')
   }
 }
 

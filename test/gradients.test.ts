@@ -41,6 +41,15 @@ function grads(m: Model): Map<string, Float32Array> {
   tf.dispose(g)
   return out
 }
+/** Loss and gradients of a fresh model built from W on `backend`; the model is disposed afterwards. */
+async function step(backend: string): Promise<{ loss: number; grads: Map<string, Float32Array> }> {
+  clearCaches()
+  await initBackend(backend)
+  const m = build(W)
+  const out = { loss: lossOf(m), grads: grads(m) }
+  disposeModel(m)
+  return out
+}
 
 test('cpu: analytic gradients match central finite differences (float64 accumulation not needed at h=1e-2)', async () => {
   await initBackend('cpu')
@@ -76,16 +85,8 @@ test('cpu: analytic gradients match central finite differences (float64 accumula
 
 // this test caught tfjs 4.22's wasm oneHot(…, 'float32') writing int bits into a float buffer
 test('cpu and wasm agree on the loss and every gradient of a DPO step', async () => {
-  await initBackend('cpu')
-  const a = build(W)
-  const la = lossOf(a)
-  const ga = grads(a)
-  disposeModel(a)
-  clearCaches()
-  await initBackend('wasm')
-  const b = build(W)
-  const lb = lossOf(b)
-  const gb = grads(b)
+  const { loss: la, grads: ga } = await step('cpu')
+  const { loss: lb, grads: gb } = await step('wasm')
   assert.ok(Math.abs(la - lb) < 1e-5, `loss cpu ${la} wasm ${lb}`)
   for (const [name, x] of ga) {
     const y = gb.get(name)!
@@ -93,27 +94,20 @@ test('cpu and wasm agree on the loss and every gradient of a DPO step', async ()
     const md = maxAbsDiff(x, y)
     assert.ok(md <= 1e-4 * scale + 1e-7, `${name}: max |cpu - wasm| ${md} (scale ${scale})`)
   }
-  disposeModel(b)
   clearCaches()
   await initBackend('cpu')
 })
 
 test('the chunked LM head gives the same log-probs and gradients as the whole head', async () => {
-  await initBackend('wasm')
-  const whole = build(W)
-  const lw = lossOf(whole)
-  const gw = grads(whole)
-  disposeModel(whole)
+  const { loss: lw, grads: gw } = await step('wasm')
   setHeadChunkTokens(3) // the batch's 13 scored tokens in 5 chunks
   try {
-    const chunked = build(W)
-    assert.ok(Math.abs(lossOf(chunked) - lw) < 1e-6)
-    const gc = grads(chunked)
+    const { loss: lc, grads: gc } = await step('wasm')
+    assert.ok(Math.abs(lc - lw) < 1e-6)
     for (const [name, x] of gw) {
       const md = maxAbsDiff(x, gc.get(name)!)
       assert.ok(md < 1e-5, `${name}: max |whole - chunked| ${md}`)
     }
-    disposeModel(chunked)
   } finally {
     setHeadChunkTokens(0)
     clearCaches()

@@ -122,3 +122,8 @@ export function parameterShapes(c: ModelConfig): Map<string, number[]> {
   if (!c.tieWordEmbeddings) m.set('lm_head.weight', [c.vocabSize, c.hiddenSize])
   return m
 }
+
+/** Total parameters implied by the config. */
+export function parameterCount(c: ModelConfig): number {
+  return [...parameterShapes(c).values()].reduce((a, shape) => a + shape.reduce((x, d) => x * d, 1), 0)
+}

@@ -291,6 +291,13 @@ export function forward(model: Model, ids: tf.Tensor2D): tf.Tensor2D {
   return lmHead(model, hidden(model, ids))
 }
 
+/** d(log p(target)) / d(logits) scaled by dy: dy · (onehot(t) − softmax(logits)). [N, V] */
+function logProbGrad(logits: tf.Tensor2D, targets: tf.Tensor1D, dy: tf.Tensor1D): tf.Tensor2D {
+  // tf.oneHot(..., 'float32') on wasm writes int bits into the float buffer (1 -> 1.4e-45): cast instead
+  const hot = tf.cast(tf.oneHot(targets, logits.shape[1]), 'float32')
+  return tf.mul(tf.expandDims(dy, 1), tf.sub(hot, tf.softmax(logits))) as tf.Tensor2D
+}
+
 /**
  * log p(target) per row, from logits [N, V] and int32 targets [N]: logits[i, t_i] - logsumexp(logits[i]).
  * The gradient, dy * (onehot(t) - softmax(logits)), is written out so no gather gradient is needed.
@@ -303,12 +310,7 @@ export function targetLogProbs(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Te
     const picked = tf.gather(tf.reshape(l, [N * V]), flat) // [N]
     return {
       value: tf.sub(picked, tf.logSumExp(l, 1)),
-      gradFunc: (dy, [savedLogits, savedTargets]) => {
-        const soft = tf.softmax(savedLogits!)
-        // tf.oneHot(..., 'float32') on wasm writes int bits into the float buffer (1 -> 1.4e-45): cast instead
-        const hot = tf.cast(tf.oneHot(savedTargets as tf.Tensor1D, V), 'float32')
-        return tf.mul(tf.expandDims(dy, 1), tf.sub(hot, soft))
-      },
+      gradFunc: (dy, [savedLogits, savedTargets]) => logProbGrad(savedLogits as tf.Tensor2D, savedTargets as tf.Tensor1D, dy as tf.Tensor1D),
     }
   })
   return f(logits) as tf.Tensor1D
@@ -390,9 +392,7 @@ export function headLogProbs(model: Model, h: tf.Tensor2D, targets: tf.Tensor1D)
           const [dhc, next] = tf.tidy(() => {
             const n = Math.min(chunk, N - s)
             const hc = tf.slice(hSaved!, [s, 0], [n, -1]) as tf.Tensor2D // [C, D]
-            const logits = tf.matMul(hc, ws) // [C, V]
-            const hot = tf.cast(tf.oneHot(pieces(tSaved!, s) as tf.Tensor1D, V), 'float32')
-            const g = tf.mul(tf.expandDims(pieces(dy, s), 1), tf.sub(hot, tf.softmax(logits))) as tf.Tensor2D // [C, V]
+            const g = logProbGrad(tf.matMul(hc, ws), pieces(tSaved!, s) as tf.Tensor1D, pieces(dy, s) as tf.Tensor1D) // [C, V]
             return [tf.matMul(g, wT), tf.add(dw, tf.matMul(tf.transpose(hc), g))] // [C, D], [D, V]
           })
           dh.push(dhc!)

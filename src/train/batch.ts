@@ -7,7 +7,7 @@
  * padding contribute nothing). Row lengths are padded up to a multiple of 16 so few distinct shapes occur.
  */
 import * as tf from '@tensorflow/tfjs'
-import { gatherRows, headLogProbs, hidden, type Model } from '../model/mistral.ts'
+import { gatherRows, headLogProbs, hidden, withAdapters, type Model } from '../model/mistral.ts'
 
 export interface Sequence {
   ids: number[]
@@ -84,6 +84,24 @@ export function rowLogps(model: Model, batch: SeqBatch): RowLogps {
   const logps = tf.reshape(tf.matMul(sel, tf.reshape(lp, [N, 1])), [B]) as tf.Tensor1D // Σ per row
   const logitSums = tf.reshape(tf.matMul(sel, tf.reshape(meanLogits, [N, 1])), [B]) as tf.Tensor1D
   return { logps, logitSums }
+}
+
+/**
+ * Summed completion log-probs of pairs, `batchSize` pairs per forward pass, no gradient: the reference
+ * precompute, a frozen reference, and `align eval`. `adapters` false runs a LoRA model as its base.
+ * `onBatch(done)` reports progress.
+ */
+export function pairLogps(model: Model, pairs: PairIds[], batchSize: number, adapters: boolean, onBatch?: (done: number) => void): { chosen: number[]; rejected: number[] } {
+  const chosen: number[] = []
+  const rejected: number[] = []
+  for (let i = 0; i < pairs.length; i += batchSize) {
+    onBatch?.(i)
+    const chunk = pairs.slice(i, i + batchSize)
+    const lp = withAdapters(model, adapters, () => tf.tidy(() => Array.from(rowLogps(model, padBatch(pairSequences(chunk), 0)).logps.dataSync())))
+    chosen.push(...lp.slice(0, chunk.length))
+    rejected.push(...lp.slice(chunk.length))
+  }
+  return { chosen, rejected }
 }
 
 /** Completion tokens per row. */

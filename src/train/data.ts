@@ -9,7 +9,6 @@ import { existsSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { AlignError, describe } from '../errors.ts'
 import { readRows } from '../rows.ts'
-export { readRows } from '../rows.ts'
 import { tokenizePair, type ChatTokenizer, type Message } from '../model/tokenizer.ts'
 import type { PairIds } from './batch.ts'
 

@@ -7,9 +7,9 @@ import * as tf from '@tensorflow/tfjs'
 import { AlignError } from '../errors.ts'
 import { initBackend } from '../model/backend.ts'
 import { isAdapterDir, loadAny, tokenizerDirFor } from '../model/load.ts'
-import { disposeModel, withAdapters, type Model } from '../model/mistral.ts'
+import { disposeModel } from '../model/mistral.ts'
 import { loadTokenizer } from '../model/tokenizer.ts'
-import { padBatch, pairSequences, rowLogps, type PairIds } from './batch.ts'
+import { pairLogps } from './batch.ts'
 import { loadPairs } from './data.ts'
 import { dpoLosses, rewardMetrics, type LossType } from './dpo.ts'
 
@@ -27,31 +27,19 @@ export interface EvalArgs {
   backend?: string
 }
 
-function logps(model: Model, pairs: PairIds[], bs: number, adapters: boolean): { chosen: number[]; rejected: number[] } {
-  const chosen: number[] = []
-  const rejected: number[] = []
-  for (let i = 0; i < pairs.length; i += bs) {
-    const chunk = pairs.slice(i, i + bs)
-    const lp = withAdapters(model, adapters, () => tf.tidy(() => Array.from(rowLogps(model, padBatch(pairSequences(chunk), 0)).logps.dataSync())))
-    chosen.push(...lp.slice(0, chunk.length))
-    rejected.push(...lp.slice(chunk.length))
-  }
-  return { chosen, rejected }
-}
-
 export async function evaluatePairs(a: EvalArgs): Promise<{ metrics: Record<string, number>; perPair: Record<string, number>[] }> {
   await initBackend(a.backend)
   if (!a.reference && !isAdapterDir(a.policy)) throw new AlignError(`--reference is needed unless --policy is a LoRA adapter directory (whose base is then the reference)`)
   const { model: policy, baseDir } = loadAny(a.policy)
   const tok = loadTokenizer(tokenizerDirFor(a.policy, baseDir))
   const { pairs } = await loadPairs(a.pairs, tok, a.maxLength, a.maxPromptLength)
-  const p = logps(policy, pairs, a.batchSize, true)
+  const p = pairLogps(policy, pairs, a.batchSize, true)
   let r: { chosen: number[]; rejected: number[] }
   if (a.reference) {
     const ref = loadAny(a.reference).model
-    r = logps(ref, pairs, a.batchSize, true)
+    r = pairLogps(ref, pairs, a.batchSize, true)
     disposeModel(ref)
-  } else r = logps(policy, pairs, a.batchSize, false)
+  } else r = pairLogps(policy, pairs, a.batchSize, false)
   disposeModel(policy)
   const losses = tf.tidy(() => Array.from(dpoLosses(tf.tensor1d(p.chosen), tf.tensor1d(p.rejected), tf.tensor1d(r.chosen), tf.tensor1d(r.rejected), { beta: a.beta, lossType: a.loss, labelSmoothing: a.labelSmoothing }).dataSync()))
   const { pairs: _n, ...m } = rewardMetrics({ policyChosen: p.chosen, policyRejected: p.rejected, refChosen: r.chosen, refRejected: r.rejected }, a.beta)

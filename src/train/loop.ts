@@ -16,16 +16,17 @@ import { Progress } from '../progress.ts'
 import { SHIPPED_TOKENIZER, type LoadedRecipe } from '../recipe.ts'
 import { Rng } from '../rng.ts'
 import { initBackend, type BackendInfo } from '../model/backend.ts'
-import { PRESETS, parameterShapes, parseConfig, type ModelConfig } from '../model/config.ts'
+import { PRESETS, parameterCount, parseConfig, type ModelConfig } from '../model/config.ts'
 import { loadConfig, loadModel } from '../model/io.ts'
 import { addLora, disposeModel, initModel, withAdapters, type Model } from '../model/mistral.ts'
 import { loadTokenizer, type ChatTokenizer } from '../model/tokenizer.ts'
-import { padBatch, pairSequences, rowCounts, rowLogps, type PairIds, type Sequence } from './batch.ts'
+import { padBatch, pairLogps, pairSequences, rowCounts, rowLogps, type PairIds, type Sequence } from './batch.ts'
 import { loadPairs, resolveSplit, epochBatches, lengthGroupedOrder, type DataStats } from './data.ts'
 import { dpoBatchLoss, rewardMetrics, type DpoOptions } from './dpo.ts'
 import { Optimizer, clipByGlobalNorm, lrLambda, warmupSteps } from './optim.ts'
 import { referenceLogps } from './reference.ts'
-import { adapterConfig, adapterWeights, checkpointName, loadAdapters, loadOptimizer, modelWeights, pruneCheckpoints, resolveResume, saveCheckpoint, type TrainerState } from './state.ts'
+import { checkpointName, pruneCheckpoints } from '../checkpoint/runs.ts'
+import { adapterConfig, adapterWeights, loadAdapters, loadOptimizer, modelWeights, resolveResume, saveCheckpoint, type TrainerState } from './state.ts'
 import { EventWriter } from './tfevents.ts'
 import type { TrainerArgs } from './schema.ts'
 import { memoryPlan, formatPlan } from './plan.ts'
@@ -78,7 +79,7 @@ export function loadPolicy(spec: string, initSeed: number): { model: Model; id: 
     const raw = PRESETS[name]
     if (!raw) throw new AlignError(`model.policy ${spec}: unknown preset; presets: ${Object.keys(PRESETS).join(', ')}`)
     const config = parseConfig(raw, spec)
-    const params = [...parameterShapes(config).values()].reduce((a, sh) => a + sh.reduce((x, d) => x * d, 1), 0)
+    const params = parameterCount(config)
     if (params > 1e9) throw new AlignError(`model.policy ${spec} would train ${(params / 1e9).toFixed(1)}B random weights; point model.policy at an SFT checkpoint directory (e.g. zephyr-7b-sft-full), or add --dry-run for the plan`)
     return { model: initModel(config, Rng.fromKey(`init:${initSeed}`)), id: `${spec}:seed${initSeed}` }
   }
@@ -184,7 +185,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   }
   const metricsPath = join(runDir, 'metrics.jsonl')
   writeFileSync(metricsPath, logHistory.map((r) => JSON.stringify(r) + '\n').join(''))
-  writeFileSync(join(runDir, 'recipe.resolved.json'), JSON.stringify({ recipe: o.recipe.path, overrides: o.recipe.overrides, stage: o.stage, values: v }, null, 2) + '\n')
+  const resolvedRecipe = { recipe: o.recipe.path, overrides: o.recipe.overrides, stage: o.stage, values: v }
+  writeFileSync(join(runDir, 'recipe.resolved.json'), JSON.stringify(resolvedRecipe, null, 2) + '\n')
   const events = new EventWriter(join(runDir, 'runs'))
 
   const state = (): TrainerState => ({
@@ -192,11 +194,12 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     logging_steps: args.logging_steps, eval_steps: args.eval_steps, save_steps: args.save_steps, train_batch_size: args.per_device_train_batch_size,
     log_history: logHistory, best_metric: null, best_model_checkpoint: null, is_local_process_zero: true, is_world_process_zero: true, stage: o.stage, seed: args.seed,
   })
-  const resolved = { 'recipe.resolved.json': { recipe: o.recipe.path, overrides: o.recipe.overrides, values: v } }
+  // full weights in HF layout, or (LoRA) only the adapters in PEFT's layout
+  const layout = model.lora
+    ? () => ({ weights: adapterWeights(model), weightsName: 'adapter_model.safetensors', files: { 'recipe.resolved.json': resolvedRecipe, 'adapter_config.json': adapterConfig(model, m.policy) } })
+    : () => ({ weights: modelWeights(model), config: model.config.raw, files: { 'recipe.resolved.json': resolvedRecipe } })
   const save = (dir: string, withOptimizer: boolean, dtype: 'F32' | 'BF16' | 'F16') =>
-    model.lora
-      ? saveCheckpoint({ dir, model, weights: adapterWeights(model), weightsName: 'adapter_model.safetensors', dtype, tokenizerDir: tokDir, state: state(), optimizer: withOptimizer ? opt : undefined, files: { ...resolved, 'adapter_config.json': adapterConfig(model, m.policy) } })
-      : saveCheckpoint({ dir, model, weights: modelWeights(model), config: model.config.raw, dtype, tokenizerDir: tokDir, state: state(), optimizer: withOptimizer ? opt : undefined, files: resolved })
+    saveCheckpoint({ dir, model, dtype, tokenizerDir: tokDir, state: state(), optimizer: withOptimizer ? opt : undefined, ...layout() })
   const record = (row: Record<string, number>) => {
     logHistory.push(row)
     appendFileSync(metricsPath, JSON.stringify(row) + '\n')
@@ -229,7 +232,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       return { grads, loss, tokens: batch.tokens, pairStats: undefined }
     }
     const batch = padBatch(pairSequences(pairs), tok.padId)
-    const ref = refTrain ? { chosen: idx.map((i) => refTrain!.chosen[i]!), rejected: idx.map((i) => refTrain!.rejected[i]!) } : frozenLogps(frozenRef!, pairs)
+    const ref = refTrain ? { chosen: idx.map((i) => refTrain!.chosen[i]!), rejected: idx.map((i) => refTrain!.rejected[i]!) } : pairLogps(frozenRef!, pairs, pairs.length, false)
     let logps: Float32Array = new Float32Array()
     let logitSums: Float32Array = new Float32Array()
     const { value, grads } = tf.variableGrads(() => {
@@ -293,10 +296,10 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
         progress.update(step, maxSteps, 'steps', ` · loss ${row.loss!.toFixed(4)}${acc_} · lr ${lr.toExponential(2)}`)
       }
       const last = step === maxSteps
-      if (o.stage === 'dpo' && ((args.eval_steps > 0 && step % args.eval_steps === 0) || last)) {
-        record({ step, epoch: round(epoch), ...withAdapters(model, true, () => evaluateDpo(model, evalSet.pairs, refEval, frozenRef, dpo, args.per_device_eval_batch_size, tok.padId)) })
-      } else if (o.stage === 'sft' && ((args.eval_steps > 0 && step % args.eval_steps === 0) || last)) {
-        record({ step, epoch: round(epoch), ...withAdapters(model, true, () => evaluateSft(model, evalSet.pairs, args.per_device_eval_batch_size, tok.padId)) })
+      if ((args.eval_steps > 0 && step % args.eval_steps === 0) || last) {
+        const bs = args.per_device_eval_batch_size
+        const metrics = withAdapters(model, true, () => (o.stage === 'dpo' ? evaluateDpo(model, evalSet.pairs, refEval, frozenRef, dpo, bs, tok.padId) : evaluateSft(model, evalSet.pairs, bs, tok.padId)))
+        record({ step, epoch: round(epoch), ...metrics })
       }
       const stopping = interrupted || (o.stopAfter !== undefined && step - startStep >= o.stopAfter)
       if ((args.save_steps > 0 && step % args.save_steps === 0) || last || stopping) {
@@ -305,7 +308,6 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       }
       if (stopping) {
         progress.fail(`${o.stage}: stopped at step ${step}/${maxSteps}, saved ${join(runDir, checkpointName(step))}; resume with --resume latest`)
-        if (o.quiet && interrupted) process.stderr.write(`${o.stage}: interrupted at step ${step}; saved ${join(runDir, checkpointName(step))}\n`)
         return { interrupted: true, runDir, finalDir: undefined, logHistory, backend, dataStats: { train: train.stats, eval: evalSet.stats } }
       }
     }
@@ -361,12 +363,6 @@ function sftSequences(pairs: PairIds[]): Sequence[] {
 /** Tokens of a pair counted once: prompt + chosen + rejected. */
 const pairTokens = (pairs: PairIds[]) => pairs.reduce((a, p) => a + p.promptIds.length + p.chosenIds.length + p.rejectedIds.length, 0)
 
-/** Reference log-probs of a batch from a frozen model (or the policy with its adapters switched off). */
-function frozenLogps(ref: Model, pairs: PairIds[]): { chosen: number[]; rejected: number[] } {
-  const batch = padBatch(pairSequences(pairs), 0)
-  const lp = withAdapters(ref, false, () => tf.tidy(() => Array.from(rowLogps(ref, batch).logps.dataSync())))
-  return { chosen: lp.slice(0, pairs.length), rejected: lp.slice(pairs.length) }
-}
 
 interface PairStats {
   policyChosen: number[]
@@ -427,7 +423,7 @@ function evaluateDpo(model: Model, pairs: PairIds[], ref: { chosen: number[]; re
   let lossSum = 0
   for (let i = 0; i < pairs.length; i += bs) {
     const chunk = pairs.slice(i, i + bs)
-    const r = ref ? { chosen: ref.chosen.slice(i, i + bs), rejected: ref.rejected.slice(i, i + bs) } : frozenLogps(frozen!, chunk)
+    const r = ref ? { chosen: ref.chosen.slice(i, i + bs), rejected: ref.rejected.slice(i, i + bs) } : pairLogps(frozen!, chunk, chunk.length, false)
     const batch = padBatch(pairSequences(chunk), padId)
     tf.tidy(() => {
       const out = dpoBatchLoss(model, batch, r.chosen, r.rejected, o)

@@ -6,7 +6,7 @@
  * (logits, softmax in the backward, its gradient); attention scores add heads·T floats per token per layer.
  */
 import type { ModelConfig } from '../model/config.ts'
-import { parameterShapes } from '../model/config.ts'
+import { parameterCount } from '../model/config.ts'
 import type { TrainerArgs } from './schema.ts'
 
 export interface PlanRow {
@@ -22,7 +22,7 @@ export interface PlanRow {
 const GB = 1e9
 
 export function memoryPlan(c: ModelConfig, stage: 'sft' | 'dpo', a: TrainerArgs, backend: string, loraEnabled: boolean, loraR = 16): { params: number; rows: PlanRow[]; backend: string; loraEnabled: boolean; tokensPerMicroBatch: number } {
-  const params = [...parameterShapes(c).values()].reduce((s, sh) => s + sh.reduce((a2, d) => a2 * d, 1), 0)
+  const params = parameterCount(c)
   const rowsPerMicro = stage === 'dpo' ? 2 * a.per_device_train_batch_size : a.per_device_train_batch_size
   const T = a.max_length
   const tokens = rowsPerMicro * T

@@ -6,9 +6,8 @@
 import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
-import * as tf from '@tensorflow/tfjs'
-import { withAdapters, type Model } from '../model/mistral.ts'
-import { padBatch, pairSequences, rowLogps, type PairIds } from './batch.ts'
+import type { Model } from '../model/mistral.ts'
+import { pairLogps, type PairIds } from './batch.ts'
 import { Progress } from '../progress.ts'
 
 export const CACHE_DIR = join('checkpoints', '.cache')
@@ -46,17 +45,8 @@ export async function referenceLogps(getRef: () => Model, pairs: PairIds[], key:
     }
   }
   const t0 = performance.now()
-  const ref = getRef()
-  const chosen: number[] = []
-  const rejected: number[] = []
   const progress = new Progress('reference log-probs', { quiet })
-  for (let i = 0; i < pairs.length; i += batchSize) {
-    progress.update(i, pairs.length, 'pairs')
-    const chunk = pairs.slice(i, i + batchSize)
-    const lp = withAdapters(ref, false, () => tf.tidy(() => Array.from(rowLogps(ref, padBatch(pairSequences(chunk), 0)).logps.dataSync())))
-    chosen.push(...lp.slice(0, chunk.length))
-    rejected.push(...lp.slice(chunk.length))
-  }
+  const { chosen, rejected } = pairLogps(getRef(), pairs, batchSize, false, (done) => progress.update(done, pairs.length, 'pairs'))
   mkdirSync(CACHE_DIR, { recursive: true })
   writeFileSync(path + '.tmp', JSON.stringify({ key, chosen, rejected }))
   renameSync(path + '.tmp', path)

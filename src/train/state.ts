@@ -6,7 +6,6 @@
  */
 import { existsSync, readFileSync } from 'node:fs'
 import { listCheckpoints } from '../checkpoint/runs.ts'
-export { checkpointName, listCheckpoints, pruneCheckpoints } from '../checkpoint/runs.ts'
 import { join } from 'node:path'
 import * as tf from '@tensorflow/tfjs'
 import { AlignError } from '../errors.ts'
