@@ -143,12 +143,12 @@ const sampleCmd = command({
   handler: async (a) => {
     const { initBackend } = await import('./model/backend.ts')
     const { loadAny, tokenizerDirFor } = await import('./model/load.ts')
-    const { loadTokenizer } = await import('./model/tokenizer.ts')
+    const { encodeChat, loadTokenizer } = await import('./model/tokenizer.ts')
     const { generate } = await import('./model/generate.ts')
     await initBackend(a.backend)
     const { model, baseDir } = loadAny(a.dir)
     const tok = loadTokenizer(tokenizerDirFor(a.dir, baseDir))
-    const ids = a.raw ? tok.encode(a.prompt) : tok.encode(tok.render([{ role: 'user', content: a.prompt }], true), !tok.render([], true).startsWith(tok.bos))
+    const ids = a.raw ? tok.encode(a.prompt) : encodeChat(tok, tok.render([{ role: 'user', content: a.prompt }], true))
     let shown = ''
     const out: number[] = []
     generate(model, ids, { maxNewTokens: a.maxNewTokens, temperature: a.temperature, topP: a.topP, seed: a.seed, eosIds: [tok.eosId], onToken: (id) => {

@@ -96,8 +96,9 @@ export async function binarize(args: BinarizeArgs): Promise<BinarizeStats> {
         }
         rows += batch.rows.length
         stats.rows_read += batch.rows.length
-        const done = knownTotal ?? bytesBefore + batch.bytesDone
-        progress.update(knownTotal ? stats.rows_read : done, knownTotal ?? totalBytes, knownTotal ? 'rows' : 'bytes', ` · ${spool.count.toLocaleString('en-US')} pairs`)
+        const pairs = ` · ${spool.count.toLocaleString('en-US')} pairs`
+        if (knownTotal) progress.update(stats.rows_read, knownTotal, 'rows', pairs) // parquet footers give row counts
+        else progress.update(bytesBefore + batch.bytesDone, totalBytes, 'bytes', pairs) // JSONL: bytes read
       }
       bytesBefore += file.bytes
       stats.inputs.push({ path: file.path, format: file.format, bytes: file.bytes, sha256: await hashing, rows })

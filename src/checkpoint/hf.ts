@@ -28,12 +28,7 @@ export function openWeights(dir: string, file?: string): Weights {
   const where = new Map<string, SafetensorsHeader>()
   const headers: SafetensorsHeader[] = []
   if (!file && existsSync(index)) {
-    let map: Record<string, string>
-    try {
-      map = JSON.parse(readFileSync(index, 'utf8')).weight_map
-    } catch (e) {
-      throw new AlignError(`${index}: not valid JSON (${(e as Error).message})`)
-    }
+    const map = readJson(index).weight_map as Record<string, string>
     if (!map || typeof map !== 'object') throw new AlignError(`${index}: has no weight_map`)
     const byFile = new Map<string, SafetensorsHeader>()
     for (const [name, shard] of Object.entries(map)) {
@@ -74,7 +69,7 @@ export function openWeights(dir: string, file?: string): Weights {
   }
 }
 
-export function readJson(path: string): Record<string, unknown> {
+export function readJson(path: string): Record<string, any> {
   if (!existsSync(path)) throw new AlignError(`${path}: not found`)
   try {
     return JSON.parse(readFileSync(path, 'utf8'))

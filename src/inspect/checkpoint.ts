@@ -3,10 +3,10 @@
  * directory, or a run directory (metrics.jsonl, checkpoint-N/, final/). Reads config.json and safetensors
  * headers only; tensor payloads are read one at a time, and only for --stats or a comparison.
  */
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs'
+import { existsSync, readdirSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { AlignError } from '../errors.ts'
-import { openWeights, type Weights } from '../checkpoint/hf.ts'
+import { openWeights, readJson, type Weights } from '../checkpoint/hf.ts'
 
 export interface TensorSummary {
   name: string
@@ -31,13 +31,9 @@ export interface CheckpointSummary {
   provenance?: { recipe?: string; overrides?: string[]; values?: unknown }
 }
 
+/** A JSON file if present (a present but invalid one is an error naming it). */
 function json(path: string): Record<string, any> | undefined {
-  if (!existsSync(path)) return undefined
-  try {
-    return JSON.parse(readFileSync(path, 'utf8'))
-  } catch (e) {
-    throw new AlignError(`${path}: not valid JSON (${(e as Error).message})`)
-  }
+  return existsSync(path) ? readJson(path) : undefined
 }
 
 export function isCheckpoint(dir: string): boolean {

@@ -6,6 +6,7 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { AlignError } from '../errors.ts'
+import { readJson } from '../checkpoint/hf.ts'
 
 export type Row = Record<string, number>
 
@@ -31,7 +32,7 @@ export function readHistory(dir: string): Row[] | undefined {
     })
   }
   const s = join(dir, 'trainer_state.json')
-  if (existsSync(s)) return JSON.parse(readFileSync(s, 'utf8')).log_history
+  if (existsSync(s)) return readJson(s).log_history as Row[]
   return undefined
 }
 

@@ -2,9 +2,10 @@
  * Load any policy directory for inference: a full HF checkpoint, or a PEFT adapter directory on top of its base
  * (`adapter_config.json` base_model_name_or_path, or an explicit base).
  */
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { AlignError } from '../errors.ts'
+import { readJson } from '../checkpoint/hf.ts'
 import { SHIPPED_TOKENIZER } from '../recipe.ts'
 import { Rng } from '../rng.ts'
 import { loadModel } from './io.ts'
@@ -17,7 +18,7 @@ export function isAdapterDir(dir: string): boolean {
 
 export function loadAny(dir: string, base?: string): { model: Model; baseDir: string } {
   if (!isAdapterDir(dir)) return { model: loadModel(dir, false), baseDir: dir }
-  const cfg = JSON.parse(readFileSync(join(dir, 'adapter_config.json'), 'utf8'))
+  const cfg = readJson(join(dir, 'adapter_config.json'))
   const baseDir = base ?? cfg.base_model_name_or_path
   if (!baseDir || !existsSync(baseDir)) throw new AlignError(`${dir}: adapter base ${JSON.stringify(baseDir)} not found; pass the base model directory with --base`)
   const model = loadModel(baseDir, false)

@@ -10,11 +10,12 @@
  * EOS (the template's trailing newline after EOS is dropped; an EOS is appended if the template has none).
  * Exactly one BOS: added by the tokenizer unless the template already renders it.
  */
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { Template } from '@huggingface/jinja'
 import { Tokenizer } from '@huggingface/tokenizers'
 import { AlignError } from '../errors.ts'
+import { readJson } from '../checkpoint/hf.ts'
 
 /** alignment-handbook recipes/zephyr-7b-beta/sft/config_full.yaml `chat_template` (and Zephyr-7B-β's). */
 export const ZEPHYR_TEMPLATE =
@@ -44,9 +45,9 @@ const tokenText = (v: unknown): string | undefined => (typeof v === 'string' ? v
 export function loadTokenizer(dir: string): ChatTokenizer {
   const tjPath = join(dir, 'tokenizer.json')
   if (!existsSync(tjPath)) throw new AlignError(`${dir}: no tokenizer.json (align needs the HF fast tokenizer file; tokenizer.model alone is not enough)`)
-  const json = JSON.parse(readFileSync(tjPath, 'utf8'))
+  const json = readJson(tjPath)
   const cfgPath = join(dir, 'tokenizer_config.json')
-  const cfg = existsSync(cfgPath) ? JSON.parse(readFileSync(cfgPath, 'utf8')) : {}
+  const cfg: Record<string, any> = existsSync(cfgPath) ? readJson(cfgPath) : {}
   const tok = new Tokenizer(json, cfg)
   const bos = tokenText(cfg.bos_token) ?? '<s>'
   const eos = tokenText(cfg.eos_token) ?? '</s>'
@@ -78,7 +79,7 @@ export function loadTokenizer(dir: string): ChatTokenizer {
 }
 
 /** Encode a rendered chat with exactly one BOS. */
-function encodeChat(t: ChatTokenizer, text: string): number[] {
+export function encodeChat(t: ChatTokenizer, text: string): number[] {
   return text.startsWith(t.bos) ? t.encode(text, false) : t.encode(text, true)
 }
 

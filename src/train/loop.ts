@@ -8,10 +8,11 @@
  * consumes micro-batches [s·GA, (s+1)·GA). The whole state of a run is therefore the step number, the weights
  * and the optimizer moments, which is what a checkpoint holds and what `--resume` restores.
  */
-import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { appendFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { isAbsolute, join } from 'node:path'
 import * as tf from '@tensorflow/tfjs'
 import { AlignError } from '../errors.ts'
+import { readJson } from '../checkpoint/hf.ts'
 import { Progress } from '../progress.ts'
 import { SHIPPED_TOKENIZER, type LoadedRecipe } from '../recipe.ts'
 import { Rng } from '../rng.ts'
@@ -19,7 +20,7 @@ import { initBackend, type BackendInfo } from '../model/backend.ts'
 import { PRESETS, parameterCount, parseConfig, type ModelConfig } from '../model/config.ts'
 import { loadConfig, loadModel } from '../model/io.ts'
 import { addLora, disposeModel, initModel, withAdapters, type Model } from '../model/mistral.ts'
-import { loadTokenizer, type ChatTokenizer } from '../model/tokenizer.ts'
+import { loadTokenizer } from '../model/tokenizer.ts'
 import { padBatch, pairLogps, pairSequences, rowCounts, rowLogps, type PairIds, type Sequence } from './batch.ts'
 import { loadPairs, resolveSplit, epochBatches, lengthGroupedOrder, type DataStats } from './data.ts'
 import { dpoBatchLoss, rewardMetrics, type DpoOptions } from './dpo.ts'
@@ -170,7 +171,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   let logHistory: Record<string, number>[] = []
   if (o.resume) {
     const dir = resolveResume(runDir, o.resume)
-    const state = JSON.parse(readFileSync(join(dir, 'trainer_state.json'), 'utf8')) as TrainerState
+    const state = readJson(join(dir, 'trainer_state.json')) as unknown as TrainerState
     if (state.stage !== o.stage) throw new AlignError(`--resume ${dir}: a ${state.stage} checkpoint cannot resume ${o.stage}`)
     if (model.lora) loadAdapters(dir, model)
     else {

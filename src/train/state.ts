@@ -4,12 +4,12 @@
  * exp_avg_sq.<name>, in HF [out, in] layout), `optimizer.json`, `rng_state.json` and the resolved recipe. Each
  * directory is written to a temp path and renamed, so any `checkpoint-N` that exists is complete.
  */
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { listCheckpoints } from '../checkpoint/runs.ts'
 import { join } from 'node:path'
 import * as tf from '@tensorflow/tfjs'
 import { AlignError } from '../errors.ts'
-import { openWeights, saveHfDir } from '../checkpoint/hf.ts'
+import { openWeights, readJson, saveHfDir } from '../checkpoint/hf.ts'
 import type { TensorToWrite } from '../checkpoint/safetensors.ts'
 import { isLinear, transpose2d, type Model } from '../model/mistral.ts'
 import type { Optimizer } from './optim.ts'
@@ -96,7 +96,7 @@ export function loadAdapters(dir: string, model: Model): void {
 
 /** Restore optimizer moments saved by saveCheckpoint into `opt` (variables created as needed). */
 export function loadOptimizer(dir: string, opt: Optimizer): void {
-  const meta = JSON.parse(readFileSync(join(dir, 'optimizer.json'), 'utf8'))
+  const meta = readJson(join(dir, 'optimizer.json'))
   if (meta.optimizer !== opt.config.optimizer) throw new AlignError(`${dir}: checkpoint optimizer is ${meta.optimizer} but the recipe says ${opt.config.optimizer}`)
   const w = openWeights(dir, 'optimizer.safetensors')
   for (const key of w.names()) {
