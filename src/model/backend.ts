@@ -11,6 +11,7 @@
  */
 import * as tf from '@tensorflow/tfjs'
 import { AlignError } from '../errors.ts'
+import { installWasmKernels } from './wasm-kernels.ts'
 
 export const BACKENDS = ['tfjs-node-gpu', 'tfjs-node', 'wasm', 'cpu'] as const
 export type BackendName = (typeof BACKENDS)[number]
@@ -82,6 +83,7 @@ export async function initBackend(requested: string = process.env.ALIGN_BACKEND 
     const reason = requested === 'auto' ? (skipped.length ? `first available (${skipped.map((s) => s.name).join(', ')} unavailable)` : 'first available') : 'requested'
     current = { requested, active: name, tfBackend: tf.getBackend(), why: reason, skipped }
     if (name === 'wasm') {
+      installWasmKernels()
       current.simd = tf.env().getBool('WASM_HAS_SIMD_SUPPORT') as boolean
       current.threads = tf.env().getBool('WASM_HAS_MULTITHREAD_SUPPORT') ? 2 : 1
     }

@@ -6,7 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs'
 import { Rng } from '../rng.ts'
-import { embed, lmHead, mlp, proj, rmsNorm, rope, ropeTables, type Model } from './mistral.ts'
+import { embed, lmHead, mlp, proj, rmsNorm, rope, ropeTables, type Model, type RopeTables } from './mistral.ts'
 
 interface LayerCache {
   k: tf.Tensor4D // [1, KV, S, hd]
@@ -14,7 +14,7 @@ interface LayerCache {
 }
 
 /** Attention of `t` new positions starting at `pos` over the cache plus themselves. x: [t, D] */
-function cachedAttention(model: Model, layer: number, x: tf.Tensor2D, pos: number, cache: LayerCache[], cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor2D {
+function cachedAttention(model: Model, layer: number, x: tf.Tensor2D, pos: number, cache: LayerCache[], rt: RopeTables): tf.Tensor2D {
   const c = model.config
   const [t] = x.shape
   const H = c.numHeads
@@ -22,10 +22,10 @@ function cachedAttention(model: Model, layer: number, x: tf.Tensor2D, pos: numbe
   const G = H / KV
   const hd = c.headDim
   const p = (n: string, y: tf.Tensor2D) => proj(model, `model.layers.${layer}.self_attn.${n}`, y)
-  const cs = tf.slice(cos, [pos, 0], [t, hd]) as tf.Tensor2D // rows of the new positions
-  const sn = tf.slice(sin, [pos, 0], [t, hd]) as tf.Tensor2D
-  const q = rope(tf.reshape(p('q_proj', x), [1, t, H, hd]) as tf.Tensor4D, cs, sn) // [1, t, H, hd]
-  const k = rope(tf.reshape(p('k_proj', x), [1, t, KV, hd]) as tf.Tensor4D, cs, sn) // [1, t, KV, hd]
+  const cs = tf.slice(rt.cos, [pos, 0], [t, hd]) as tf.Tensor2D // rows of the new positions
+  const sn = tf.slice(rt.sin, [pos, 0], [t, hd]) as tf.Tensor2D
+  const q = rope(tf.reshape(p('q_proj', x), [1, t, H, hd]) as tf.Tensor4D, cs, sn, rt.rot) // [1, t, H, hd]
+  const k = rope(tf.reshape(p('k_proj', x), [1, t, KV, hd]) as tf.Tensor4D, cs, sn, rt.rot) // [1, t, KV, hd]
   const v = tf.reshape(p('v_proj', x), [1, t, KV, hd]) // [1, t, KV, hd]
   const kNew = tf.transpose(k, [0, 2, 1, 3]) as tf.Tensor4D // [1, KV, t, hd]
   const vNew = tf.transpose(v, [0, 2, 1, 3]) as tf.Tensor4D // [1, KV, t, hd]
@@ -53,13 +53,13 @@ function cachedAttention(model: Model, layer: number, x: tf.Tensor2D, pos: numbe
 }
 
 /** Logits [V] of the last of `ids`, appending their keys/values to `cache`. */
-function step(model: Model, ids: number[], pos: number, cache: LayerCache[], cos: tf.Tensor2D, sin: tf.Tensor2D): Float32Array {
+function step(model: Model, ids: number[], pos: number, cache: LayerCache[], rt: RopeTables): Float32Array {
   return tf.tidy(() => {
     const c = model.config
     let x = embed(model.params.get('model.embed_tokens.weight')! as unknown as tf.Tensor2D, tf.tensor1d(ids, 'int32')) // [t, D]
     for (let l = 0; l < c.numLayers; l++) {
       const w = (n: string) => model.params.get(`model.layers.${l}.${n}.weight`)! as unknown as tf.Tensor1D
-      const h: tf.Tensor2D = tf.add(x, cachedAttention(model, l, rmsNorm(x, w('input_layernorm'), c.rmsNormEps), pos, cache, cos, sin))
+      const h: tf.Tensor2D = tf.add(x, cachedAttention(model, l, rmsNorm(x, w('input_layernorm'), c.rmsNormEps), pos, cache, rt))
       x = tf.add(h, mlp(model, l, rmsNorm(h, w('post_attention_layernorm'), c.rmsNormEps)))
     }
     const last = tf.slice(x, [ids.length - 1, 0], [1, c.hiddenSize]) as tf.Tensor2D
@@ -109,22 +109,22 @@ export function pick(logits: Float32Array, o: SampleOptions, rng: Rng): number {
 /** Continue `promptIds`; returns the new ids (EOS excluded). */
 export function generate(model: Model, promptIds: number[], o: SampleOptions): number[] {
   const total = promptIds.length + o.maxNewTokens
-  const { cos, sin } = ropeTables(total, model.config.headDim, model.config.ropeTheta)
+  const rt = ropeTables(total, model.config.headDim, model.config.ropeTheta)
   const cache: LayerCache[] = []
   const rng = Rng.fromKey(`sample:${o.seed}`)
   const out: number[] = []
   try {
-    let logits = step(model, promptIds, 0, cache, cos, sin)
+    let logits = step(model, promptIds, 0, cache, rt)
     for (let n = 0; n < o.maxNewTokens; n++) {
       const id = pick(logits, o, rng)
       if (o.eosIds.includes(id)) break
       out.push(id)
       o.onToken?.(id)
-      if (n + 1 < o.maxNewTokens) logits = step(model, [id], promptIds.length + n, cache, cos, sin)
+      if (n + 1 < o.maxNewTokens) logits = step(model, [id], promptIds.length + n, cache, rt)
     }
   } finally {
     for (const c of cache) tf.dispose([c.k, c.v])
-    tf.dispose([cos, sin])
+    tf.dispose([rt.cos, rt.sin, rt.rot])
   }
   return out
 }
