@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { dpoLosses, rewardMetrics, type LossType } from '../src/train/dpo.ts'
-import { padBatch, pairSequences, rowCounts, rowLogps } from '../src/train/batch.ts'
+import { packPairs, padBatch, pairSequences, rowCounts, rowLogps } from '../src/train/batch.ts'
 import { loadModel } from '../src/model/io.ts'
 import { disposeModel } from '../src/model/mistral.ts'
 import { FIXTURES } from './helpers.ts'
@@ -39,14 +39,20 @@ test('rewards/accuracies counts ties as wrong', () => {
   assert.is(m['rewards/accuracies'], 0.5)
 })
 
-test('summed completion log-probs of policy and reference (one concatenated pass) within 1e-2', () => {
-  const batch = padBatch(pairSequences(pairs.map((p) => ({ promptIds: p.prompt_ids, chosenIds: p.chosen_ids, rejectedIds: p.rejected_ids }))), 2)
-  assert.equal(rowCounts(batch), [...pairs.map((p) => p.chosen_ids.length), ...pairs.map((p) => p.rejected_ids.length)])
+test('summed completion log-probs of policy and reference, concatenated rows and packed pairs, within 1e-2', () => {
+  const ids = pairs.map((p) => ({ promptIds: p.prompt_ids, chosenIds: p.chosen_ids, rejectedIds: p.rejected_ids }))
+  const concatenated = padBatch(pairSequences(ids), 2)
+  const packed = packPairs(ids, 2)
+  const counts = [...pairs.map((p) => p.chosen_ids.length), ...pairs.map((p) => p.rejected_ids.length)]
+  assert.equal(rowCounts(concatenated), counts)
+  assert.equal(rowCounts(packed), counts)
   for (const [who, keyC, keyR] of [['policy', 'policy_chosen_logp', 'policy_rejected_logp'], ['reference', 'reference_chosen_logp', 'reference_rejected_logp']] as const) {
     const model = loadModel(join(DIR, who))
-    const got = tf.tidy(() => Array.from(rowLogps(model, batch).logps.dataSync()))
     const want = [...pairs.map((p) => p[keyC]), ...pairs.map((p) => p[keyR])]
-    got.forEach((g, i) => assert.ok(Math.abs(g - want[i]!) < 1e-2, `${who} row ${i}: ${g} vs ${want[i]}`))
+    for (const [layout, batch] of [['concatenated', concatenated], ['packed', packed]] as const) {
+      const got = tf.tidy(() => Array.from(rowLogps(model, batch).logps.dataSync()))
+      got.forEach((g, i) => assert.ok(Math.abs(g - want[i]!) < 1e-2, `${who} ${layout} row ${i}: ${g} vs ${want[i]}`))
+    }
     disposeModel(model)
   }
 })

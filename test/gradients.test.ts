@@ -6,7 +6,7 @@ import * as tf from '@tensorflow/tfjs'
 import { initBackend } from '../src/model/backend.ts'
 import { parseConfig, parameterShapes } from '../src/model/config.ts'
 import { clearCaches, diskData, disposeModel, initModel, modelFromTensors, setHeadChunkTokens, type Model } from '../src/model/mistral.ts'
-import { padBatch, pairSequences } from '../src/train/batch.ts'
+import { packPairs, padBatch, pairSequences, type SeqBatch } from '../src/train/batch.ts'
 import { dpoBatchLoss } from '../src/train/dpo.ts'
 import { Rng } from '../src/rng.ts'
 import { maxAbsDiff } from './tfjs-helpers.ts'
@@ -15,11 +15,13 @@ const config = parseConfig({
   architectures: ['MistralForCausalLM'], vocab_size: 40, hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2,
   num_attention_heads: 4, num_key_value_heads: 2, head_dim: 4, rms_norm_eps: 1e-5, rope_theta: 10000, sliding_window: 5, tie_word_embeddings: false,
 })
-// two pairs sharing token ids (duplicate ids exercise the scatter-add of the embedding gradient)
-const batch = padBatch(pairSequences([
+// two pairs sharing token ids (duplicate ids exercise the scatter-add of the embedding gradient); packed one pair
+// per row as training runs them, with a sliding window (5) shorter than the rows
+const pairs = [
   { promptIds: [1, 5, 7, 5, 9], chosenIds: [3, 4, 2], rejectedIds: [8, 2] },
   { promptIds: [1, 11, 12], chosenIds: [13, 5, 14, 15, 2], rejectedIds: [5, 5, 2] },
-]), 0, 1)
+]
+const batch = packPairs(pairs, 0, 1)
 const ref = { chosen: [-10.5, -16.1], rejected: [-7.9, -11.2] }
 const opts = { beta: 0.5, lossType: 'sigmoid' as const, labelSmoothing: 0 }
 
@@ -32,9 +34,9 @@ function weights(): Map<string, Float32Array> {
 await initBackend('cpu')
 const W = weights()
 const build = (w: Map<string, Float32Array>) => modelFromTensors(config, (name) => w.get(name)!.slice())
-const lossOf = (m: Model) => tf.tidy(() => dpoBatchLoss(m, batch, ref.chosen, ref.rejected, opts).loss.dataSync()[0]!)
-function grads(m: Model): Map<string, Float32Array> {
-  const { grads: g, value } = tf.variableGrads(() => dpoBatchLoss(m, batch, ref.chosen, ref.rejected, opts).loss)
+const lossOf = (m: Model, b: SeqBatch = batch) => tf.tidy(() => dpoBatchLoss(m, b, ref.chosen, ref.rejected, opts).loss.dataSync()[0]!)
+function grads(m: Model, b: SeqBatch = batch): Map<string, Float32Array> {
+  const { grads: g, value } = tf.variableGrads(() => dpoBatchLoss(m, b, ref.chosen, ref.rejected, opts).loss)
   value.dispose()
   const out = new Map<string, Float32Array>()
   for (const [name, v] of m.params) out.set(name, g[v.name]!.dataSync() as Float32Array)
@@ -80,6 +82,21 @@ test('cpu: analytic gradients match central finite differences (float64 accumula
     }
   }
   assert.ok(checked >= 3 * 20)
+  disposeModel(m)
+})
+
+test('packed pairs (prompt run once) give the loss, log-probs and gradients of the concatenated 2n rows', async () => {
+  await initBackend('cpu')
+  const m = build(W)
+  const concatenated = padBatch(pairSequences(pairs), 0, 1)
+  assert.is(batch.tokens, 21) // P + C + R per pair: 10 + 11
+  assert.is(concatenated.tokens, 29) // the prompts twice: 8 + 8 + 7 + 6
+  const lp = (b: SeqBatch) => tf.tidy(() => [...dpoBatchLoss(m, b, ref.chosen, ref.rejected, opts).logps.dataSync()])
+  const [a, b] = [lp(batch), lp(concatenated)]
+  assert.ok(maxAbsDiff(a, b) < 1e-5, `log-probs packed ${a} vs concatenated ${b}`)
+  assert.ok(Math.abs(lossOf(m) - lossOf(m, concatenated)) < 1e-6)
+  const [ga, gb] = [grads(m), grads(m, concatenated)]
+  for (const [name, x] of ga) assert.ok(maxAbsDiff(x, gb.get(name)!) < 1e-5, `${name}: max |packed - concatenated| ${maxAbsDiff(x, gb.get(name)!)}`)
   disposeModel(m)
 })
 

@@ -25,7 +25,7 @@ test('tiny Llama: every layer and the logits match HF (fp32 forward of bf16 weig
   const ids = tf.tensor2d(meta.input_ids, [1, meta.input_ids.length], 'int32')
   const layers: Float32Array[] = []
   tf.tidy(() => {
-    hidden(model, ids, (i, x) => layers.push(x.dataSync() as Float32Array))
+    hidden(model, ids, undefined, (i, x) => layers.push(x.dataSync() as Float32Array))
   })
   assert.ok(maxAbsDiff(layers[0]!, readTensor(golden, 'embeddings')) < 1e-6)
   assert.ok(maxAbsDiff(layers[1]!, readTensor(golden, 'layers.0')) < 1e-4)

@@ -140,66 +140,94 @@ export function rmsNorm(x: tf.Tensor2D, w: tf.Tensor1D, eps: number): tf.Tensor2
 }
 
 /**
- * cos/sin tables [T, hd] for positions 0..T-1, HF layout: freqs concatenated with themselves; and the [hd, hd]
- * matrix R with x @ R = rotate_half(x) = [-x2, x1] (one plain matMul instead of split + neg + concat).
+ * Where each token of a batch sits: its rope position and its branch. Plain rows are one causal sequence each
+ * (position = index, branch 0). Packed pair rows (train/batch.ts `packPairs`) hold [prompt, chosen, rejected]:
+ * the prompt is branch 0 and the completions branches 1 and 2, both continuing the prompt's positions, so one
+ * packed row computes exactly what the two rows [prompt, chosen] and [prompt, rejected] would.
  */
+export interface Packing {
+  /** rope position of each token [B*T] */
+  positions: Int32Array
+  /** 0 = shared prompt, 1 / 2 = the completions, -1 = padding [B*T] */
+  branch: Int32Array
+}
+
 export interface RopeTables {
-  cos: tf.Tensor2D
-  sin: tf.Tensor2D
+  cos: tf.Tensor
+  sin: tf.Tensor
   rot: tf.Tensor2D
 }
 
-export function ropeTables(T: number, hd: number, theta: number): RopeTables {
-  const cos = new Float32Array(T * hd)
-  const sin = new Float32Array(T * hd)
-  const rot = new Float32Array(hd * hd)
+/** cos/sin rows [positions.length * hd] for the given positions, HF layout: freqs concatenated with themselves. */
+function ropeAngles(positions: ArrayLike<number>, hd: number, theta: number): { cos: Float32Array; sin: Float32Array } {
+  const cos = new Float32Array(positions.length * hd)
+  const sin = new Float32Array(positions.length * hd)
   const half = hd / 2
-  for (let t = 0; t < T; t++) {
+  for (let r = 0; r < positions.length; r++) {
     for (let i = 0; i < half; i++) {
-      const invFreq = 1 / theta ** ((2 * i) / hd)
-      const a = t * invFreq
-      cos[t * hd + i] = cos[t * hd + i + half] = Math.cos(a)
-      sin[t * hd + i] = sin[t * hd + i + half] = Math.sin(a)
+      const a = positions[r]! / theta ** ((2 * i) / hd)
+      cos[r * hd + i] = cos[r * hd + i + half] = Math.cos(a)
+      sin[r * hd + i] = sin[r * hd + i + half] = Math.sin(a)
     }
   }
-  for (let i = 0; i < half; i++) {
-    rot[(i + half) * hd + i] = -1 // out[i] = -x[i + half]
-    rot[i * hd + i + half] = 1 // out[i + half] = x[i]
-  }
-  return { cos: tf.tensor2d(cos, [T, hd]), sin: tf.tensor2d(sin, [T, hd]), rot: tf.tensor2d(rot, [hd, hd]) }
+  return { cos, sin }
 }
 
-/** Rotary embedding, rotate-half form: x*cos + rotate_half(x)*sin. x: [B, T, nH, hd]; tables [T, hd], rot [hd, hd]. */
-export function rope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D, rot: tf.Tensor2D): tf.Tensor4D {
+/** The [hd, hd] matrix R with x @ R = rotate_half(x) = [-x2, x1] (one plain matMul instead of split + neg + concat). */
+function rotateHalfMatrix(hd: number): tf.Tensor2D {
+  const rot = new Float32Array(hd * hd)
+  for (let i = 0; i < hd / 2; i++) {
+    rot[(i + hd / 2) * hd + i] = -1 // out[i] = -x[i + half]
+    rot[i * hd + i + hd / 2] = 1 // out[i + half] = x[i]
+  }
+  return tf.tensor2d(rot, [hd, hd])
+}
+
+/** cos/sin tables [T, hd] for positions 0..T-1, and the rotate-half matrix. */
+export function ropeTables(T: number, hd: number, theta: number): RopeTables {
+  const { cos, sin } = ropeAngles(Array.from({ length: T }, (_, t) => t), hd, theta)
+  return { cos: tf.tensor2d(cos, [T, hd]), sin: tf.tensor2d(sin, [T, hd]), rot: rotateHalfMatrix(hd) }
+}
+
+/** Rotary embedding, rotate-half form: x*cos + rotate_half(x)*sin. x: [B, T, nH, hd]; cos/sin [T, hd] or [B, T, hd]. */
+export function rope(x: tf.Tensor4D, cos: tf.Tensor, sin: tf.Tensor, rot: tf.Tensor2D): tf.Tensor4D {
   const [B, T, nH, hd] = x.shape // [B, T, nH, hd]
   const rotated = tf.reshape(tf.matMul(tf.reshape(x, [B * T * nH, hd]), rot), [B, T, nH, hd]) // [B, T, nH, hd]
-  const c = tf.reshape(cos, [1, T, 1, hd])
-  const s = tf.reshape(sin, [1, T, 1, hd])
+  const rows = cos.size / (T * hd) // 1, or B for per-row positions
+  const c = tf.reshape(cos, [rows, T, 1, hd])
+  const s = tf.reshape(sin, [rows, T, 1, hd])
   return tf.add(tf.mul(x, c), tf.mul(rotated, s))
 }
 
 /**
- * Additive mask [G*T, T] for queries folded as rows g*T + i: 0 where key j is visible from query i
- * (j <= i and i - j < window), -1e9 elsewhere. Right-padded batches need nothing more: padding sits after
- * every real token, so the causal mask already hides it from them (padded positions are never scored).
+ * Additive mask [Bm, 1, G*T, T] (Bm = 1 for plain rows, B when packed) for queries folded as rows g*T + i:
+ * 0 where key j is visible from query i, -1e9 elsewhere. Visible: j ≤ i, j in the prompt or in i's own branch,
+ * and within the sliding window of positions. Right padding sits after every real token, so no real token
+ * sees it (padded positions are never scored).
  */
-export function attentionMask(T: number, groups: number, window: number | null): tf.Tensor2D {
-  const m = new Float32Array(groups * T * T)
-  for (let g = 0; g < groups; g++) {
+export function attentionMask(T: number, groups: number, window: number | null, packing?: Packing): tf.Tensor4D {
+  const Bm = packing ? packing.positions.length / T : 1
+  const m = new Float32Array(Bm * groups * T * T).fill(-1e9)
+  for (let b = 0; b < Bm; b++) {
+    const base = b * groups * T * T
     for (let i = 0; i < T; i++) {
-      for (let j = 0; j < T; j++) {
-        const visible = j <= i && (window === null || i - j < window)
-        m[(g * T + i) * T + j] = visible ? 0 : -1e9
+      const bi = packing ? packing.branch[b * T + i]! : 0
+      const pi = packing ? packing.positions[b * T + i]! : i
+      for (let j = 0; j <= i; j++) {
+        const bj = packing ? packing.branch[b * T + j]! : 0
+        const pj = packing ? packing.positions[b * T + j]! : j
+        if ((bj === 0 || bj === bi) && (window === null || pi - pj < window)) m[base + i * T + j] = 0
       }
     }
+    for (let g = 1; g < groups; g++) m.copyWithin(base + g * T * T, base, base + T * T) // same rows for each query head of a group
   }
-  return tf.tensor2d(m, [groups * T, T])
+  return tf.tensor4d(m, [Bm, 1, groups * T, T])
 }
 
 export interface Ctx extends RopeTables {
   B: number
   T: number
-  mask: tf.Tensor2D
+  mask: tf.Tensor4D
 }
 
 /** A projection `module` (e.g. `model.layers.0.self_attn.q_proj`): x @ W, plus the LoRA branch when enabled. */
@@ -229,8 +257,9 @@ export function attention(model: Model, layer: number, x: tf.Tensor2D, ctx: Ctx)
   const qf = tf.reshape(tf.transpose(q, [0, 2, 1, 3]), [B * KV, G * T, hd]) // [B*KV, G*T, hd]
   const kf = tf.reshape(tf.transpose(k, [0, 2, 1, 3]), [B * KV, T, hd]) // [B*KV, T, hd]
   const vf = tf.reshape(tf.transpose(v, [0, 2, 1, 3]), [B * KV, T, hd]) // [B*KV, T, hd]
-  const scores = tf.add(tf.mul(tf.matMul(qf, kf, false, true), 1 / Math.sqrt(hd)), ctx.mask) // [B*KV, G*T, T]
-  const out = tf.matMul(tf.softmax(scores), vf) // [B*KV, G*T, hd]
+  const scores = tf.reshape(tf.mul(tf.matMul(qf, kf, false, true), 1 / Math.sqrt(hd)), [B, KV, G * T, T]) // [B, KV, G*T, T]
+  const probs = tf.softmax(tf.reshape(tf.add(scores, ctx.mask), [B * KV, G * T, T])) // [B*KV, G*T, T]
+  const out = tf.matMul(probs, vf) // [B*KV, G*T, hd]
   const merged = tf.reshape(tf.transpose(tf.reshape(out, [B, H, T, hd]), [0, 2, 1, 3]), [B * T, H * hd]) as tf.Tensor2D // [B*T, H*hd]
   return p('o_proj', merged)
 }
@@ -251,19 +280,26 @@ export function block(model: Model, layer: number, x: tf.Tensor2D, ctx: Ctx): tf
   return tf.add(h, mlp(model, layer, rmsNorm(h, w('post_attention_layernorm'), eps)))
 }
 
-const maskCache = new Map<string, tf.Tensor2D>()
+const maskCache = new Map<string, tf.Tensor4D>()
 const ropeCache = new Map<string, RopeTables>()
 
-function context(c: ModelConfig, B: number, T: number): Ctx {
+/** Masks and rope tables of a batch: cached by shape for plain rows, built per batch for packed ones. */
+function context(c: ModelConfig, B: number, T: number, packing?: Packing): Ctx {
   const G = c.numHeads / c.numKvHeads
-  const mk = `${T}:${G}:${c.slidingWindow}`
-  if (!maskCache.has(mk)) maskCache.set(mk, tf.keep(attentionMask(T, G, c.slidingWindow)))
   const rk = `${T}:${c.headDim}:${c.ropeTheta}`
   if (!ropeCache.has(rk)) {
     const t = ropeTables(T, c.headDim, c.ropeTheta)
     ropeCache.set(rk, { cos: tf.keep(t.cos), sin: tf.keep(t.sin), rot: tf.keep(t.rot) })
   }
-  return { B, T, mask: maskCache.get(mk)!, ...ropeCache.get(rk)! }
+  const plain = ropeCache.get(rk)!
+  if (packing) {
+    const { cos, sin } = ropeAngles(packing.positions, c.headDim, c.ropeTheta)
+    const shape: [number, number, number] = [B, T, c.headDim]
+    return { B, T, mask: attentionMask(T, G, c.slidingWindow, packing), cos: tf.tensor3d(cos, shape), sin: tf.tensor3d(sin, shape), rot: plain.rot }
+  }
+  const mk = `${T}:${G}:${c.slidingWindow}`
+  if (!maskCache.has(mk)) maskCache.set(mk, tf.keep(attentionMask(T, G, c.slidingWindow)))
+  return { B, T, mask: maskCache.get(mk)!, ...plain }
 }
 
 /** Free cached masks and rope tables (tests that check for leaks call this first). */
@@ -274,11 +310,11 @@ export function clearCaches(): void {
   ropeCache.clear()
 }
 
-/** Final hidden states after the last norm. ids: int32 [B, T] -> [B*T, D] */
-export function hidden(model: Model, ids: tf.Tensor2D, layers?: (i: number, x: tf.Tensor2D) => void): tf.Tensor2D {
+/** Final hidden states after the last norm. ids: int32 [B, T] -> [B*T, D]; `packing` for packed pair rows. */
+export function hidden(model: Model, ids: tf.Tensor2D, packing?: Packing, layers?: (i: number, x: tf.Tensor2D) => void): tf.Tensor2D {
   const c = model.config
   const [B, T] = ids.shape
-  const ctx = context(c, B, T)
+  const ctx = context(c, B, T, packing)
   let x = embed(model.params.get('model.embed_tokens.weight')! as unknown as tf.Tensor2D, tf.reshape(ids, [B * T]) as tf.Tensor1D) // [B*T, D]
   layers?.(-1, x)
   for (let i = 0; i < c.numLayers; i++) {

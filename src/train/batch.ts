@@ -5,9 +5,13 @@
  * rejected_0..rejected_{n-1}], each row prompt + completion, run through the model once. The log-prob of a
  * row is Σ_t mask_t · log π(x_{t+1} | x_≤t) where mask_t = 1 iff x_{t+1} is a completion token (prompt and
  * padding contribute nothing). Row lengths are padded up to a multiple of 16 so few distinct shapes occur.
+ *
+ * `packPairs` computes the same numbers with the prompt run once per pair: row i is [prompt, chosen, rejected]
+ * and the attention mask keeps the two completions from seeing each other (mistral.ts `Packing`), so the
+ * model runs on P + C + R tokens per pair instead of 2P + C + R.
  */
 import * as tf from '@tensorflow/tfjs'
-import { gatherRows, headLogProbs, hidden, withAdapters, type Model } from '../model/mistral.ts'
+import { gatherRows, headLogProbs, hidden, withAdapters, type Model, type Packing } from '../model/mistral.ts'
 
 export interface Sequence {
   ids: number[]
@@ -15,14 +19,24 @@ export interface Sequence {
   completionStart: number
 }
 
+/** The scored tokens of a batch: the flat position [B*T] whose hidden state predicts `target`, summed into `row`. */
+export interface Scored {
+  index: number[]
+  target: number[]
+  row: number[]
+}
+
 export interface SeqBatch {
+  /** token ids [B*T], right-padded */
   ids: Int32Array
-  targets: Int32Array
-  mask: Float32Array
   B: number
   T: number
   /** real (non-pad) tokens */
   tokens: number
+  /** sequences whose log-probs are summed: B, or 2 per pair when pairs are packed (chosen rows first) */
+  rows: number
+  scored: Scored
+  packing?: Packing
 }
 
 export interface PairIds {
@@ -36,24 +50,62 @@ export function pairSequences(pairs: PairIds[]): Sequence[] {
   return [...pairs.map((p) => row(p, p.chosenIds)), ...pairs.map((p) => row(p, p.rejectedIds))]
 }
 
+const roundUp = (n: number, multiple: number) => Math.ceil(n / multiple) * multiple
+
 export function padBatch(seqs: Sequence[], padId: number, multiple = 16): SeqBatch {
   const B = seqs.length
-  const longest = Math.max(...seqs.map((s) => s.ids.length))
-  const T = Math.ceil(longest / multiple) * multiple
+  const T = roundUp(Math.max(...seqs.map((s) => s.ids.length)), multiple)
   const ids = new Int32Array(B * T).fill(padId)
-  const targets = new Int32Array(B * T).fill(padId)
-  const mask = new Float32Array(B * T)
+  const scored: Scored = { index: [], target: [], row: [] }
   let tokens = 0
   seqs.forEach((s, b) => {
     const L = s.ids.length
     tokens += L
     for (let t = 0; t < L; t++) ids[b * T + t] = s.ids[t]!
-    for (let t = 0; t + 1 < L; t++) {
-      targets[b * T + t] = s.ids[t + 1]!
-      if (t + 1 >= s.completionStart) mask[b * T + t] = 1
+    for (let t = Math.max(0, s.completionStart - 1); t + 1 < L; t++) {
+      scored.index.push(b * T + t)
+      scored.target.push(s.ids[t + 1]!)
+      scored.row.push(b)
     }
   })
-  return { ids, targets, mask, B, T, tokens }
+  return { ids, B, T, tokens, rows: B, scored }
+}
+
+/**
+ * Pairs packed one per row as [prompt, chosen, rejected] (positions of both completions continue the prompt's;
+ * see mistral.ts `Packing`). The first rejected token is predicted from the last prompt token, like the first
+ * chosen one. Output rows are [chosen_0..chosen_{n-1}, rejected_0..rejected_{n-1}], as in `pairSequences`.
+ */
+export function packPairs(pairs: PairIds[], padId: number, multiple = 16): SeqBatch {
+  const n = pairs.length
+  const T = roundUp(Math.max(...pairs.map((p) => p.promptIds.length + p.chosenIds.length + p.rejectedIds.length)), multiple)
+  const ids = new Int32Array(n * T).fill(padId)
+  const positions = new Int32Array(n * T)
+  const branch = new Int32Array(n * T).fill(-1)
+  const scored: Scored = { index: [], target: [], row: [] }
+  let tokens = 0
+  pairs.forEach((p, b) => {
+    const P = p.promptIds.length
+    const C = p.chosenIds.length
+    const put = (tokenIds: number[], at: number, firstPos: number, br: number) => tokenIds.forEach((id, j) => {
+      ids[b * T + at + j] = id
+      positions[b * T + at + j] = firstPos + j
+      branch[b * T + at + j] = br
+    })
+    put(p.promptIds, 0, 0, 0)
+    put(p.chosenIds, P, P, 1)
+    put(p.rejectedIds, P + C, P, 2)
+    tokens += P + C + p.rejectedIds.length
+    const score = (index: number, target: number, row: number) => {
+      if (index < b * T) return // an empty prompt leaves the first completion token unpredicted, as in padBatch
+      scored.index.push(index)
+      scored.target.push(target)
+      scored.row.push(row)
+    }
+    p.chosenIds.forEach((id, j) => score(b * T + P - 1 + j, id, b))
+    p.rejectedIds.forEach((id, j) => score(b * T + (j === 0 ? P - 1 : P + C + j - 1), id, n + b))
+  })
+  return { ids, B: n, T, tokens, rows: 2 * n, scored, packing: { positions, branch } }
 }
 
 export interface RowLogps {
@@ -69,20 +121,17 @@ export interface RowLogps {
  * most of the step's compute and memory; large heads run in chunks of tokens (headLogProbs).
  */
 export function rowLogps(model: Model, batch: SeqBatch): RowLogps {
-  const { B, T } = batch
-  const positions: number[] = []
-  for (let i = 0; i < B * T; i++) if (batch.mask[i]) positions.push(i)
-  const N = positions.length
-  const select = new Float32Array(B * N) // [B, N]: 1 where scored position n belongs to row b
-  positions.forEach((p, n) => (select[Math.floor(p / T) * N + n] = 1))
-  if (N === 0) return { logps: tf.zeros([B]) as tf.Tensor1D, logitSums: tf.zeros([B]) as tf.Tensor1D }
-  const h = hidden(model, tf.tensor2d(batch.ids, [B, T], 'int32')) // [B*T, D]
-  const pos = tf.tensor1d(positions, 'int32')
-  const targets = tf.tensor1d(positions.map((p) => batch.targets[p]!), 'int32')
-  const { logps: lp, meanLogits } = headLogProbs(model, gatherRows(h, pos), targets) // [N], [N]
-  const sel = tf.tensor2d(select, [B, N])
-  const logps = tf.reshape(tf.matMul(sel, tf.reshape(lp, [N, 1])), [B]) as tf.Tensor1D // Σ per row
-  const logitSums = tf.reshape(tf.matMul(sel, tf.reshape(meanLogits, [N, 1])), [B]) as tf.Tensor1D
+  const { B, T, rows, scored } = batch
+  const N = scored.index.length
+  if (N === 0) return { logps: tf.zeros([rows]) as tf.Tensor1D, logitSums: tf.zeros([rows]) as tf.Tensor1D }
+  const select = new Float32Array(rows * N) // [rows, N]: 1 where scored token n belongs to row r
+  scored.row.forEach((r, n) => (select[r * N + n] = 1))
+  const h = hidden(model, tf.tensor2d(batch.ids, [B, T], 'int32'), batch.packing) // [B*T, D]
+  const pos = tf.tensor1d(scored.index, 'int32')
+  const { logps: lp, meanLogits } = headLogProbs(model, gatherRows(h, pos), tf.tensor1d(scored.target, 'int32')) // [N], [N]
+  const sel = tf.tensor2d(select, [rows, N])
+  const logps = tf.reshape(tf.matMul(sel, tf.reshape(lp, [N, 1])), [rows]) as tf.Tensor1D // Σ per row
+  const logitSums = tf.reshape(tf.matMul(sel, tf.reshape(meanLogits, [N, 1])), [rows]) as tf.Tensor1D
   return { logps, logitSums }
 }
 
@@ -97,7 +146,7 @@ export function pairLogps(model: Model, pairs: PairIds[], batchSize: number, ada
   for (let i = 0; i < pairs.length; i += batchSize) {
     onBatch?.(i)
     const chunk = pairs.slice(i, i + batchSize)
-    const lp = withAdapters(model, adapters, () => tf.tidy(() => Array.from(rowLogps(model, padBatch(pairSequences(chunk), 0)).logps.dataSync())))
+    const lp = withAdapters(model, adapters, () => tf.tidy(() => Array.from(rowLogps(model, packPairs(chunk, 0)).logps.dataSync())))
     chosen.push(...lp.slice(0, chunk.length))
     rejected.push(...lp.slice(chunk.length))
   }
@@ -106,7 +155,7 @@ export function pairLogps(model: Model, pairs: PairIds[], batchSize: number, ada
 
 /** Completion tokens per row. */
 export function rowCounts(batch: SeqBatch): number[] {
-  const out = new Array<number>(batch.B).fill(0)
-  for (let b = 0; b < batch.B; b++) for (let t = 0; t < batch.T; t++) out[b]! += batch.mask[b * batch.T + t]!
+  const out = new Array<number>(batch.rows).fill(0)
+  for (const r of batch.scored.row) out[r]!++
   return out
 }

@@ -11,7 +11,7 @@ import { PRESETS, parseConfig } from '../model/config.ts'
 import { readJson } from '../checkpoint/hf.ts'
 import { disposeModel, initModel } from '../model/mistral.ts'
 import { Rng } from '../rng.ts'
-import { padBatch, pairSequences, type PairIds } from './batch.ts'
+import { packPairs, padBatch, pairSequences, type PairIds } from './batch.ts'
 import { readRows } from '../rows.ts'
 import { isTokenized } from './data.ts'
 import { dpoBatchLoss } from './dpo.ts'
@@ -24,6 +24,8 @@ export interface BenchArgs {
   steps: number
   warmup: number
   backend?: string
+  /** packed: one [prompt, chosen, rejected] row per pair (the training default); concatenated: TRL's 2n rows */
+  layout: 'packed' | 'concatenated'
 }
 
 export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
@@ -49,7 +51,7 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     const idx = Array.from({ length: a.batchPairs }, (_, j) => (s * a.batchPairs + j) % pairs.length)
     const chunk = idx.map((i) => pairs[i]!)
     const t0 = performance.now()
-    const batch = padBatch(pairSequences(chunk), 0)
+    const batch = a.layout === 'packed' ? packPairs(chunk, 0) : padBatch(pairSequences(chunk), 0)
     const { value, grads } = tf.variableGrads(() => dpoBatchLoss(model, batch, idx.map((i) => refC[i]!), idx.map((i) => refR[i]!), { beta: 0.1, lossType: 'sigmoid', labelSmoothing: 0 }).loss, vars)
     value.dataSync()
     const byName = new Map(Object.entries(grads).map(([k, g]) => [names.get(k)!, g]))
@@ -67,7 +69,7 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   opt.dispose()
   const secs = timed / 1000
   return {
-    bench: 'dpo', backend: backend.active, model: a.model, batch_pairs: a.batchPairs, steps: a.steps,
+    bench: 'dpo', backend: backend.active, model: a.model, layout: a.layout, batch_pairs: a.batchPairs, steps: a.steps,
     pairs_per_second: +(pairsDone / secs).toFixed(3), tokens_per_second: Math.round(tokens / secs), step_ms: Math.round(timed / a.steps),
     peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024), tensors_flat: new Set(tensorsAfter).size === 1,
   }

@@ -71,7 +71,7 @@ export function rewardMetrics(v: PairValues, beta: number): Record<string, numbe
  * Returns the scalar loss plus the per-row policy log-probs and logit sums for the metrics.
  */
 export function dpoBatchLoss(model: Model, batch: SeqBatch, refChosen: number[], refRejected: number[], o: DpoOptions): { loss: tf.Scalar; logps: tf.Tensor1D; logitSums: tf.Tensor1D } {
-  const n = batch.B / 2
+  const n = batch.rows / 2
   const { logps, logitSums } = rowLogps(model, batch)
   const [pc, pr] = tf.split(logps, [n, n]) as [tf.Tensor1D, tf.Tensor1D]
   const loss = tf.mean(dpoLosses(pc, pr, tf.tensor1d(refChosen), tf.tensor1d(refRejected), o)) as tf.Scalar

@@ -21,7 +21,7 @@ import { PRESETS, parameterCount, parseConfig, type ModelConfig } from '../model
 import { loadConfig, loadModel } from '../model/io.ts'
 import { addLora, disposeModel, initModel, withAdapters, type Model } from '../model/mistral.ts'
 import { loadTokenizer } from '../model/tokenizer.ts'
-import { padBatch, pairLogps, pairSequences, rowCounts, rowLogps, type PairIds, type Sequence } from './batch.ts'
+import { packPairs, padBatch, pairLogps, rowCounts, rowLogps, type PairIds, type Sequence } from './batch.ts'
 import { loadPairs, resolveSplit, epochBatches, lengthGroupedOrder, type DataStats } from './data.ts'
 import { dpoBatchLoss, rewardMetrics, type DpoOptions } from './dpo.ts'
 import { Optimizer, clipByGlobalNorm, lrLambda, warmupSteps } from './optim.ts'
@@ -226,13 +226,13 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     if (model.lora) Object.assign(model.lora, { training: true, seed: args.seed * 1_000_003 + k, calls: 0 })
     if (o.stage === 'sft') {
       const batch = padBatch(sftSequences(pairs), tok.padId)
-      const tokens = Math.max(1, batch.mask.reduce((a, b) => a + b, 0))
+      const tokens = Math.max(1, batch.scored.index.length)
       const { value, grads } = tf.variableGrads(() => tf.div(tf.neg(tf.sum(rowLogps(model, batch).logps)), tokens * args.gradient_accumulation_steps) as tf.Scalar, trainable(model))
       const loss = value.dataSync()[0]! * args.gradient_accumulation_steps
       value.dispose()
       return { grads, loss, tokens: batch.tokens, pairStats: undefined }
     }
-    const batch = padBatch(pairSequences(pairs), tok.padId)
+    const batch = packPairs(pairs, tok.padId)
     const ref = refTrain ? { chosen: idx.map((i) => refTrain!.chosen[i]!), rejected: idx.map((i) => refTrain!.rejected[i]!) } : pairLogps(frozenRef!, pairs, pairs.length, false)
     let logps: Float32Array = new Float32Array()
     let logitSums: Float32Array = new Float32Array()
@@ -425,7 +425,7 @@ function evaluateDpo(model: Model, pairs: PairIds[], ref: { chosen: number[]; re
   for (let i = 0; i < pairs.length; i += bs) {
     const chunk = pairs.slice(i, i + bs)
     const r = ref ? { chosen: ref.chosen.slice(i, i + bs), rejected: ref.rejected.slice(i, i + bs) } : pairLogps(frozen!, chunk, chunk.length, false)
-    const batch = padBatch(pairSequences(chunk), padId)
+    const batch = packPairs(chunk, padId)
     tf.tidy(() => {
       const out = dpoBatchLoss(model, batch, r.chosen, r.rejected, o)
       lossSum += out.loss.dataSync()[0]! * chunk.length
@@ -444,7 +444,7 @@ function evaluateSft(model: Model, pairs: PairIds[], bs: number, padId: number):
   let tokens = 0
   for (let i = 0; i < pairs.length; i += bs) {
     const batch = padBatch(sftSequences(pairs.slice(i, i + bs)), padId)
-    tokens += batch.mask.reduce((a, b) => a + b, 0)
+    tokens += batch.scored.index.length
     nll -= tf.tidy(() => tf.sum(rowLogps(model, batch).logps).dataSync()[0]!)
   }
   const secs = (performance.now() - t0) / 1000
