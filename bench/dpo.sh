@@ -9,8 +9,11 @@ cd "$(dirname "$0")/.."
 steps=${1:-5}
 mkdir -p bench/out
 [ -f bench/out/pairs-128.jsonl ] || npx tsx bench/make-pairs.ts bench/out/pairs-128.jsonl 64
-align=$(node --import tsx src/cli.ts bench dpo --model preset:tiny-bench --pairs bench/out/pairs-128.jsonl --batch-pairs 4 --steps "$steps" --json)
+bench() { node --import tsx src/cli.ts bench dpo --model preset:tiny-bench --pairs bench/out/pairs-128.jsonl --batch-pairs 4 --steps "$steps" --json "$@"; }
+align=$(bench --layout packed --profile)   # what align train runs: the prompt once per pair
 echo "$align"
+concat=$(bench --layout concatenated)      # TRL's layout, 2n rows: the packing's saving
+echo "$concat"
 if ! /usr/bin/python3 -c 'import torch' 2>/dev/null || ! dpkg -s libopenblas0-pthread >/dev/null 2>&1; then
   echo "installing python3-torch + libopenblas0-pthread (apt-get)" >&2
   apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch libopenblas0-pthread >&2
@@ -18,4 +21,4 @@ fi
 # this machine sets OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for old numpy builds; they slow a current OpenBLAS
 torch=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 bench/dpo_torch.py bench/out/pairs-128.jsonl 4 "$steps")
 echo "$torch"
-node -e 'const [a, t] = process.argv.slice(1).map((s) => JSON.parse(s)); console.log(`align/pytorch pairs/s: ${(a.pairs_per_second / t.pairs_per_second).toFixed(2)}x (${a.backend} ${a.pairs_per_second} vs ${t.pairs_per_second}) on ${new Date().toISOString().slice(0, 10)}`)' "$align" "$torch"
+node -e 'const [a, c, t] = process.argv.slice(1).map((s) => JSON.parse(s)); const r = (x) => (x.pairs_per_second / t.pairs_per_second).toFixed(2); console.log(`align/pytorch pairs/s: ${r(a)}x packed, ${r(c)}x concatenated (${a.backend} ${a.pairs_per_second} / ${c.pairs_per_second} vs ${t.pairs_per_second}); matMul in step ${a.matmul_gflops_in_step} GFLOP/s = ${a.matmul_efficiency} of plain; on ${new Date().toISOString().slice(0, 10)}`)' "$align" "$concat" "$torch"

@@ -175,6 +175,7 @@ const benchCmd = subcommands({
         steps: option({ type: number, long: 'steps', defaultValue: () => 5, defaultValueIsSerializable: true, description: 'timed steps' }),
         warmup: option({ type: number, long: 'warmup', defaultValue: () => 1, defaultValueIsSerializable: true, description: 'untimed steps first' }),
         layout: option({ type: oneOf(['packed', 'concatenated'] as const), long: 'layout', defaultValue: () => 'packed' as const, defaultValueIsSerializable: true, description: "packed: the prompt run once per pair (align's default); concatenated: TRL's 2n rows" }),
+        profile: flag({ long: 'profile', description: 'one more, profiled step: matMul GFLOP/s inside the step against the best plain matMul' }),
         json: flag({ long: 'json', description: 'one JSON object' }),
         backend: backendOpt,
       },

@@ -1,4 +1,4 @@
-// `align bench dpo`: the fields scripts read, and no tensor leak across steps (numTensors flat).
+// `align bench dpo`: the fields scripts read (with --profile), and no tensor leak across steps (numTensors flat).
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
@@ -10,12 +10,15 @@ test('bench dpo on a 1-layer model: pairs/s, tokens/s counted once per pair, fla
   const dir = tmp()
   writeFileSync(join(dir, 'config.json'), JSON.stringify({ architectures: ['MistralForCausalLM'], vocab_size: 300, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1, rms_norm_eps: 1e-5, rope_theta: 10000, sliding_window: 64 }))
   writeFileSync(join(dir, 'pairs.jsonl'), [0, 1, 2].map((i) => JSON.stringify({ prompt_ids: [1, 5 + i, 7, 9], chosen_ids: [11, 12, 2], rejected_ids: [13, 2], reference_chosen_logp: -17, reference_rejected_logp: -11 })).join('\n'))
-  const r = await benchDpo({ model: join(dir, 'config.json'), pairs: join(dir, 'pairs.jsonl'), batchPairs: 2, steps: 3, warmup: 1, backend: 'wasm', layout: 'packed' })
+  const r = await benchDpo({ model: join(dir, 'config.json'), pairs: join(dir, 'pairs.jsonl'), batchPairs: 2, steps: 3, warmup: 1, backend: 'wasm', layout: 'packed', profile: true })
   assert.is(r.backend, 'wasm')
   assert.is(r.tensors_flat, true)
   assert.ok((r.pairs_per_second as number) > 0)
   // 9 tokens per pair (4 prompt + 3 chosen + 2 rejected): tokens/s = 9 x pairs/s
   assert.ok(Math.abs((r.tokens_per_second as number) / (r.pairs_per_second as number) - 9) < 0.1)
+  // the profiled step found matMuls and timed them against the plain 2-D matMul
+  for (const k of ['matmul_gflops_in_step', 'matmul_gflops_best_plain', 'matmul_efficiency']) assert.ok((r[k] as number) > 0, `${k}: ${r[k]}`)
+  assert.ok((r.matmul_share_of_kernel_time as number) > 0 && (r.matmul_share_of_kernel_time as number) <= 1)
 })
 
 test.run()

@@ -26,6 +26,8 @@ export interface BenchArgs {
   backend?: string
   /** packed: one [prompt, chosen, rejected] row per pair (the training default); concatenated: TRL's 2n rows */
   layout: 'packed' | 'concatenated'
+  /** one extra profiled step: matMul GFLOP/s inside the step against the best plain matMul */
+  profile?: boolean
 }
 
 export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
@@ -43,14 +45,9 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   const opt = new Optimizer({ optimizer: 'adamw', beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, rmspropAlpha: 0.99 })
   const vars = [...model.params.values()]
   const names = new Map(vars.map((v, i) => [v.name, [...model.params.keys()][i]!]))
-  let timed = 0
-  let tokens = 0
-  let pairsDone = 0
-  const tensorsAfter: number[] = []
-  for (let s = 0; s < a.warmup + a.steps; s++) {
+  const step = (s: number) => {
     const idx = Array.from({ length: a.batchPairs }, (_, j) => (s * a.batchPairs + j) % pairs.length)
     const chunk = idx.map((i) => pairs[i]!)
-    const t0 = performance.now()
     const batch = a.layout === 'packed' ? packPairs(chunk, 0) : padBatch(pairSequences(chunk), 0)
     const { value, grads } = tf.variableGrads(() => dpoBatchLoss(model, batch, idx.map((i) => refC[i]!), idx.map((i) => refR[i]!), { beta: 0.1, lossType: 'sigmoid', labelSmoothing: 0 }).loss, vars)
     value.dataSync()
@@ -58,6 +55,15 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     opt.apply(model.params, byName, 1e-6)
     tf.dispose([value, ...Object.values(grads)])
     tf.tidy(() => tf.sum(model.params.get('model.norm.weight')!).dataSync()) // wait for the update on async backends (a scalar readback)
+    return chunk
+  }
+  let timed = 0
+  let tokens = 0
+  let pairsDone = 0
+  const tensorsAfter: number[] = []
+  for (let s = 0; s < a.warmup + a.steps; s++) {
+    const t0 = performance.now()
+    const chunk = step(s)
     if (s >= a.warmup) {
       timed += performance.now() - t0
       tokens += chunk.reduce((x, p) => x + p.promptIds.length + p.chosenIds.length + p.rejectedIds.length, 0)
@@ -65,12 +71,62 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
       tensorsAfter.push(tf.memory().numTensors)
     }
   }
+  const mm = a.profile ? await matMulThroughput((r) => void step(a.warmup + a.steps + r)) : undefined
   disposeModel(model)
   opt.dispose()
   const secs = timed / 1000
   return {
     bench: 'dpo', backend: backend.active, model: a.model, layout: a.layout, batch_pairs: a.batchPairs, steps: a.steps,
     pairs_per_second: +(pairsDone / secs).toFixed(3), tokens_per_second: Math.round(tokens / secs), step_ms: Math.round(timed / a.steps),
-    peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024), tensors_flat: new Set(tensorsAfter).size === 1,
+    peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024), tensors_flat: new Set(tensorsAfter).size === 1, ...mm,
   }
+}
+
+/**
+ * matMul throughput inside a profiled step (every BatchMatMul kernel: FLOPs 2·|out|·K, K = |a| / (batch·m),
+ * whatever the transposes) against the best plain 2-D matMul of the same backend on two large shapes. Both are
+ * the best of a few runs: on a shared 2-core machine single timings swing by ±30 %.
+ */
+export async function matMulThroughput(runStep: (repeat: number) => void): Promise<Record<string, number>> {
+  let inStep = 0
+  let share = 0
+  for (let r = 0; r < 2; r++) {
+    const t = await profiledMatMuls(() => runStep(r))
+    if (t.gflops > inStep) [inStep, share] = [t.gflops, t.share]
+  }
+  let best = 0
+  for (const [m, k, n] of [[1024, 1024, 1024], [2048, 256, 2048]] as const) {
+    const [x, w] = [tf.fill([m, k], 0.5), tf.fill([k, n], 0.25)] as [tf.Tensor2D, tf.Tensor2D]
+    tf.matMul(x, w).dispose()
+    for (let r = 0; r < 5; r++) {
+      const t0 = performance.now()
+      tf.matMul(x, w).dataSync()
+      best = Math.max(best, (2 * m * k * n) / ((performance.now() - t0) / 1000) / 1e9)
+    }
+    tf.dispose([x, w])
+  }
+  return {
+    matmul_gflops_in_step: +inStep.toFixed(1), matmul_gflops_best_plain: +best.toFixed(1), matmul_efficiency: +(inStep / best).toFixed(2),
+    matmul_share_of_kernel_time: +share.toFixed(2),
+  }
+}
+
+async function profiledMatMuls(runStep: () => void): Promise<{ gflops: number; share: number }> {
+  const info = await tf.profile(runStep)
+  let flops = 0
+  let ms = 0
+  let all = 0
+  for (const k of info.kernels) {
+    const t = typeof k.kernelTimeMs === 'number' ? k.kernelTimeMs : 0
+    if (k.name !== 'forward') all += t // customGrad's 'forward' wraps kernels already listed
+    if (k.name !== 'BatchMatMul') continue
+    const [aShape] = k.inputShapes as number[][]
+    const out = k.outputShapes[0]!
+    const m = out[out.length - 2]!
+    const batchA = aShape!.slice(0, -2).reduce((x, y) => x * y, 1)
+    const K = aShape!.reduce((x, y) => x * y, 1) / (batchA * m)
+    flops += 2 * out.reduce((x, y) => x * y, 1) * K
+    ms += t
+  }
+  return { gflops: flops / (ms / 1000) / 1e9, share: ms / all }
 }
