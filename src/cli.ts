@@ -174,7 +174,7 @@ const benchCmd = subcommands({
         batchPairs: option({ type: number, long: 'batch-pairs', defaultValue: () => 4, defaultValueIsSerializable: true, description: 'pairs per step' }),
         steps: option({ type: number, long: 'steps', defaultValue: () => 5, defaultValueIsSerializable: true, description: 'timed steps' }),
         warmup: option({ type: number, long: 'warmup', defaultValue: () => 1, defaultValueIsSerializable: true, description: 'untimed steps first' }),
-        layout: option({ type: oneOf(['packed', 'concatenated'] as const), long: 'layout', defaultValue: () => 'packed' as const, defaultValueIsSerializable: true, description: "packed: the prompt run once per pair (align's default); concatenated: TRL's 2n rows" }),
+        layout: option({ type: oneOf(['auto', 'packed', 'concatenated'] as const), long: 'layout', defaultValue: () => 'auto' as const, defaultValueIsSerializable: true, description: "auto: whichever needs fewer FLOPs per batch, as align train does; packed: the prompt run once per pair; concatenated: TRL's 2n rows" }),
         profile: flag({ long: 'profile', description: 'one more, profiled step: matMul GFLOP/s inside the step against the best plain matMul' }),
         json: flag({ long: 'json', description: 'one JSON object' }),
         backend: backendOpt,

@@ -3,7 +3,7 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import * as tf from '@tensorflow/tfjs'
-import { initBackend } from '../src/model/backend.ts'
+import { describeBackend, initBackend } from '../src/model/backend.ts'
 import { installedKernels } from '../src/model/wasm-kernels.ts'
 import { Rng } from '../src/rng.ts'
 import { maxAbsDiff } from './tfjs-helpers.ts'
@@ -12,11 +12,12 @@ test.before(async () => {
   await initBackend('wasm')
 })
 
-test('the wasm backend dispatches to these kernels', () => {
+test('the wasm backend dispatches to these kernels, and align info says so', async () => {
   for (const name of ['BatchMatMul', 'Slice', 'SplitV']) {
     assert.ok(installedKernels.has(name), name)
     assert.is(tf.getKernel(name, 'wasm')?.kernelFunc, installedKernels.get(name), name)
   }
+  assert.match(describeBackend(await initBackend('wasm')), /kernels replaced by align's .*: BatchMatMul, Slice, SplitV/) // `align info`
 })
 
 const rng = Rng.fromKey('wasm-kernels')

@@ -11,7 +11,7 @@
  */
 import * as tf from '@tensorflow/tfjs'
 import { AlignError } from '../errors.ts'
-import { installWasmKernels } from './wasm-kernels.ts'
+import { installedKernels, installWasmKernels } from './wasm-kernels.ts'
 
 export const BACKENDS = ['tfjs-node-gpu', 'tfjs-node', 'wasm', 'cpu'] as const
 export type BackendName = (typeof BACKENDS)[number]
@@ -95,6 +95,7 @@ export async function initBackend(requested: string = process.env.ALIGN_BACKEND 
 export function describeBackend(b: BackendInfo): string {
   const lines = [`backend: ${b.active} (tf backend '${b.tfBackend}', ${b.why})`]
   if (b.simd !== undefined) lines.push(`  wasm SIMD: ${b.simd ? 'on' : 'off'}, threads: ${b.threads} (tfjs disables wasm threads under Node)`)
+  if (b.active === 'wasm') lines.push(`  wasm kernels replaced by align's (src/model/wasm-kernels.ts): ${[...installedKernels.keys()].join(', ')}`)
   for (const s of b.skipped) lines.push(`  skipped ${s.name}: ${s.why}`)
   return lines.join('\n')
 }

@@ -11,6 +11,7 @@
  * model runs on P + C + R tokens per pair instead of 2P + C + R.
  */
 import * as tf from '@tensorflow/tfjs'
+import type { ModelConfig } from '../model/config.ts'
 import { gatherRows, headLogProbs, hidden, withAdapters, type Model, type Packing } from '../model/mistral.ts'
 
 export interface Sequence {
@@ -108,6 +109,26 @@ export function packPairs(pairs: PairIds[], padId: number, multiple = 16): SeqBa
   return { ids, B: n, T, tokens, rows: 2 * n, scored, packing: { positions, branch } }
 }
 
+/**
+ * The batch of pairs a training step runs: packed or concatenated, whichever the decoder does with fewer FLOPs.
+ * Packing saves the second prompt but makes rows longer, and attention grows with the square of a row's length:
+ * it wins when prompts are long against completions (the Zephyr recipes: prompts up to 512 of 1024 tokens),
+ * not with short prompts. Both give the same log-probs (tested), so the choice is only about speed.
+ */
+export function pairBatch(pairs: PairIds[], padId: number, c: ModelConfig): SeqBatch {
+  const packed = packPairs(pairs, padId)
+  const concatenated = padBatch(pairSequences(pairs), padId)
+  return decoderFlops(packed, c) <= decoderFlops(concatenated, c) ? packed : concatenated
+}
+
+/** Forward FLOPs of the decoder layers on a batch: projections and MLP per token slot, attention per (query, key) slot. */
+export function decoderFlops(b: SeqBatch, c: ModelConfig): number {
+  const qkvo = c.hiddenSize * c.headDim * (2 * c.numHeads + 2 * c.numKvHeads)
+  const perToken = 2 * (qkvo + 3 * c.hiddenSize * c.intermediateSize)
+  const perKey = 2 * 2 * c.numHeads * c.headDim // scores and weighted values
+  return c.numLayers * b.B * (b.T * perToken + b.T * b.T * perKey)
+}
+
 export interface RowLogps {
   /** Σ completion log-probs per row [B] (differentiable) */
   logps: tf.Tensor1D
@@ -146,7 +167,7 @@ export function pairLogps(model: Model, pairs: PairIds[], batchSize: number, ada
   for (let i = 0; i < pairs.length; i += batchSize) {
     onBatch?.(i)
     const chunk = pairs.slice(i, i + batchSize)
-    const lp = withAdapters(model, adapters, () => tf.tidy(() => Array.from(rowLogps(model, packPairs(chunk, 0)).logps.dataSync())))
+    const lp = withAdapters(model, adapters, () => tf.tidy(() => Array.from(rowLogps(model, pairBatch(chunk, 0, model.config)).logps.dataSync())))
     chosen.push(...lp.slice(0, chunk.length))
     rejected.push(...lp.slice(chunk.length))
   }

@@ -11,7 +11,7 @@ import { PRESETS, parseConfig } from '../model/config.ts'
 import { readJson } from '../checkpoint/hf.ts'
 import { disposeModel, initModel } from '../model/mistral.ts'
 import { Rng } from '../rng.ts'
-import { packPairs, padBatch, pairSequences, type PairIds } from './batch.ts'
+import { packPairs, pairBatch, padBatch, pairSequences, type PairIds } from './batch.ts'
 import { readRows } from '../rows.ts'
 import { isTokenized } from './data.ts'
 import { dpoBatchLoss } from './dpo.ts'
@@ -24,8 +24,8 @@ export interface BenchArgs {
   steps: number
   warmup: number
   backend?: string
-  /** packed: one [prompt, chosen, rejected] row per pair (the training default); concatenated: TRL's 2n rows */
-  layout: 'packed' | 'concatenated'
+  /** auto: per batch, the layout with fewer FLOPs (as training); packed: one [prompt, chosen, rejected] row per pair; concatenated: TRL's 2n rows */
+  layout: 'auto' | 'packed' | 'concatenated'
   /** one extra profiled step: matMul GFLOP/s inside the step against the best plain matMul */
   profile?: boolean
 }
@@ -48,23 +48,25 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   const step = (s: number) => {
     const idx = Array.from({ length: a.batchPairs }, (_, j) => (s * a.batchPairs + j) % pairs.length)
     const chunk = idx.map((i) => pairs[i]!)
-    const batch = a.layout === 'packed' ? packPairs(chunk, 0) : padBatch(pairSequences(chunk), 0)
+    const batch = a.layout === 'auto' ? pairBatch(chunk, 0, config) : a.layout === 'packed' ? packPairs(chunk, 0) : padBatch(pairSequences(chunk), 0)
     const { value, grads } = tf.variableGrads(() => dpoBatchLoss(model, batch, idx.map((i) => refC[i]!), idx.map((i) => refR[i]!), { beta: 0.1, lossType: 'sigmoid', labelSmoothing: 0 }).loss, vars)
     value.dataSync()
     const byName = new Map(Object.entries(grads).map(([k, g]) => [names.get(k)!, g]))
     opt.apply(model.params, byName, 1e-6)
     tf.dispose([value, ...Object.values(grads)])
     tf.tidy(() => tf.sum(model.params.get('model.norm.weight')!).dataSync()) // wait for the update on async backends (a scalar readback)
-    return chunk
+    return { chunk, packed: batch.packing !== undefined }
   }
   let timed = 0
+  let packedSteps = 0
   let tokens = 0
   let pairsDone = 0
   const tensorsAfter: number[] = []
   for (let s = 0; s < a.warmup + a.steps; s++) {
     const t0 = performance.now()
-    const chunk = step(s)
+    const { chunk, packed } = step(s)
     if (s >= a.warmup) {
+      packedSteps += packed ? 1 : 0
       timed += performance.now() - t0
       tokens += chunk.reduce((x, p) => x + p.promptIds.length + p.chosenIds.length + p.rejectedIds.length, 0)
       pairsDone += chunk.length
@@ -76,7 +78,8 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   opt.dispose()
   const secs = timed / 1000
   return {
-    bench: 'dpo', backend: backend.active, model: a.model, layout: a.layout, batch_pairs: a.batchPairs, steps: a.steps,
+    bench: 'dpo', backend: backend.active, model: a.model, layout: a.layout, packed_steps: packedSteps, // of the timed steps
+    batch_pairs: a.batchPairs, steps: a.steps,
     pairs_per_second: +(pairsDone / secs).toFixed(3), tokens_per_second: Math.round(tokens / secs), step_ms: Math.round(timed / a.steps),
     peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024), tensors_flat: new Set(tensorsAfter).size === 1, ...mm,
   }

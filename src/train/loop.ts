@@ -21,7 +21,7 @@ import { PRESETS, parameterCount, parseConfig, type ModelConfig } from '../model
 import { loadConfig, loadModel } from '../model/io.ts'
 import { addLora, disposeModel, initModel, withAdapters, type Model } from '../model/mistral.ts'
 import { loadTokenizer } from '../model/tokenizer.ts'
-import { packPairs, padBatch, pairLogps, rowCounts, rowLogps, type PairIds, type Sequence } from './batch.ts'
+import { pairBatch, padBatch, pairLogps, rowCounts, rowLogps, type PairIds, type Sequence } from './batch.ts'
 import { loadPairs, resolveSplit, epochBatches, lengthGroupedOrder, type DataStats } from './data.ts'
 import { dpoBatchLoss, rewardMetrics, type DpoOptions } from './dpo.ts'
 import { Optimizer, clipByGlobalNorm, lrLambda, warmupSteps } from './optim.ts'
@@ -232,7 +232,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       value.dispose()
       return { grads, loss, tokens: batch.tokens, pairStats: undefined }
     }
-    const batch = packPairs(pairs, tok.padId)
+    const batch = pairBatch(pairs, tok.padId, model.config)
     const ref = refTrain ? { chosen: idx.map((i) => refTrain!.chosen[i]!), rejected: idx.map((i) => refTrain!.rejected[i]!) } : pairLogps(frozenRef!, pairs, pairs.length, false)
     let logps: Float32Array = new Float32Array()
     let logitSums: Float32Array = new Float32Array()
@@ -425,7 +425,7 @@ function evaluateDpo(model: Model, pairs: PairIds[], ref: { chosen: number[]; re
   for (let i = 0; i < pairs.length; i += bs) {
     const chunk = pairs.slice(i, i + bs)
     const r = ref ? { chosen: ref.chosen.slice(i, i + bs), rejected: ref.rejected.slice(i, i + bs) } : pairLogps(frozen!, chunk, chunk.length, false)
-    const batch = packPairs(chunk, padId)
+    const batch = pairBatch(chunk, padId, model.config)
     tf.tidy(() => {
       const out = dpoBatchLoss(model, batch, r.chosen, r.rejected, o)
       lossSum += out.loss.dataSync()[0]! * chunk.length
