@@ -421,8 +421,8 @@ export function headLogProbs(model: Model, h: tf.Tensor2D, targets: tf.Tensor1D)
   const chunk = headChunkTokens > 0 ? headChunkTokens : Math.max(1, Math.floor(2 ** 27 / V))
   const w = model.params.get('lm_head.weight') as unknown as tf.Tensor2D | undefined
   // mean over the vocabulary of h·W equals h · (mean column of W): no [N, V] pass for the logits/* metrics
-  const table = w ?? tf.transpose(model.params.get('model.embed_tokens.weight')!) // [D, V]
-  const meanLogits = tf.reshape(tf.matMul(h, tf.mean(table, 1, true)), [N]) as tf.Tensor1D // [N]
+  const meanColumn = w ? tf.mean(w, 1, true) : tf.reshape(tf.mean(model.params.get('model.embed_tokens.weight')!, 0), [-1, 1]) // [D, 1]
+  const meanLogits = tf.reshape(tf.matMul(h, meanColumn), [N]) as tf.Tensor1D // [N]
   if (N <= chunk || !w || model.config.tieWordEmbeddings) return { logps: targetLogProbs(lmHead(model, h), targets), meanLogits }
   const starts = Array.from({ length: Math.ceil(N / chunk) }, (_, i) => i * chunk)
   const pieces = (t: tf.Tensor, s: number) => tf.slice(t, [s], [Math.min(chunk, N - s)])

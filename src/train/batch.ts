@@ -116,17 +116,18 @@ export function packPairs(pairs: PairIds[], padId: number, multiple = 16): SeqBa
  * not with short prompts. Both give the same log-probs (tested), so the choice is only about speed.
  */
 export function pairBatch(pairs: PairIds[], padId: number, c: ModelConfig): SeqBatch {
-  const packed = packPairs(pairs, padId)
-  const concatenated = padBatch(pairSequences(pairs), padId)
-  return decoderFlops(packed, c) <= decoderFlops(concatenated, c) ? packed : concatenated
+  const longest = (f: (p: PairIds) => number) => roundUp(Math.max(...pairs.map(f)), 16)
+  const packed = decoderFlops(pairs.length, longest((p) => p.promptIds.length + p.chosenIds.length + p.rejectedIds.length), c)
+  const concatenated = decoderFlops(2 * pairs.length, longest((p) => p.promptIds.length + Math.max(p.chosenIds.length, p.rejectedIds.length)), c)
+  return packed <= concatenated ? packPairs(pairs, padId) : padBatch(pairSequences(pairs), padId)
 }
 
-/** Forward FLOPs of the decoder layers on a batch: projections and MLP per token slot, attention per (query, key) slot. */
-export function decoderFlops(b: SeqBatch, c: ModelConfig): number {
+/** Forward FLOPs of the decoder layers on B rows of T tokens: projections and MLP per token, attention per (query, key). */
+export function decoderFlops(B: number, T: number, c: ModelConfig): number {
   const qkvo = c.hiddenSize * c.headDim * (2 * c.numHeads + 2 * c.numKvHeads)
   const perToken = 2 * (qkvo + 3 * c.hiddenSize * c.intermediateSize)
   const perKey = 2 * 2 * c.numHeads * c.headDim // scores and weighted values
-  return c.numLayers * b.B * (b.T * perToken + b.T * b.T * perKey)
+  return c.numLayers * B * (T * perToken + T * T * perKey)
 }
 
 export interface RowLogps {
