@@ -9,7 +9,7 @@ import { PRESETS, parseConfig } from '../src/model/config.ts'
 import { loadTokenizer } from '../src/model/tokenizer.ts'
 import { loadRecipe } from '../src/recipe.ts'
 import { Rng } from '../src/rng.ts'
-import { packPairs, pairBatch, padBatch, pairSequences, type SeqBatch } from '../src/train/batch.ts'
+import { packPairs, pairBatch, padBatch, pairSequences, pairTokens, type SeqBatch } from '../src/train/batch.ts'
 import { epochBatches, lengthGroupedOrder, loadPairs } from '../src/train/data.ts'
 
 const out = 'bench/out/zephyr-sample'
@@ -18,7 +18,7 @@ const options = { ...(loadRecipe('zephyr', { binarize: BINARIZE_SECTION }).value
 await binarize({ inputs: ['data/ultrafeedback/ultrafeedback-sample.parquet'], out, formats: ['parquet'], recipeName: 'zephyr', options, quiet: true })
 const { pairs } = await loadPairs(`${out}/train_prefs.parquet`, loadTokenizer('data/tokenizer'), 1024, 512)
 const config = parseConfig(PRESETS['mistral-7b']!, 'mistral-7b')
-const lengths = pairs.map((p) => p.promptIds.length + p.chosenIds.length + p.rejectedIds.length)
+const lengths = pairs.map(pairTokens) // as align train groups them
 const mean = (f: (i: number) => number) => Math.round(pairs.reduce((a, _, i) => a + f(i), 0) / pairs.length)
 console.log(`${pairs.length} pairs; mean prompt ${mean((i) => pairs[i]!.promptIds.length)}, chosen ${mean((i) => pairs[i]!.chosenIds.length)}, rejected ${mean((i) => pairs[i]!.rejectedIds.length)} tokens`)
 for (const batchSize of [2, 8]) {

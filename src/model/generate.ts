@@ -6,7 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs'
 import { Rng } from '../rng.ts'
-import { embed, lmHead, mlp, proj, rmsNorm, rope, ropeTables, type Model, type RopeTables } from './mistral.ts'
+import { embed, lmHead, mlp, proj, rmsNorm, rope, ropeTables, rotateHalfMatrix, type Model, type RopeTables } from './mistral.ts'
 
 interface LayerCache {
   k: tf.Tensor4D // [1, KV, S, hd]
@@ -109,7 +109,7 @@ export function pick(logits: Float32Array, o: SampleOptions, rng: Rng): number {
 /** Continue `promptIds`; returns the new ids (EOS excluded). */
 export function generate(model: Model, promptIds: number[], o: SampleOptions): number[] {
   const total = promptIds.length + o.maxNewTokens
-  const rt = ropeTables(total, model.config.headDim, model.config.ropeTheta)
+  const rt: RopeTables = { rot: rotateHalfMatrix(model.config.headDim), ...ropeTables(total, model.config.headDim, model.config.ropeTheta) }
   const cache: LayerCache[] = []
   const rng = Rng.fromKey(`sample:${o.seed}`)
   const out: number[] = []

@@ -174,7 +174,7 @@ function ropeAngles(positions: ArrayLike<number>, hd: number, theta: number): { 
 }
 
 /** The [hd, hd] matrix R with x @ R = rotate_half(x) = [-x2, x1] (one plain matMul instead of split + neg + concat). */
-function rotateHalfMatrix(hd: number): tf.Tensor2D {
+export function rotateHalfMatrix(hd: number): tf.Tensor2D {
   const rot = new Float32Array(hd * hd)
   for (let i = 0; i < hd / 2; i++) {
     rot[(i + hd / 2) * hd + i] = -1 // out[i] = -x[i + half]
@@ -183,10 +183,10 @@ function rotateHalfMatrix(hd: number): tf.Tensor2D {
   return tf.tensor2d(rot, [hd, hd])
 }
 
-/** cos/sin tables [T, hd] for positions 0..T-1, and the rotate-half matrix. */
-export function ropeTables(T: number, hd: number, theta: number): RopeTables {
+/** cos/sin tables [T, hd] for positions 0..T-1. */
+export function ropeTables(T: number, hd: number, theta: number): { cos: tf.Tensor2D; sin: tf.Tensor2D } {
   const { cos, sin } = ropeAngles(Array.from({ length: T }, (_, t) => t), hd, theta)
-  return { cos: tf.tensor2d(cos, [T, hd]), sin: tf.tensor2d(sin, [T, hd]), rot: rotateHalfMatrix(hd) }
+  return { cos: tf.tensor2d(cos, [T, hd]), sin: tf.tensor2d(sin, [T, hd]) }
 }
 
 /** Rotary embedding, rotate-half form: x*cos + rotate_half(x)*sin. x: [B, T, nH, hd]; cos/sin [T, hd] or [B, T, hd]. */
@@ -281,33 +281,37 @@ export function block(model: Model, layer: number, x: tf.Tensor2D, ctx: Ctx): tf
 }
 
 const maskCache = new Map<string, tf.Tensor4D>()
-const ropeCache = new Map<string, RopeTables>()
+const ropeCache = new Map<string, { cos: tf.Tensor2D; sin: tf.Tensor2D }>()
+const rotCache = new Map<number, tf.Tensor2D>()
 
 /** Masks and rope tables of a batch: cached by shape for plain rows, built per batch for packed ones. */
 function context(c: ModelConfig, B: number, T: number, packing?: Packing): Ctx {
   const G = c.numHeads / c.numKvHeads
-  const rk = `${T}:${c.headDim}:${c.ropeTheta}`
-  if (!ropeCache.has(rk)) {
-    const t = ropeTables(T, c.headDim, c.ropeTheta)
-    ropeCache.set(rk, { cos: tf.keep(t.cos), sin: tf.keep(t.sin), rot: tf.keep(t.rot) })
-  }
-  const plain = ropeCache.get(rk)!
+  const hd = c.headDim
+  if (!rotCache.has(hd)) rotCache.set(hd, tf.keep(rotateHalfMatrix(hd)))
+  const rot = rotCache.get(hd)!
   if (packing) {
-    const { cos, sin } = ropeAngles(packing.positions, c.headDim, c.ropeTheta)
-    const shape: [number, number, number] = [B, T, c.headDim]
-    return { B, T, mask: attentionMask(T, G, c.slidingWindow, packing), cos: tf.tensor3d(cos, shape), sin: tf.tensor3d(sin, shape), rot: plain.rot }
+    const { cos, sin } = ropeAngles(packing.positions, hd, c.ropeTheta)
+    return { B, T, mask: attentionMask(T, G, c.slidingWindow, packing), cos: tf.tensor3d(cos, [B, T, hd]), sin: tf.tensor3d(sin, [B, T, hd]), rot }
+  }
+  const rk = `${T}:${hd}:${c.ropeTheta}`
+  if (!ropeCache.has(rk)) {
+    const t = ropeTables(T, hd, c.ropeTheta)
+    ropeCache.set(rk, { cos: tf.keep(t.cos), sin: tf.keep(t.sin) })
   }
   const mk = `${T}:${G}:${c.slidingWindow}`
   if (!maskCache.has(mk)) maskCache.set(mk, tf.keep(attentionMask(T, G, c.slidingWindow)))
-  return { B, T, mask: maskCache.get(mk)!, ...plain }
+  return { B, T, mask: maskCache.get(mk)!, ...ropeCache.get(rk)!, rot }
 }
 
 /** Free cached masks and rope tables (tests that check for leaks call this first). */
 export function clearCaches(): void {
   for (const t of maskCache.values()) t.dispose()
-  for (const t of ropeCache.values()) tf.dispose([t.cos, t.sin, t.rot])
+  for (const t of ropeCache.values()) tf.dispose([t.cos, t.sin])
+  for (const t of rotCache.values()) t.dispose()
   maskCache.clear()
   ropeCache.clear()
+  rotCache.clear()
 }
 
 /** Final hidden states after the last norm. ids: int32 [B, T] -> [B*T, D]; `packing` for packed pair rows. */

@@ -69,9 +69,8 @@ export function installWasmKernels(): void {
       perm.splice(-2, 2, perm.length - 1, perm.length - 2)
       return transposeKernel({ inputs: { x: t }, attrs: { perm }, backend: be })
     }
-    const temps: tf.TensorInfo[] = []
-    const at = transposeA ? temps[temps.push(swapLast2(a)) - 1]! : a // [..., m, k]
-    const bt = transposeB ? temps[temps.push(swapLast2(b)) - 1]! : b // [..., k, n]
+    const at = transposeA ? swapLast2(a) : a // [..., m, k]
+    const bt = transposeB ? swapLast2(b) : b // [..., k, n]
     const [m, k] = at.shape.slice(-2) as [number, number]
     const n = bt.shape[bt.shape.length - 1]!
     const batch = Math.max(batchA, batchB)
@@ -85,7 +84,8 @@ export function installWasmKernels(): void {
         xnnMatMul(be, aOff + (batchA === 1 ? 0 : i * m * k * 4), bOff + i * k * n * 4, oOff + i * m * n * 4, m, k, n)
       }
     }
-    for (const t of temps) be.disposeData(t.dataId)
+    if (at !== a) be.disposeData(at.dataId) // the transposed copies
+    if (bt !== b) be.disposeData(bt.dataId)
     return out
   }
 

@@ -51,9 +51,13 @@ export function pairSequences(pairs: PairIds[]): Sequence[] {
   return [...pairs.map((p) => row(p, p.chosenIds)), ...pairs.map((p) => row(p, p.rejectedIds))]
 }
 
+/** Row lengths are rounded up to a multiple of this, so few distinct shapes occur. */
+const PAD_MULTIPLE = 16
 const roundUp = (n: number, multiple: number) => Math.ceil(n / multiple) * multiple
+/** Tokens of a pair, counted once: prompt + chosen + rejected (a packed row's length, what tokens/s counts). */
+export const pairTokens = (p: PairIds) => p.promptIds.length + p.chosenIds.length + p.rejectedIds.length
 
-export function padBatch(seqs: Sequence[], padId: number, multiple = 16): SeqBatch {
+export function padBatch(seqs: Sequence[], padId: number, multiple = PAD_MULTIPLE): SeqBatch {
   const B = seqs.length
   const T = roundUp(Math.max(...seqs.map((s) => s.ids.length)), multiple)
   const ids = new Int32Array(B * T).fill(padId)
@@ -77,9 +81,9 @@ export function padBatch(seqs: Sequence[], padId: number, multiple = 16): SeqBat
  * see mistral.ts `Packing`). The first rejected token is predicted from the last prompt token, like the first
  * chosen one. Output rows are [chosen_0..chosen_{n-1}, rejected_0..rejected_{n-1}], as in `pairSequences`.
  */
-export function packPairs(pairs: PairIds[], padId: number, multiple = 16): SeqBatch {
+export function packPairs(pairs: PairIds[], padId: number, multiple = PAD_MULTIPLE): SeqBatch {
   const n = pairs.length
-  const T = roundUp(Math.max(...pairs.map((p) => p.promptIds.length + p.chosenIds.length + p.rejectedIds.length)), multiple)
+  const T = roundUp(Math.max(...pairs.map(pairTokens)), multiple)
   const ids = new Int32Array(n * T).fill(padId)
   const positions = new Int32Array(n * T)
   const branch = new Int32Array(n * T).fill(-1)
@@ -96,7 +100,7 @@ export function packPairs(pairs: PairIds[], padId: number, multiple = 16): SeqBa
     put(p.promptIds, 0, 0, 0)
     put(p.chosenIds, P, P, 1)
     put(p.rejectedIds, P + C, P, 2)
-    tokens += P + C + p.rejectedIds.length
+    tokens += pairTokens(p)
     const score = (index: number, target: number, row: number) => {
       if (index < b * T) return // an empty prompt leaves the first completion token unpredicted, as in padBatch
       scored.index.push(index)
@@ -116,8 +120,8 @@ export function packPairs(pairs: PairIds[], padId: number, multiple = 16): SeqBa
  * not with short prompts. Both give the same log-probs (tested), so the choice is only about speed.
  */
 export function pairBatch(pairs: PairIds[], padId: number, c: ModelConfig): SeqBatch {
-  const longest = (f: (p: PairIds) => number) => roundUp(Math.max(...pairs.map(f)), 16)
-  const packed = decoderFlops(pairs.length, longest((p) => p.promptIds.length + p.chosenIds.length + p.rejectedIds.length), c)
+  const longest = (f: (p: PairIds) => number) => roundUp(Math.max(...pairs.map(f)), PAD_MULTIPLE) // T of each layout
+  const packed = decoderFlops(pairs.length, longest(pairTokens), c)
   const concatenated = decoderFlops(2 * pairs.length, longest((p) => p.promptIds.length + Math.max(p.chosenIds.length, p.rejectedIds.length)), c)
   return packed <= concatenated ? packPairs(pairs, padId) : padBatch(pairSequences(pairs), padId)
 }

@@ -11,7 +11,7 @@ import { PRESETS, parseConfig } from '../model/config.ts'
 import { readJson } from '../checkpoint/hf.ts'
 import { disposeModel, initModel } from '../model/mistral.ts'
 import { Rng } from '../rng.ts'
-import { packPairs, pairBatch, padBatch, pairSequences, type PairIds } from './batch.ts'
+import { packPairs, pairBatch, padBatch, pairSequences, pairTokens, type PairIds } from './batch.ts'
 import { readRows } from '../rows.ts'
 import { isTokenized } from './data.ts'
 import { dpoBatchLoss } from './dpo.ts'
@@ -26,7 +26,7 @@ export interface BenchArgs {
   backend?: string
   /** auto: per batch, the layout with fewer FLOPs (as training); packed: one [prompt, chosen, rejected] row per pair; concatenated: TRL's 2n rows */
   layout: 'auto' | 'packed' | 'concatenated'
-  /** one extra profiled step: matMul GFLOP/s inside the step against the best plain matMul */
+  /** two extra, profiled steps: matMul GFLOP/s inside the step against the best plain matMul */
   profile?: boolean
 }
 
@@ -68,7 +68,7 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     if (s >= a.warmup) {
       packedSteps += packed ? 1 : 0
       timed += performance.now() - t0
-      tokens += chunk.reduce((x, p) => x + p.promptIds.length + p.chosenIds.length + p.rejectedIds.length, 0)
+      tokens += chunk.reduce((x, p) => x + pairTokens(p), 0)
       pairsDone += chunk.length
       tensorsAfter.push(tf.memory().numTensors)
     }

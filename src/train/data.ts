@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import { AlignError, describe } from '../errors.ts'
 import { readRows } from '../rows.ts'
 import { tokenizePair, type ChatTokenizer, type Message } from '../model/tokenizer.ts'
-import type { PairIds } from './batch.ts'
+import { pairTokens, type PairIds } from './batch.ts'
 
 export interface TextPair {
   prompt: Message[]
@@ -81,7 +81,7 @@ export async function loadPairs(path: string, tok: ChatTokenizer | undefined, ma
       stats.boundary_mismatch += +r.boundaryMismatch
       p = r
     }
-    stats.tokens += p.promptIds.length + p.chosenIds.length + p.rejectedIds.length
+    stats.tokens += pairTokens(p)
     return p
   })
   stats.pairs = pairs.length

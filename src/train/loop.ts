@@ -21,7 +21,7 @@ import { PRESETS, parameterCount, parseConfig, type ModelConfig } from '../model
 import { loadConfig, loadModel } from '../model/io.ts'
 import { addLora, disposeModel, initModel, withAdapters, type Model } from '../model/mistral.ts'
 import { loadTokenizer } from '../model/tokenizer.ts'
-import { pairBatch, padBatch, pairLogps, rowCounts, rowLogps, type PairIds, type Sequence } from './batch.ts'
+import { pairBatch, padBatch, pairLogps, pairTokens, rowCounts, rowLogps, type PairIds, type Sequence } from './batch.ts'
 import { loadPairs, resolveSplit, epochBatches, lengthGroupedOrder, type DataStats } from './data.ts'
 import { dpoBatchLoss, rewardMetrics, type DpoOptions } from './dpo.ts'
 import { Optimizer, clipByGlobalNorm, lrLambda, warmupSteps } from './optim.ts'
@@ -209,7 +209,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
 
   // the batch order: epoch e is a permutation seeded by (seed, e); micro-batch k of the stream
   const orders = new Map<number, number[][]>()
-  const pairLengths = train.pairs.map((p) => p.promptIds.length + Math.max(p.chosenIds.length, p.rejectedIds.length))
+  const pairLengths = train.pairs.map(pairTokens) // group by the whole pair: the packed row's length
   const microBatch = (k: number): number[] => {
     const e = Math.floor(k / microPerEpoch)
     if (!orders.has(e)) {
@@ -244,7 +244,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     }, trainable(model))
     const loss = value.dataSync()[0]! * args.gradient_accumulation_steps
     value.dispose()
-    return { grads, loss, tokens: pairTokens(pairs), pairStats: pairStatsOf(logps, logitSums, rowCounts(batch), ref, pairs.length) }
+    return { grads, loss, tokens: pairs.reduce((a, p) => a + pairTokens(p), 0), pairStats: pairStatsOf(logps, logitSums, rowCounts(batch), ref, pairs.length) }
   }
 
   // ---------------------------------------------------------------------------------------------------
@@ -362,7 +362,6 @@ function sftSequences(pairs: PairIds[]): Sequence[] {
 }
 
 /** Tokens of a pair counted once: prompt + chosen + rejected. */
-const pairTokens = (pairs: PairIds[]) => pairs.reduce((a, p) => a + p.promptIds.length + p.chosenIds.length + p.rejectedIds.length, 0)
 
 
 interface PairStats {
