@@ -9,8 +9,10 @@ import { PRESETS, parseConfig } from '../src/model/config.ts'
 import { loadTokenizer } from '../src/model/tokenizer.ts'
 import { loadRecipe } from '../src/recipe.ts'
 import { Rng } from '../src/rng.ts'
-import { packPairs, pairBatch, padBatch, pairSequences, pairTokens, type SeqBatch } from '../src/train/batch.ts'
-import { epochBatches, lengthGroupedOrder, loadPairs } from '../src/train/data.ts'
+import { packPairs, pairBatch, padBatch, pairSequences } from '../src/preference/batch.ts'
+import type { SeqBatch } from '../src/model/logprobs.ts'
+import { loadPairs, pairTokens } from '../src/preference/pairs.ts'
+import { epochBatches, lengthGroupedOrder } from '../src/train/sampler.ts'
 
 const out = 'bench/out/zephyr-sample'
 mkdirSync('bench/out', { recursive: true })

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
- * The `align` command line (cmd-ts). Each subcommand parses its flags, loads its recipe section and calls
- * one function; AlignErrors print as one line `align: error: …` with exit status 1.
+ * The `align` command line (cmd-ts): it only wires flags to the functions that do the work (binarize/,
+ * train/, inspect/, commands/), each loaded when its subcommand runs. AlignErrors print as one line
+ * `align: error: …` with exit status 1.
  */
 import { binary, command, flag, multioption, number, oneOf, option, optional, positional, restPositionals, run, string, subcommands, array } from 'cmd-ts'
 import { AlignError } from './errors.ts'
@@ -47,7 +48,7 @@ const demoCmd = command({
   name: 'demo',
   description: 'the main job on the shipped sample: binarize data/ultrafeedback -> SFT a tiny policy -> DPO -> inspect',
   args: { out: option({ type: string, long: 'out', defaultValue: () => 'checkpoints/demo', defaultValueIsSerializable: true, description: 'run directory' }), backend: backendOpt },
-  handler: async (a) => (await import('./demo.ts')).demo(a.out, a.backend),
+  handler: async (a) => (await import('./commands/demo.ts')).demo(a.out, a.backend),
 })
 
 const infoCmd = command({
@@ -121,8 +122,8 @@ const evalCmd = command({
     backend: backendOpt,
   },
   handler: async (a) => {
-    const { evaluatePairs } = await import('./train/evaluate.ts')
-    const { metrics } = await evaluatePairs(a)
+    const { evaluatePairs } = await import('./commands/eval.ts')
+    const { metrics } = await evaluatePairs({ ...a, quiet: false })
     process.stdout.write(a.json ? JSON.stringify(metrics, null, 2) + '\n' : Object.entries(metrics).map(([k, v]) => `${k.padEnd(22)} ${Number.isInteger(v) ? v : v.toFixed(6)}`).join('\n') + '\n')
   },
 })
@@ -140,25 +141,7 @@ const sampleCmd = command({
     raw: flag({ long: 'raw', description: 'no chat template: continue the prompt text as is' }),
     backend: backendOpt,
   },
-  handler: async (a) => {
-    const { initBackend } = await import('./model/backend.ts')
-    const { loadAny, tokenizerDirFor } = await import('./model/load.ts')
-    const { encodeChat, loadTokenizer } = await import('./model/tokenizer.ts')
-    const { generate } = await import('./model/generate.ts')
-    await initBackend(a.backend)
-    const { model, baseDir } = loadAny(a.dir)
-    const tok = loadTokenizer(tokenizerDirFor(a.dir, baseDir))
-    const ids = a.raw ? tok.encode(a.prompt) : encodeChat(tok, tok.render([{ role: 'user', content: a.prompt }], true))
-    let shown = ''
-    const out: number[] = []
-    generate(model, ids, { maxNewTokens: a.maxNewTokens, temperature: a.temperature, topP: a.topP, seed: a.seed, eosIds: [tok.eosId], onToken: (id) => {
-      out.push(id)
-      const text = tok.decode(out)
-      process.stdout.write(text.slice(shown.length))
-      shown = text
-    } })
-    process.stdout.write('\n')
-  },
+  handler: async (a) => void (await (await import('./commands/sample.ts')).sample(a)),
 })
 
 const benchCmd = subcommands({
@@ -180,7 +163,7 @@ const benchCmd = subcommands({
         backend: backendOpt,
       },
       handler: async (a) => {
-        const { benchDpo } = await import('./train/bench.ts')
+        const { benchDpo } = await import('./commands/bench.ts')
         const r = await benchDpo(a)
         process.stdout.write(a.json ? JSON.stringify(r) + '\n' : Object.entries(r).map(([k, v]) => `${k.padEnd(18)} ${v}`).join('\n') + '\n')
       },

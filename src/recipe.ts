@@ -5,10 +5,10 @@
  * errors that name the file and line and suggest the nearest valid key.
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
-import { dirname, join, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join, resolve } from 'node:path'
 import YAML, { LineCounter, isMap, isScalar, type Node } from 'yaml'
 import { AlignError, describe } from './errors.ts'
+import { RECIPES_DIR } from './paths.ts'
 
 export type FieldType =
   | { kind: 'number'; min?: number; max?: number }
@@ -28,19 +28,41 @@ export interface Field {
 export type Section = Record<string, Field>
 export type Schema = Record<string, Section>
 
+/** The TypeScript type of a field's value, from its declaration: recipes are typed by their schema alone. */
+type TypeOf<T extends FieldType> = T extends { kind: 'number' | 'integer' }
+  ? number
+  : T extends { kind: 'boolean' }
+    ? boolean
+    : T extends { kind: 'string' }
+      ? string
+      : T extends { kind: 'enum'; choices: readonly (infer C)[] }
+        ? C
+        : T extends { kind: 'strings' }
+          ? string[]
+          : Record<string, number>
+export type ValueOf<F extends Field> = TypeOf<F['type']> | (F extends { nullable: true } ? null : never)
+export type Values<S extends Section> = { -readonly [K in keyof S]: ValueOf<S[K]> }
+export type RecipeValues<S extends Schema> = { [K in keyof S]: Values<S[K]> }
+
+/** Field constructors that keep the literal kind, so `Values<typeof SECTION>` is exact. */
+export const field = {
+  number: (d: number, doc: string, min = 0, max?: number) => ({ type: { kind: 'number' as const, min, max }, default: d, doc }),
+  integer: (d: number, doc: string, min = 0) => ({ type: { kind: 'integer' as const, min }, default: d, doc }),
+  boolean: (d: boolean, doc: string) => ({ type: { kind: 'boolean' as const }, default: d, doc }),
+  string: (d: string, doc: string) => ({ type: { kind: 'string' as const }, default: d, doc }),
+  optionalString: (doc: string) => ({ type: { kind: 'string' as const }, default: null, nullable: true as const, doc }),
+  enum: <C extends readonly string[]>(choices: C, d: C[number], doc: string) => ({ type: { kind: 'enum' as const, choices }, default: d, doc }),
+  strings: (d: string[], doc: string) => ({ type: { kind: 'strings' as const }, default: d, doc }),
+}
+
 /** Every section any command reads; a recipe with another top-level key is an error (a typo would be ignored). */
 export const KNOWN_SECTIONS = ['description', 'binarize', 'model', 'data', 'sft', 'dpo', 'lora']
 
-export const PACKAGE_DIR = join(dirname(fileURLToPath(import.meta.url)), '..')
-export const RECIPES_DIR = join(PACKAGE_DIR, 'recipes')
-/** The shipped Mistral-7B tokenizer (data/PROVENANCE.md), for preset policies that have none. */
-export const SHIPPED_TOKENIZER = join(PACKAGE_DIR, 'data', 'tokenizer')
-
-export interface LoadedRecipe {
+export interface LoadedRecipe<S extends Schema = Schema> {
   name: string
   path: string
   /** section -> key -> value, every key present (defaults filled in) */
-  values: Record<string, Record<string, unknown>>
+  values: RecipeValues<S>
   overrides: string[]
 }
 
@@ -60,7 +82,7 @@ export function listRecipes(): string[] {
 }
 
 /** Load a recipe, keep only the sections `schema` knows, fill defaults, apply overrides. */
-export function loadRecipe(nameOrPath: string, schema: Schema, overrides: string[] = []): LoadedRecipe {
+export function loadRecipe<S extends Schema>(nameOrPath: string, schema: S, overrides: string[] = []): LoadedRecipe<S> {
   const path = resolveRecipePath(nameOrPath)
   const text = readFileSync(path, 'utf8')
   const lines = new LineCounter()
@@ -93,7 +115,8 @@ export function loadRecipe(nameOrPath: string, schema: Schema, overrides: string
     }
   }
   for (const o of overrides) applyOverride(values, schema, o)
-  return { name: nameOrPath, path, values, overrides }
+  // every key was checked against its field above: the values have the schema's types
+  return { name: nameOrPath, path, values: values as RecipeValues<S>, overrides }
 }
 
 /** Apply one `section.key=value` (or unique `key=value`) override in place. */

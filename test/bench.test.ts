@@ -3,7 +3,7 @@ import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { benchDpo } from '../src/train/bench.ts'
+import { benchDpo } from '../src/commands/bench.ts'
 import { tmp } from './helpers.ts'
 
 test('bench dpo on a 1-layer model: pairs/s, tokens/s counted once per pair, flat tensor count', async () => {

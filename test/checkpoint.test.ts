@@ -6,8 +6,8 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { floatToBf16, floatToHalf, halfToFloat, readHeader, readTensor, writeSafetensors } from '../src/checkpoint/safetensors.ts'
 import { openWeights } from '../src/checkpoint/hf.ts'
-import { loadModel, saveModel } from '../src/model/io.ts'
-import { diskData, disposeModel } from '../src/model/mistral.ts'
+import { diskData, loadModel, savePretrained } from '../src/model/weights.ts'
+import { disposeModel } from '../src/model/mistral.ts'
 import { parameterShapes } from '../src/model/config.ts'
 import { FIXTURES, rejects, tmp } from './helpers.ts'
 import { useBackend } from './tfjs-helpers.ts'
@@ -44,7 +44,7 @@ test('bf16 and f16 rounding: round to nearest even, NaN and Inf kept', () => {
 test('save -> load gives identical tensors (bf16 weights stay bit-exact); sharded save works', () => {
   const model = loadModel(LLAMA)
   const dir = join(tmp(), 'ckpt')
-  saveModel(dir, model, { copyFrom: LLAMA, maxShardBytes: 200_000 })
+  savePretrained(dir, model, { dtype: 'BF16', tokenizerDir: LLAMA, maxShardBytes: 200_000 })
   assert.ok(existsSync(join(dir, 'model.safetensors.index.json')), 'sharded at 200 kB')
   const back = loadModel(dir)
   for (const name of parameterShapes(model.config).keys()) assert.equal(diskData(back, name), diskData(model, name), name)

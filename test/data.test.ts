@@ -2,10 +2,11 @@
 // layout of a batch of pairs (packed or concatenated) is the one with fewer decoder FLOPs.
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { epochBatches, lengthGroupedOrder, paddingFraction } from '../src/train/data.ts'
+import { epochBatches, lengthGroupedOrder, paddingFraction } from '../src/train/sampler.ts'
 import { Rng } from '../src/rng.ts'
 import { PRESETS, parseConfig } from '../src/model/config.ts'
-import { decoderFlops, packPairs, pairBatch, padBatch, pairSequences, type SeqBatch } from '../src/train/batch.ts'
+import { decoderFlops, packPairs, pairBatch, padBatch, pairSequences } from '../src/preference/batch.ts'
+import type { SeqBatch } from '../src/model/logprobs.ts'
 
 test('group_by_length keeps every pair once, puts the longest batch first, and pads less', () => {
   const rng = Rng.fromKey('lengths')

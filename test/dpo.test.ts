@@ -4,9 +4,10 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { dpoLosses, rewardMetrics, type LossType } from '../src/train/dpo.ts'
-import { packPairs, padBatch, pairSequences, rowCounts, rowLogps } from '../src/train/batch.ts'
-import { loadModel } from '../src/model/io.ts'
+import { dpoLosses, rewardMetrics, type LossType } from '../src/preference/objective.ts'
+import { packPairs, padBatch, pairSequences, rowCounts } from '../src/preference/batch.ts'
+import { rowLogps } from '../src/model/logprobs.ts'
+import { loadModel } from '../src/model/weights.ts'
 import { disposeModel } from '../src/model/mistral.ts'
 import { FIXTURES } from './helpers.ts'
 import { useBackend } from './tfjs-helpers.ts'
@@ -28,14 +29,14 @@ test('loss of every type and the reward metrics match TRL within 1e-5 relative',
     const want = golden.metrics[key]
     assert.ok(rel(loss, want.loss) < 1e-5, `${key}: ${loss} vs ${want.loss}`)
   }
-  const m = rewardMetrics({ policyChosen: pairs.map((p) => p.policy_chosen_logp), policyRejected: pairs.map((p) => p.policy_rejected_logp), refChosen: pairs.map((p) => p.reference_chosen_logp), refRejected: pairs.map((p) => p.reference_rejected_logp) }, golden.beta)
+  const m = rewardMetrics({ chosen: pairs.map((p) => p.policy_chosen_logp), rejected: pairs.map((p) => p.policy_rejected_logp) }, { chosen: pairs.map((p) => p.reference_chosen_logp), rejected: pairs.map((p) => p.reference_rejected_logp) }, golden.beta)
   for (const k of ['rewards/chosen', 'rewards/rejected', 'rewards/accuracies', 'rewards/margins', 'logps/chosen', 'logps/rejected']) {
     assert.ok(rel(m[k]!, golden.metrics.sigmoid[k]) < 1e-5, `${k}: ${m[k]} vs ${golden.metrics.sigmoid[k]}`)
   }
 })
 
 test('rewards/accuracies counts ties as wrong', () => {
-  const m = rewardMetrics({ policyChosen: [-1, -2], policyRejected: [-1, -3], refChosen: [0, 0], refRejected: [0, 0] }, 0.1)
+  const m = rewardMetrics({ chosen: [-1, -2], rejected: [-1, -3] }, { chosen: [0, 0], rejected: [0, 0] }, 0.1)
   assert.is(m['rewards/accuracies'], 0.5)
 })
 
@@ -50,7 +51,7 @@ test('summed completion log-probs of policy and reference, concatenated rows and
     const model = loadModel(join(DIR, who))
     const want = [...pairs.map((p) => p[keyC]), ...pairs.map((p) => p[keyR])]
     for (const [layout, batch] of [['concatenated', concatenated], ['packed', packed]] as const) {
-      const got = tf.tidy(() => Array.from(rowLogps(model, batch).logps.dataSync()))
+      const got = tf.tidy(() => rowLogps(model, batch).logps.arraySync())
       got.forEach((g, i) => assert.ok(Math.abs(g - want[i]!) < 1e-2, `${who} ${layout} row ${i}: ${g} vs ${want[i]}`))
     }
     disposeModel(model)

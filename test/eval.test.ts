@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { spawnSync } from 'node:child_process'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { evaluatePairs } from '../src/train/evaluate.ts'
+import { evaluatePairs } from '../src/commands/eval.ts'
 import { FIXTURES, ROOT, rejects, tmp } from './helpers.ts'
 
 const DIR = join(FIXTURES, 'tiny-mistral-random')

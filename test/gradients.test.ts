@@ -5,9 +5,11 @@ import * as assert from 'uvu/assert'
 import * as tf from '@tensorflow/tfjs'
 import { initBackend } from '../src/model/backend.ts'
 import { parseConfig, parameterShapes } from '../src/model/config.ts'
-import { clearCaches, diskData, disposeModel, initModel, modelFromTensors, setHeadChunkTokens, type Model } from '../src/model/mistral.ts'
-import { packPairs, padBatch, pairSequences, type SeqBatch } from '../src/train/batch.ts'
-import { dpoBatchLoss } from '../src/train/dpo.ts'
+import { clearCaches, disposeModel, type Model } from '../src/model/mistral.ts'
+import { diskData, initModel, modelFromTensors } from '../src/model/weights.ts'
+import type { SeqBatch } from '../src/model/logprobs.ts'
+import { packPairs, padBatch, pairSequences } from '../src/preference/batch.ts'
+import { dpoBatchLoss } from '../src/preference/objective.ts'
 import { Rng } from '../src/rng.ts'
 import { maxAbsDiff } from './tfjs-helpers.ts'
 
@@ -34,9 +36,10 @@ function weights(): Map<string, Float32Array> {
 await initBackend('cpu')
 const W = weights()
 const build = (w: Map<string, Float32Array>) => modelFromTensors(config, (name) => w.get(name)!.slice())
-const lossOf = (m: Model, b: SeqBatch = batch) => tf.tidy(() => dpoBatchLoss(m, b, ref.chosen, ref.rejected, opts).loss.dataSync()[0]!)
+let chunkTokens = 0 // > 0 forces the chunked LM head
+const lossOf = (m: Model, b: SeqBatch = batch) => tf.tidy(() => dpoBatchLoss(m, b, ref, opts, chunkTokens).loss.dataSync()[0]!)
 function grads(m: Model, b: SeqBatch = batch): Map<string, Float32Array> {
-  const { grads: g, value } = tf.variableGrads(() => dpoBatchLoss(m, b, ref.chosen, ref.rejected, opts).loss)
+  const { grads: g, value } = tf.variableGrads(() => dpoBatchLoss(m, b, ref, opts, chunkTokens).loss)
   value.dispose()
   const out = new Map<string, Float32Array>()
   for (const [name, v] of m.params) out.set(name, g[v.name]!.dataSync() as Float32Array)
@@ -91,7 +94,7 @@ test('packed pairs (prompt run once) give the loss, log-probs and gradients of t
   const concatenated = padBatch(pairSequences(pairs), 0, 1)
   assert.is(batch.tokens, 21) // P + C + R per pair: 10 + 11
   assert.is(concatenated.tokens, 29) // the prompts twice: 8 + 8 + 7 + 6
-  const lp = (b: SeqBatch) => tf.tidy(() => [...dpoBatchLoss(m, b, ref.chosen, ref.rejected, opts).logps.dataSync()])
+  const lp = (b: SeqBatch) => tf.tidy(() => [...dpoBatchLoss(m, b, ref, opts).logps.dataSync()])
   const [a, b] = [lp(batch), lp(concatenated)]
   assert.ok(maxAbsDiff(a, b) < 1e-5, `log-probs packed ${a} vs concatenated ${b}`)
   assert.ok(Math.abs(lossOf(m) - lossOf(m, concatenated)) < 1e-6)
@@ -117,7 +120,7 @@ test('cpu and wasm agree on the loss and every gradient of a DPO step', async ()
 
 test('the chunked LM head gives the same log-probs and gradients as the whole head', async () => {
   const { loss: lw, grads: gw } = await step('wasm')
-  setHeadChunkTokens(3) // the batch's 13 scored tokens in 5 chunks
+  chunkTokens = 3 // the batch's 13 scored tokens in 5 chunks
   try {
     const { loss: lc, grads: gc } = await step('wasm')
     assert.ok(Math.abs(lc - lw) < 1e-6)
@@ -126,7 +129,7 @@ test('the chunked LM head gives the same log-probs and gradients as the whole he
       assert.ok(md < 1e-5, `${name}: max |whole - chunked| ${md}`)
     }
   } finally {
-    setHeadChunkTokens(0)
+    chunkTokens = 0
     clearCaches()
     await initBackend('cpu')
   }

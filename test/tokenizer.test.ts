@@ -3,7 +3,8 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { loadTokenizer, tokenizePair, tokenizeTurn } from '../src/model/tokenizer.ts'
+import { loadTokenizer, tokenizeTurn } from '../src/model/tokenizer.ts'
+import { tokenizePair } from '../src/preference/pairs.ts'
 import { FIXTURES } from './helpers.ts'
 
 const DIR = join(FIXTURES, 'mistral-7b-v0.1')

@@ -8,8 +8,8 @@ import * as assert from 'uvu/assert'
 import { BINARIZE_SECTION, binarize, type BinarizeOptions } from '../src/binarize/index.ts'
 import { loadRecipe } from '../src/recipe.ts'
 import { parseConfig } from '../src/model/config.ts'
-import { saveModel, loadModel } from '../src/model/io.ts'
-import { disposeModel, initModel } from '../src/model/mistral.ts'
+import { initModel, loadModel, savePretrained } from '../src/model/weights.ts'
+import { disposeModel } from '../src/model/mistral.ts'
 import { Rng } from '../src/rng.ts'
 import { TRAIN_SCHEMA } from '../src/train/schema.ts'
 import { train } from '../src/train/loop.ts'
@@ -29,7 +29,7 @@ const dataDir = join(work, 'data')
 {
   const config = parseConfig({ architectures: ['MistralForCausalLM'], model_type: 'mistral', vocab_size: 32000, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1, head_dim: 8, rms_norm_eps: 1e-5, rope_theta: 10000, sliding_window: 32, tie_word_embeddings: false, bos_token_id: 1, eos_token_id: 2 })
   const m = initModel(config, Rng.fromKey('train-test'))
-  saveModel(policyDir, m, { dtype: 'F32', copyFrom: join(ROOT, 'data', 'tokenizer') })
+  savePretrained(policyDir, m, { dtype: 'F32', tokenizerDir: join(ROOT, 'data', 'tokenizer') })
   disposeModel(m)
   const o = loadRecipe('zephyr', { binarize: BINARIZE_SECTION }, ['test_size=8']).values.binarize as unknown as BinarizeOptions
   await binarize({ inputs: [join(FIXTURES, 'ultrafeedback', 'head200.zstd.parquet')], out: dataDir, formats: ['jsonl'], recipeName: 'zephyr', options: o, quiet: true })

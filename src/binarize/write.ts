@@ -6,12 +6,13 @@
  *
  * Everything is written inside a temp directory that replaces `--out` only when complete.
  */
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, writeSync } from 'node:fs'
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readSync, rmSync, writeSync } from 'node:fs'
 import { createHash } from 'node:crypto'
-import { basename, dirname, join, resolve } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { ParquetWriter, fileWriter } from 'hyparquet-writer'
 import { snappyCompressor } from 'hysnappy'
 import { AlignError } from '../errors.ts'
+import { commitTemp, tempPath } from '../files.ts'
 
 export interface Message {
   content: string
@@ -223,13 +224,12 @@ export class OutputDir {
         throw new AlignError(`--out ${out} exists and is not a binarize output (no stats.json); choose another --out or empty it`)
       }
     }
-    this.tmp = join(parent, `.${basename(out)}.tmp-${process.pid}`)
+    this.tmp = tempPath(out)
     rmSync(this.tmp, { recursive: true, force: true })
     mkdirSync(this.tmp)
   }
   commit(): void {
-    rmSync(this.out, { recursive: true, force: true })
-    renameSync(this.tmp, this.out)
+    commitTemp(this.tmp, this.out)
   }
   abort(): void {
     rmSync(this.tmp, { recursive: true, force: true })

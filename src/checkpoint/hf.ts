@@ -4,9 +4,10 @@
  * tensor at a time); written into a temp directory renamed into place, sharded like `save_pretrained`
  * (`model-00001-of-0000N.safetensors`, default 5 GB shards) so transformers loads it unchanged.
  */
-import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs'
-import { basename, dirname, join, resolve } from 'node:path'
+import { copyFileSync, existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { AlignError } from '../errors.ts'
+import { readJson, writeAtomic } from '../files.ts'
 import { readHeader, readTensor, writeSafetensors, type SafetensorsHeader, type TensorInfo, type TensorToWrite } from './safetensors.ts'
 
 export const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model']
@@ -19,6 +20,18 @@ export interface Weights {
   info(name: string): TensorInfo
   read(name: string): Float32Array
   has(name: string): boolean
+}
+
+export const ADAPTER_WEIGHTS = 'adapter_model.safetensors'
+export const ADAPTER_CONFIG = 'adapter_config.json'
+
+/**
+ * What a directory holds: full weights (`model.safetensors` or a shard index), a PEFT adapter
+ * (`adapter_model.safetensors` without full weights), or neither. The one place that decides it.
+ */
+export function weightsKind(dir: string): 'model' | 'adapter' | undefined {
+  if (['model.safetensors', 'model.safetensors.index.json'].some((f) => existsSync(join(dir, f)))) return 'model'
+  return existsSync(join(dir, ADAPTER_WEIGHTS)) ? 'adapter' : undefined
 }
 
 /** Open the weights of an HF directory: sharded index, single `model.safetensors`, or `adapter_model.safetensors`. */
@@ -44,7 +57,7 @@ export function openWeights(dir: string, file?: string): Weights {
       where.set(name, h)
     }
   } else {
-    const f = file ?? ['model.safetensors', 'adapter_model.safetensors'].find((x) => existsSync(join(dir, x)))
+    const f = file ?? (weightsKind(dir) === 'adapter' ? ADAPTER_WEIGHTS : 'model.safetensors')
     if (!f || !existsSync(join(dir, f))) {
       const bins = readdirSync(dir).filter((x) => x.endsWith('.bin') || x.endsWith('.pt'))
       const hint = bins.length ? ` (found ${bins.join(', ')}: convert pytorch .bin weights to safetensors first)` : ''
@@ -69,15 +82,6 @@ export function openWeights(dir: string, file?: string): Weights {
   }
 }
 
-export function readJson(path: string): Record<string, any> {
-  if (!existsSync(path)) throw new AlignError(`${path}: not found`)
-  try {
-    return JSON.parse(readFileSync(path, 'utf8'))
-  } catch (e) {
-    throw new AlignError(`${path}: not valid JSON (${(e as Error).message})`)
-  }
-}
-
 export interface SaveOptions {
   config?: Record<string, unknown>
   tensors: TensorToWrite[]
@@ -93,14 +97,10 @@ export interface SaveOptions {
   extraTensors?: Record<string, TensorToWrite[]>
 }
 
-/**
- * Write an HF directory atomically: everything goes to `<dir>.tmp-<pid>` and is renamed over `dir` at the end.
- */
+/** Write an HF directory atomically (files.ts `writeAtomic`): a directory that exists is complete. */
 export function saveHfDir(dir: string, o: SaveOptions): void {
-  const tmp = join(dirname(resolve(dir)), `.${basename(dir)}.tmp-${process.pid}`)
-  rmSync(tmp, { recursive: true, force: true })
-  mkdirSync(tmp, { recursive: true })
-  try {
+  writeAtomic(dir, (tmp) => {
+    mkdirSync(tmp, { recursive: true })
     if (o.copyFrom) {
       for (const f of [...TOKENIZER_FILES, 'generation_config.json']) if (existsSync(join(o.copyFrom, f))) copyFileSync(join(o.copyFrom, f), join(tmp, f))
     }
@@ -109,13 +109,7 @@ export function saveHfDir(dir: string, o: SaveOptions): void {
     for (const [name, v] of Object.entries(o.files ?? {})) writeFileSync(join(tmp, name), typeof v === 'string' ? v : JSON.stringify(v, null, 2) + '\n')
     writeWeights(tmp, o)
     for (const [name, tensors] of Object.entries(o.extraTensors ?? {})) writeSafetensors(join(tmp, name), tensors, 'F32')
-    rmSync(dir, { recursive: true, force: true })
-    mkdirSync(dirname(resolve(dir)), { recursive: true })
-    renameSync(tmp, dir)
-  } catch (e) {
-    rmSync(tmp, { recursive: true, force: true })
-    throw e
-  }
+  })
 }
 
 function writeWeights(dir: string, o: SaveOptions): void {

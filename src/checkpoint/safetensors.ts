@@ -9,7 +9,8 @@
  * Hand-written: the npm safetensors readers load whole files (or need a runtime we do not use), and the format
  * is 150 lines of byte handling.
  */
-import { closeSync, fstatSync, openSync, readSync, renameSync, rmSync, writeSync } from 'node:fs'
+import { closeSync, fstatSync, openSync, readSync, writeSync } from 'node:fs'
+import { writeAtomic } from '../files.ts'
 import { AlignError } from '../errors.ts'
 
 export type DType = 'F32' | 'F16' | 'BF16' | 'F64' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL'
@@ -205,25 +206,22 @@ export function writeSafetensors(path: string, tensors: TensorToWrite[], dtype: 
   }
   let json = JSON.stringify(header)
   json += ' '.repeat((8 - ((8 + Buffer.byteLength(json)) % 8)) % 8) // data buffer 8-byte aligned
-  const tmp = `${path}.tmp-${process.pid}`
-  const fd = openSync(tmp, 'w')
-  try {
-    const len = Buffer.alloc(8)
-    len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)))
-    writeSync(fd, len)
-    writeSync(fd, json)
-    for (const t of sorted) {
-      const data = typeof t.data === 'function' ? t.data() : t.data
-      const want = t.shape.reduce((a, d) => a * d, 1)
-      if (data.length !== want) throw new AlignError(`writing ${path}: tensor ${t.name} has ${data.length} values for shape [${t.shape}]`)
-      writeSync(fd, encode(data, dtype))
+  writeAtomic(path, (tmp) => {
+    const fd = openSync(tmp, 'w')
+    try {
+      const len = Buffer.alloc(8)
+      len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)))
+      writeSync(fd, len)
+      writeSync(fd, json)
+      for (const t of sorted) {
+        const data = typeof t.data === 'function' ? t.data() : t.data
+        const want = t.shape.reduce((a, d) => a * d, 1)
+        if (data.length !== want) throw new AlignError(`writing ${path}: tensor ${t.name} has ${data.length} values for shape [${t.shape}]`)
+        writeSync(fd, encode(data, dtype))
+      }
+    } finally {
+      closeSync(fd)
     }
-    closeSync(fd)
-  } catch (e) {
-    closeSync(fd)
-    rmSync(tmp, { force: true })
-    throw e
-  }
-  renameSync(tmp, path)
+  })
   return off
 }

@@ -6,7 +6,8 @@
 import { existsSync, readdirSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { AlignError } from '../errors.ts'
-import { openWeights, readJson, type Weights } from '../checkpoint/hf.ts'
+import { ADAPTER_CONFIG, openWeights, weightsKind, type Weights } from '../checkpoint/hf.ts'
+import { readJson } from '../files.ts'
 
 export interface TensorSummary {
   name: string
@@ -37,21 +38,21 @@ function json(path: string): Record<string, any> | undefined {
 }
 
 export function isCheckpoint(dir: string): boolean {
-  return ['model.safetensors', 'model.safetensors.index.json', 'adapter_model.safetensors'].some((f) => existsSync(join(dir, f)))
+  return weightsKind(dir) !== undefined
 }
 
 export function summarize(dir: string, withStats = false): CheckpointSummary {
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new AlignError(`${dir}: no such directory`)
   if (!isCheckpoint(dir)) throw new AlignError(`${dir}: not a checkpoint (no model.safetensors, model.safetensors.index.json or adapter_model.safetensors)`)
-  const adapter = existsSync(join(dir, 'adapter_model.safetensors')) && !existsSync(join(dir, 'model.safetensors'))
-  const w = openWeights(dir, adapter ? 'adapter_model.safetensors' : undefined)
+  const adapter = weightsKind(dir) === 'adapter'
+  const w = openWeights(dir)
   const config = json(join(dir, 'config.json'))
   const tensors = tensorSummaries(w, withStats)
   const dtypes: Record<string, number> = {}
   for (const t of tensors) dtypes[t.dtype] = (dtypes[t.dtype] ?? 0) + t.params
   const files = readdirSync(dir).filter((f) => statSync(join(dir, f)).isFile()).sort().map((name) => ({ name, bytes: statSync(join(dir, name)).size }))
   const s: CheckpointSummary = { dir, kind: adapter ? 'adapter' : 'model', architecture: config?.architectures?.[0], config, parameters: tensors.reduce((a, t) => a + t.params, 0), dtypes, files, tensors }
-  const ac = json(join(dir, 'adapter_config.json'))
+  const ac = json(join(dir, ADAPTER_CONFIG))
   if (ac) s.lora = { r: ac.r, alpha: ac.lora_alpha, dropout: ac.lora_dropout, targets: ac.target_modules, base: ac.base_model_name_or_path ?? null, parameters: tensors.filter((t) => t.name.includes('lora_')).reduce((a, t) => a + t.params, 0) }
   const st = json(join(dir, 'trainer_state.json'))
   if (st) s.training = { stage: st.stage, global_step: st.global_step, epoch: st.epoch, seed: st.seed, last: lastTrainRow(st.log_history ?? []) }

@@ -6,7 +6,7 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { AlignError } from '../errors.ts'
-import { readJson } from '../checkpoint/hf.ts'
+import { readJson } from '../files.ts'
 
 export type Row = Record<string, number>
 

@@ -2,9 +2,10 @@
  * `align inspect <dir> [<other-dir>] [--json] [--stats] [--tensors] [--plot out.svg]`: what a run produced.
  * Pure file reading: never loads tfjs.
  */
-import { existsSync, readdirSync, statSync, writeFileSync, renameSync } from 'node:fs'
+import { existsSync, readdirSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { AlignError } from '../errors.ts'
+import { writeFileAtomic } from '../files.ts'
 import { listCheckpoints } from '../checkpoint/runs.ts'
 import { compare, isCheckpoint, summarize, type CheckpointSummary } from './checkpoint.ts'
 import { PANELS, asciiChart, lastValues, readHistory, series, svgPlot, type Row } from './curves.ts'
@@ -50,8 +51,7 @@ export function inspect(a: InspectArgs): { report: InspectReport; text: string }
   if (a.plot) {
     if (!history?.length) throw new AlignError(`--plot: ${a.dir} has no metrics.jsonl or trainer_state.json to plot`)
     if (!a.plot.endsWith('.svg')) throw new AlignError(`--plot ${a.plot}: write an .svg file (PNG is not supported yet)`)
-    writeFileSync(a.plot + '.tmp', svgPlot(history, a.dir))
-    renameSync(a.plot + '.tmp', a.plot)
+    writeFileAtomic(a.plot, svgPlot(history, a.dir))
   }
   return { report, text: a.json ? JSON.stringify(report, null, 2) : render(report, a) }
 }

@@ -3,19 +3,19 @@
  * `tokenizer_config.json` rendered by @huggingface/jinja; Zephyr's template (alignment-handbook
  * `DEFAULT_CHAT_TEMPLATE`) for tokenizers that have none, such as the Mistral-7B base tokenizer.
  *
- * DPO tokenization follows TRL (DPOTrainer, the project's reference notes, dpo-anchors.md §1.4): the prompt is the chat
- * template with the generation prompt; prompt+completion is rendered and tokenized whole and the completion
- * is what follows the prompt's tokens, so the token boundary is the one the model sees at inference (a
- * separately tokenized completion would start with a spurious "▁"). The completion is the assistant text + one
- * EOS (the template's trailing newline after EOS is dropped; an EOS is appended if the template has none).
- * Exactly one BOS: added by the tokenizer unless the template already renders it.
+ * A turn is tokenized as TRL's DPOTrainer does (trl/trainer/dpo_trainer.py, `tokenize_row` up to v0.8 and
+ * `process_row` after): the prompt is the chat template with the generation prompt; prompt+completion is
+ * rendered and tokenized whole and the completion is what follows the prompt's tokens, so the token boundary is
+ * the one the model sees at inference (a separately tokenized completion would start with a spurious "▁"). The
+ * completion is the assistant text + one EOS (the template's trailing newline after EOS is dropped; an EOS is
+ * appended if the template has none). Exactly one BOS: added by the tokenizer unless the template renders it.
  */
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { Template } from '@huggingface/jinja'
 import { Tokenizer } from '@huggingface/tokenizers'
 import { AlignError } from '../errors.ts'
-import { readJson } from '../checkpoint/hf.ts'
+import { readJson } from '../files.ts'
 
 /** alignment-handbook recipes/zephyr-7b-beta/sft/config_full.yaml `chat_template` (and Zephyr-7B-β's). */
 export const ZEPHYR_TEMPLATE =
@@ -100,42 +100,4 @@ export function tokenizeTurn(t: ChatTokenizer, prompt: Message[], completion: st
     completionIds = [...t.encode(completion, false), t.eosId]
   }
   return { promptIds, completionIds, boundaryMismatch }
-}
-
-export interface TokenizedPair {
-  promptIds: number[]
-  chosenIds: number[]
-  rejectedIds: number[]
-  promptTruncated: boolean
-  completionTruncated: boolean
-  boundaryMismatch: boolean
-}
-
-/**
- * TRL's DPO truncation (v0.19 `truncation_mode="keep_end"`): if prompt + the longer completion exceeds
- * max_length, keep the prompt's last max_prompt_length tokens (BOS kept in front), then cut completions to
- * what is left of max_length.
- */
-export function tokenizePair(t: ChatTokenizer, prompt: Message[], chosen: string, rejected: string, maxLength: number, maxPromptLength: number): TokenizedPair {
-  const c = tokenizeTurn(t, prompt, chosen)
-  const r = tokenizeTurn(t, prompt, rejected)
-  let promptIds = c.promptIds
-  let chosenIds = c.completionIds
-  let rejectedIds = r.completionIds
-  let promptTruncated = false
-  let completionTruncated = false
-  if (promptIds.length + Math.max(chosenIds.length, rejectedIds.length) > maxLength) {
-    if (promptIds.length > maxPromptLength) {
-      const hasBos = promptIds[0] === t.bosId
-      promptIds = hasBos ? [t.bosId, ...promptIds.slice(promptIds.length - (maxPromptLength - 1))] : promptIds.slice(-maxPromptLength)
-      promptTruncated = true
-    }
-    const room = maxLength - promptIds.length
-    if (chosenIds.length > room || rejectedIds.length > room) {
-      chosenIds = chosenIds.slice(0, room)
-      rejectedIds = rejectedIds.slice(0, room)
-      completionTruncated = true
-    }
-  }
-  return { promptIds, chosenIds, rejectedIds, promptTruncated, completionTruncated, boundaryMismatch: c.boundaryMismatch || r.boundaryMismatch }
 }

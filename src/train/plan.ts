@@ -21,7 +21,7 @@ export interface PlanRow {
 
 const GB = 1e9
 
-export function memoryPlan(c: ModelConfig, stage: 'sft' | 'dpo', a: TrainerArgs, backend: string, loraEnabled: boolean, loraR = 16): { params: number; rows: PlanRow[]; backend: string; loraEnabled: boolean; tokensPerMicroBatch: number } {
+export function memoryPlan(c: ModelConfig, stage: 'sft' | 'dpo', a: TrainerArgs, referenceMode: 'precompute' | 'frozen', backend: string, loraEnabled: boolean, loraR = 16): { params: number; rows: PlanRow[]; backend: string; loraEnabled: boolean; tokensPerMicroBatch: number } {
   const params = parameterCount(c)
   const rowsPerMicro = stage === 'dpo' ? 2 * a.per_device_train_batch_size : a.per_device_train_batch_size
   const T = a.max_length
@@ -30,7 +30,7 @@ export function memoryPlan(c: ModelConfig, stage: 'sft' | 'dpo', a: TrainerArgs,
   const activations = 4 * tokens * (perTokenLayer * c.numLayers + 3 * c.vocabSize)
   const loraParams = c.numLayers * loraR * (2 * c.hiddenSize + c.numHeads * c.headDim + 2 * (c.hiddenSize + c.numKvHeads * c.headDim) + 2 * c.hiddenSize + 3 * (c.hiddenSize + c.intermediateSize))
   const optimizerFactor = a.optim === 'adamw' ? 2 : 1
-  const reference = stage === 'dpo' && a.reference_mode === 'frozen' ? 4 * params : 0
+  const reference = stage === 'dpo' && referenceMode === 'frozen' ? 4 * params : 0
   const full: PlanRow = { mode: 'full', weights: 4 * params, gradients: 4 * params, optimizer: 4 * params * optimizerFactor, reference, activations, total: 0 }
   const lora: PlanRow = { mode: 'lora', weights: 4 * (params + loraParams), gradients: 4 * loraParams, optimizer: 4 * loraParams * optimizerFactor, reference: 0, activations, total: 0 }
   for (const r of [full, lora]) r.total = r.weights + r.gradients + r.optimizer + r.reference + r.activations

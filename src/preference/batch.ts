@@ -1,5 +1,5 @@
 /**
- * Padded batches and summed completion log-probs.
+ * Token batches of pairs, in the two layouts that give the same log-probs (model/logprobs.ts `rowLogps`).
  *
  * TRL's concatenated forward: a batch of n pairs is 2n right-padded rows, [chosen_0..chosen_{n-1},
  * rejected_0..rejected_{n-1}], each row prompt + completion, run through the model once. The log-prob of a
@@ -7,12 +7,12 @@
  * padding contribute nothing). Row lengths are padded up to a multiple of 16 so few distinct shapes occur.
  *
  * `packPairs` computes the same numbers with the prompt run once per pair: row i is [prompt, chosen, rejected]
- * and the attention mask keeps the two completions from seeing each other (mistral.ts `Packing`), so the
+ * and the attention mask keeps the two completions from seeing each other (model/mistral.ts `Packing`), so the
  * model runs on P + C + R tokens per pair instead of 2P + C + R.
  */
-import * as tf from '@tensorflow/tfjs'
 import type { ModelConfig } from '../model/config.ts'
-import { gatherRows, headLogProbs, hidden, withAdapters, type Model, type Packing } from '../model/mistral.ts'
+import type { Scored, SeqBatch } from '../model/logprobs.ts'
+import { pairTokens, type PairIds } from './pairs.ts'
 
 export interface Sequence {
   ids: number[]
@@ -20,32 +20,7 @@ export interface Sequence {
   completionStart: number
 }
 
-/** The scored tokens of a batch: the flat position [B*T] whose hidden state predicts `target`, summed into `row`. */
-export interface Scored {
-  index: number[]
-  target: number[]
-  row: number[]
-}
-
-export interface SeqBatch {
-  /** token ids [B*T], right-padded */
-  ids: Int32Array
-  B: number
-  T: number
-  /** real (non-pad) tokens */
-  tokens: number
-  /** sequences whose log-probs are summed: B, or 2 per pair when pairs are packed (chosen rows first) */
-  rows: number
-  scored: Scored
-  packing?: Packing
-}
-
-export interface PairIds {
-  promptIds: number[]
-  chosenIds: number[]
-  rejectedIds: number[]
-}
-
+/** Concatenated rows [chosen_0..chosen_{n-1}, rejected_0..rejected_{n-1}], each prompt + completion. */
 export function pairSequences(pairs: PairIds[]): Sequence[] {
   const row = (p: PairIds, c: number[]) => ({ ids: [...p.promptIds, ...c], completionStart: p.promptIds.length })
   return [...pairs.map((p) => row(p, p.chosenIds)), ...pairs.map((p) => row(p, p.rejectedIds))]
@@ -54,8 +29,6 @@ export function pairSequences(pairs: PairIds[]): Sequence[] {
 /** Row lengths are rounded up to a multiple of this, so few distinct shapes occur. */
 const PAD_MULTIPLE = 16
 const roundUp = (n: number, multiple: number) => Math.ceil(n / multiple) * multiple
-/** Tokens of a pair, counted once: prompt + chosen + rejected (a packed row's length, what tokens/s counts). */
-export const pairTokens = (p: PairIds) => p.promptIds.length + p.chosenIds.length + p.rejectedIds.length
 
 export function padBatch(seqs: Sequence[], padId: number, multiple = PAD_MULTIPLE): SeqBatch {
   const B = seqs.length
@@ -134,49 +107,9 @@ export function decoderFlops(B: number, T: number, c: ModelConfig): number {
   return c.numLayers * B * (T * perToken + T * T * perKey)
 }
 
-export interface RowLogps {
-  /** Σ completion log-probs per row [B] (differentiable) */
-  logps: tf.Tensor1D
-  /** Σ over completion tokens of the token's mean logit over the vocabulary [B] (logged only; not part of the loss) */
-  logitSums: tf.Tensor1D
-}
-
-/**
- * Per-row summed completion log-probs, one forward pass. The LM head runs only at the scored positions
- * (completion tokens): prompt and padding positions never get [*, V] logits, which on a 32k vocabulary is
- * most of the step's compute and memory; large heads run in chunks of tokens (headLogProbs).
- */
-export function rowLogps(model: Model, batch: SeqBatch): RowLogps {
-  const { B, T, rows, scored } = batch
-  const N = scored.index.length
-  if (N === 0) return { logps: tf.zeros([rows]) as tf.Tensor1D, logitSums: tf.zeros([rows]) as tf.Tensor1D }
-  const select = new Float32Array(rows * N) // [rows, N]: 1 where scored token n belongs to row r
-  scored.row.forEach((r, n) => (select[r * N + n] = 1))
-  const h = hidden(model, tf.tensor2d(batch.ids, [B, T], 'int32'), batch.packing) // [B*T, D]
-  const pos = tf.tensor1d(scored.index, 'int32')
-  const { logps: lp, meanLogits } = headLogProbs(model, gatherRows(h, pos), tf.tensor1d(scored.target, 'int32')) // [N], [N]
-  const sel = tf.tensor2d(select, [rows, N])
-  const logps = tf.reshape(tf.matMul(sel, tf.reshape(lp, [N, 1])), [rows]) as tf.Tensor1D // Σ per row
-  const logitSums = tf.reshape(tf.matMul(sel, tf.reshape(meanLogits, [N, 1])), [rows]) as tf.Tensor1D
-  return { logps, logitSums }
-}
-
-/**
- * Summed completion log-probs of pairs, `batchSize` pairs per forward pass, no gradient: the reference
- * precompute, a frozen reference, and `align eval`. `adapters` false runs a LoRA model as its base.
- * `onBatch(done)` reports progress.
- */
-export function pairLogps(model: Model, pairs: PairIds[], batchSize: number, adapters: boolean, onBatch?: (done: number) => void): { chosen: number[]; rejected: number[] } {
-  const chosen: number[] = []
-  const rejected: number[] = []
-  for (let i = 0; i < pairs.length; i += batchSize) {
-    onBatch?.(i)
-    const chunk = pairs.slice(i, i + batchSize)
-    const lp = withAdapters(model, adapters, () => tf.tidy(() => Array.from(rowLogps(model, pairBatch(chunk, 0, model.config)).logps.dataSync())))
-    chosen.push(...lp.slice(0, chunk.length))
-    rejected.push(...lp.slice(chunk.length))
-  }
-  return { chosen, rejected }
+/** SFT rows: prompt + chosen completion, loss on the completion (assistant) tokens only. */
+export function sftBatch(pairs: PairIds[], padId: number): SeqBatch {
+  return padBatch(pairs.map((p) => ({ ids: [...p.promptIds, ...p.chosenIds], completionStart: p.promptIds.length })), padId)
 }
 
 /** Completion tokens per row. */

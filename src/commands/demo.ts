@@ -4,9 +4,10 @@
  *   SFT weights → inspect the DPO run (terminal charts + curves.svg).
  * Everything lands under checkpoints/demo/ (override with --out).
  */
-import { join, resolve } from 'node:path'
-import { binarize, BINARIZE_SECTION, type BinarizeOptions } from './binarize/index.ts'
-import { PACKAGE_DIR, loadRecipe } from './recipe.ts'
+import { resolve } from 'node:path'
+import { binarize, BINARIZE_SECTION, type BinarizeOptions } from '../binarize/index.ts'
+import { SHIPPED_SAMPLE } from '../paths.ts'
+import { loadRecipe } from '../recipe.ts'
 
 export async function demo(out = 'checkpoints/demo', backend?: string): Promise<void> {
   const started = Date.now()
@@ -15,11 +16,11 @@ export async function demo(out = 'checkpoints/demo', backend?: string): Promise<
 
   step('1/4 binarize data/ultrafeedback (recipe tiny: the zephyr rule, 100 held-out pairs)')
   const b = loadRecipe('tiny', { binarize: BINARIZE_SECTION })
-  const stats = await binarize({ inputs: [join(PACKAGE_DIR, 'data', 'ultrafeedback')], out: `${dir}/data`, formats: ['parquet'], recipeName: 'tiny', options: b.values.binarize as unknown as BinarizeOptions })
+  const stats = await binarize({ inputs: [SHIPPED_SAMPLE], out: `${dir}/data`, formats: ['parquet'], recipeName: 'tiny', options: b.values.binarize as unknown as BinarizeOptions })
   process.stderr.write(`${stats.rows_read} rows -> ${stats.pairs.train_prefs} train / ${stats.pairs.test_prefs} test pairs\n`)
 
-  const { TRAIN_SCHEMA } = await import('./train/schema.ts')
-  const { train } = await import('./train/loop.ts')
+  const { TRAIN_SCHEMA } = await import('../train/schema.ts')
+  const { train } = await import('../train/loop.ts')
   step('2/4 SFT of a tiny Mistral-like policy on the chosen conversations')
   const sft = await train({ stage: 'sft', backend, recipe: loadRecipe('tiny', TRAIN_SCHEMA, [`data.pairs=${dir}/data`, `sft.output_dir=${dir}/sft`]) })
 
@@ -27,7 +28,7 @@ export async function demo(out = 'checkpoints/demo', backend?: string): Promise<
   const dpo = await train({ stage: 'dpo', backend, recipe: loadRecipe('tiny', TRAIN_SCHEMA, [`data.pairs=${dir}/data`, `model.policy=${sft.finalDir}`, `dpo.output_dir=${dir}/dpo`]) })
 
   step('4/4 inspect the DPO run')
-  const { inspect } = await import('./inspect/index.ts')
+  const { inspect } = await import('../inspect/index.ts')
   process.stdout.write(inspect({ dir: `${dir}/dpo`, plot: `${dir}/dpo/curves.svg` }).text + '\n')
 
   const last = (k: string) => [...dpo.logHistory].reverse().find((r) => r[k] !== undefined)?.[k]

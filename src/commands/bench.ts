@@ -6,16 +6,16 @@
 import { existsSync } from 'node:fs'
 import * as tf from '@tensorflow/tfjs'
 import { AlignError } from '../errors.ts'
+import { readJson } from '../files.ts'
+import { readRows } from '../rows.ts'
+import { Rng } from '../rng.ts'
 import { initBackend } from '../model/backend.ts'
 import { PRESETS, parseConfig } from '../model/config.ts'
-import { readJson } from '../checkpoint/hf.ts'
-import { disposeModel, initModel } from '../model/mistral.ts'
-import { Rng } from '../rng.ts'
-import { packPairs, pairBatch, padBatch, pairSequences, pairTokens, type PairIds } from './batch.ts'
-import { readRows } from '../rows.ts'
-import { isTokenized } from './data.ts'
-import { dpoBatchLoss } from './dpo.ts'
-import { Optimizer } from './optim.ts'
+import { disposeModel } from '../model/mistral.ts'
+import { initModel } from '../model/weights.ts'
+import { dpoObjective, type Layout } from '../preference/objective.ts'
+import { isTokenized, pairTokens, tokenizedPair } from '../preference/pairs.ts'
+import { Optimizer } from '../train/optim.ts'
 
 export interface BenchArgs {
   model: string
@@ -25,7 +25,7 @@ export interface BenchArgs {
   warmup: number
   backend?: string
   /** auto: per batch, the layout with fewer FLOPs (as training); packed: one [prompt, chosen, rejected] row per pair; concatenated: TRL's 2n rows */
-  layout: 'auto' | 'packed' | 'concatenated'
+  layout: Layout
   /** two extra, profiled steps: matMul GFLOP/s inside the step against the best plain matMul */
   profile?: boolean
 }
@@ -37,25 +37,30 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   const config = parseConfig(raw, a.model)
   const rows = await readRows(a.pairs)
   if (!rows.every(isTokenized)) throw new AlignError(`${a.pairs}: bench needs pre-tokenized rows (prompt_ids, chosen_ids, rejected_ids)`)
-  const pairs: PairIds[] = rows.map((r) => ({ promptIds: r.prompt_ids as number[], chosenIds: r.chosen_ids as number[], rejectedIds: r.rejected_ids as number[] }))
+  const pairs = rows.map(tokenizedPair)
   const ref = (k: string) => rows.map((r) => (typeof r[k] === 'number' ? (r[k] as number) : 0))
   const refC = ref('reference_chosen_logp')
   const refR = ref('reference_rejected_logp')
   const model = initModel(config, Rng.fromKey('bench'))
   const opt = new Optimizer({ optimizer: 'adamw', beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, rmspropAlpha: 0.99 })
+  const objective = dpoObjective({ beta: 0.1, lossType: 'sigmoid', labelSmoothing: 0 }, a.layout)
   const vars = [...model.params.values()]
   const names = new Map(vars.map((v, i) => [v.name, [...model.params.keys()][i]!]))
   const step = (s: number) => {
     const idx = Array.from({ length: a.batchPairs }, (_, j) => (s * a.batchPairs + j) % pairs.length)
     const chunk = idx.map((i) => pairs[i]!)
-    const batch = a.layout === 'auto' ? pairBatch(chunk, 0, config) : a.layout === 'packed' ? packPairs(chunk, 0) : padBatch(pairSequences(chunk), 0)
-    const { value, grads } = tf.variableGrads(() => dpoBatchLoss(model, batch, idx.map((i) => refC[i]!), idx.map((i) => refR[i]!), { beta: 0.1, lossType: 'sigmoid', labelSmoothing: 0 }).loss, vars)
+    let packed = false
+    const { value, grads } = tf.variableGrads(() => {
+      const r = objective.step(model, chunk, { chosen: idx.map((i) => refC[i]!), rejected: idx.map((i) => refR[i]!) }, 0)
+      packed = r.stats.packed ?? false
+      return r.loss
+    }, vars)
     value.dataSync()
     const byName = new Map(Object.entries(grads).map(([k, g]) => [names.get(k)!, g]))
     opt.apply(model.params, byName, 1e-6)
     tf.dispose([value, ...Object.values(grads)])
     tf.tidy(() => tf.sum(model.params.get('model.norm.weight')!).dataSync()) // wait for the update on async backends (a scalar readback)
-    return { chunk, packed: batch.packing !== undefined }
+    return { chunk, packed }
   }
   let timed = 0
   let packedSteps = 0

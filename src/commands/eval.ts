@@ -1,0 +1,59 @@
+/**
+ * `align eval`: DPO metrics (TRL's names) of a policy against a reference on a pairs file (binarize output,
+ * plain text pairs, or pre-tokenized `prompt_ids`/`chosen_ids`/`rejected_ids`), with per-pair log-probs and
+ * rewards. The numbers come from the same objective and `evaluate` as training's eval rows.
+ */
+import { AlignError } from '../errors.ts'
+import { writeFileAtomic } from '../files.ts'
+import { Progress } from '../progress.ts'
+import { initBackend } from '../model/backend.ts'
+import { disposeModel } from '../model/mistral.ts'
+import { describePolicy, resolvePolicy } from '../model/policy.ts'
+import { loadTokenizer } from '../model/tokenizer.ts'
+import { dpoObjective, evaluate, type LossType } from '../preference/objective.ts'
+import { loadPairs } from '../preference/pairs.ts'
+import { liveReference, pairLogps, precomputedReference } from '../preference/reference.ts'
+
+export interface EvalArgs {
+  policy: string
+  reference?: string
+  pairs: string
+  beta: number
+  loss: LossType
+  labelSmoothing: number
+  out?: string
+  maxLength: number
+  maxPromptLength: number
+  batchSize: number
+  backend?: string
+  quiet?: boolean
+}
+
+export async function evaluatePairs(a: EvalArgs): Promise<{ metrics: Record<string, number>; perPair: Record<string, number>[] }> {
+  await initBackend(a.backend)
+  if (!a.reference && describePolicy(a.policy).kind !== 'adapter') throw new AlignError(`--reference is needed unless --policy is a LoRA adapter directory (whose base is then the reference)`)
+  const { model: policy, spec } = resolvePolicy(a.policy, { trainable: false })
+  const tok = loadTokenizer(spec.tokenizerDir)
+  const { pairs } = await loadPairs(a.pairs, tok, a.maxLength, a.maxPromptLength)
+  const progress = new Progress('eval', { quiet: a.quiet ?? true })
+  let reference = liveReference(policy, pairs, false) // an adapter's base: the policy with adapters off
+  if (a.reference) {
+    const ref = resolvePolicy(a.reference, { trainable: false }).model
+    reference = precomputedReference(pairLogps(ref, pairs, a.batchSize, true, (done) => progress.update(done, pairs.length, 'reference pairs')))
+    disposeModel(ref)
+  }
+  const objective = dpoObjective({ beta: a.beta, lossType: a.loss, labelSmoothing: a.labelSmoothing })
+  const { metrics, batches } = evaluate(objective, policy, pairs, reference, { batchSize: a.batchSize, padId: tok.padId, prefix: '', onBatch: (done) => progress.update(done, pairs.length, 'pairs') })
+  disposeModel(policy)
+  const stats = batches.flatMap((b) => (b.pairs ? [b.pairs] : []))
+  const col = (f: (s: (typeof stats)[number]) => number[]) => stats.flatMap(f)
+  const [pc, pr, rc, rr, losses] = [col((s) => s.policy.chosen), col((s) => s.policy.rejected), col((s) => s.reference.chosen), col((s) => s.reference.rejected), col((s) => s.losses)]
+  const perPair = pairs.map((_, i) => ({
+    index: i,
+    policy_chosen_logp: pc[i]!, policy_rejected_logp: pr[i]!, reference_chosen_logp: rc[i]!, reference_rejected_logp: rr[i]!,
+    reward_chosen: a.beta * (pc[i]! - rc[i]!), reward_rejected: a.beta * (pr[i]! - rr[i]!), loss: losses[i]!,
+  }))
+  if (a.out) writeFileAtomic(a.out, perPair.map((x) => JSON.stringify(x)).join('\n') + '\n')
+  progress.succeed(`eval: ${pairs.length} pairs`)
+  return { metrics: { ...metrics, pairs: pairs.length }, perPair }
+}

@@ -1,0 +1,74 @@
+/**
+ * Summed completion log-probs per row of a token batch, the quantity DPO and SFT are both written in:
+ * log π(row) = Σ_t mask_t · log π(x_{t+1} | x_≤t), mask_t = 1 iff x_{t+1} is a scored (completion) token.
+ * The LM head runs only at the scored positions: prompt and padding positions never get [*, V] logits, which on
+ * a 32k vocabulary is most of the step's compute and memory. How rows are laid out (concatenated or packed
+ * pairs) is the caller's business (preference/batch.ts); this file only reads a `SeqBatch`.
+ */
+import * as tf from '@tensorflow/tfjs'
+import { chunkedHeadLogProbs, gatherRows, targetLogProbs } from './autograd.ts'
+import { hidden, lmHead, param, type Model, type Packing } from './mistral.ts'
+
+/** The scored tokens of a batch: the flat position [B*T] whose hidden state predicts `target`, summed into `row`. */
+export interface Scored {
+  index: number[]
+  target: number[]
+  row: number[]
+}
+
+/** Token ids [B, T] (right-padded) with the tokens to score, and the packing of pair rows if any. */
+export interface SeqBatch {
+  /** token ids [B*T], right-padded */
+  ids: Int32Array
+  B: number
+  T: number
+  /** real (non-pad) tokens */
+  tokens: number
+  /** sequences whose log-probs are summed: B, or 2 per packed pair row */
+  rows: number
+  scored: Scored
+  packing?: Packing
+}
+
+export interface RowLogps {
+  /** Σ completion log-probs per row [rows] (differentiable) */
+  logps: tf.Tensor1D
+  /** Σ over scored tokens of the token's mean logit over the vocabulary [rows] (logged only; not in the loss) */
+  logitSums: tf.Tensor1D
+}
+
+/** Largest [tokens, vocab] block the head computes at once: 2^27 floats, 512 MB (~4k tokens at 32k vocab). */
+const HEAD_BLOCK = 2 ** 27
+
+/**
+ * Target log-probs [N] and mean logits [N] of final hidden states h [N, D]. Untied heads too large for one block
+ * run in chunks of `chunkTokens` tokens (default: a block's worth), recomputed in the backward pass.
+ */
+export function headLogProbs(model: Model, h: tf.Tensor2D, targets: tf.Tensor1D, chunkTokens = 0): { logps: tf.Tensor1D; meanLogits: tf.Tensor1D } {
+  const [N] = h.shape
+  const V = model.config.vocabSize
+  const chunk = chunkTokens > 0 ? chunkTokens : Math.max(1, Math.floor(HEAD_BLOCK / V))
+  const tied = model.config.tieWordEmbeddings
+  const table = param<tf.Rank.R2>(model, tied ? 'model.embed_tokens.weight' : 'lm_head.weight') // [V, D] tied, [D, V] untied
+  // the mean over the vocabulary of h·W is h · (mean column of W): no [N, V] pass for the logits/* metrics
+  const meanColumn = tied ? tf.reshape(tf.mean(table, 0), [-1, 1]) : tf.mean(table, 1, true) // [D, 1]
+  const meanLogits = tf.reshape(tf.matMul(h, meanColumn), [N]) as tf.Tensor1D // [N]
+  if (N <= chunk || tied) return { logps: targetLogProbs(lmHead(model, h), targets), meanLogits }
+  return { logps: chunkedHeadLogProbs(h, table, targets, chunk), meanLogits }
+}
+
+/** Per-row summed completion log-probs and logit sums of a batch, one forward pass. */
+export function rowLogps(model: Model, batch: SeqBatch, chunkTokens = 0): RowLogps {
+  const { B, T, rows, scored } = batch
+  const N = scored.index.length
+  if (N === 0) return { logps: tf.zeros([rows]) as tf.Tensor1D, logitSums: tf.zeros([rows]) as tf.Tensor1D }
+  const select = new Float32Array(rows * N) // [rows, N]: 1 where scored token n belongs to row r
+  scored.row.forEach((r, n) => (select[r * N + n] = 1))
+  const h = hidden(model, tf.tensor2d(batch.ids, [B, T], 'int32'), batch.packing) // [B*T, D]
+  const pos = tf.tensor1d(scored.index, 'int32')
+  const { logps: lp, meanLogits } = headLogProbs(model, gatherRows(h, pos), tf.tensor1d(scored.target, 'int32'), chunkTokens) // [N], [N]
+  const sel = tf.tensor2d(select, [rows, N])
+  const logps = tf.reshape(tf.matMul(sel, tf.reshape(lp, [N, 1])), [rows]) as tf.Tensor1D // Σ per row
+  const logitSums = tf.reshape(tf.matMul(sel, tf.reshape(meanLogits, [N, 1])), [rows]) as tf.Tensor1D
+  return { logps, logitSums }
+}

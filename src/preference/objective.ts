@@ -1,0 +1,197 @@
+/**
+ * What training minimises and what it logs, for both stages, as small pure functions.
+ *
+ * DPO (Rafailov et al. 2023, arXiv 2305.18290) with the definitions of TRL's DPOTrainer (`dpo_loss`, v0.7–v0.19):
+ *   Δ = (π_c − π_r) − (ref_c − ref_r)          on log-probs summed over completion tokens
+ *   sigmoid: −(1−ε)·logσ(βΔ) − ε·logσ(−βΔ)      ε = label_smoothing (conservative DPO, Mitchell 2023)
+ *   ipo:     (Δ − 1/(2β))²                        (Azar et al. 2023, arXiv 2310.12036; on summed log-probs)
+ *   hinge:   relu(1 − βΔ)                         (SLiC, Zhao et al. 2023; RSO, Liu et al. 2023)
+ * The batch loss is the mean over pairs. Implicit rewards β(π − ref) are logged only (no gradient), under TRL's
+ * names (`get_batch_loss_metrics`): rewards/{chosen,rejected,accuracies,margins}, logps/*, logits/*.
+ * SFT: the token-mean negative log-likelihood of the completion (assistant) tokens.
+ *
+ * One `step` per objective serves training (with gradients), in-loop eval, `align eval` and the bench; one
+ * `metrics` turns the per-batch numbers into a logged row. As HF Trainer does, a training row's loss is the mean
+ * of its micro-batch losses and an eval row's is weighted by examples (pairs, or scored tokens for SFT).
+ * logσ(x) is written −softplus(−x): tf.logSigmoid's gradient throws on non-variable inputs in tfjs 4.22.
+ */
+import * as tf from '@tensorflow/tfjs'
+import { rowLogps, type RowLogps, type SeqBatch } from '../model/logprobs.ts'
+import { withAdapters } from '../model/lora.ts'
+import type { Model } from '../model/mistral.ts'
+import { packPairs, padBatch, pairBatch, pairSequences, rowCounts, sftBatch } from './batch.ts'
+import { pairTokens, type PairIds } from './pairs.ts'
+import type { PairLogps, Reference } from './reference.ts'
+
+export const LOSS_TYPES = ['sigmoid', 'ipo', 'hinge'] as const
+export type LossType = (typeof LOSS_TYPES)[number]
+
+export interface DpoOptions {
+  beta: number
+  lossType: LossType
+  labelSmoothing: number
+}
+
+/** logσ(x) = −softplus(−x), stable for large |x|. */
+export const logSigmoid = (x: tf.Tensor) => tf.neg(tf.softplus(tf.neg(x)))
+
+/** Per-pair DPO loss [B] from summed completion log-probs [B] of policy and reference. */
+export function dpoLosses(policyChosen: tf.Tensor1D, policyRejected: tf.Tensor1D, refChosen: tf.Tensor1D, refRejected: tf.Tensor1D, o: DpoOptions): tf.Tensor1D {
+  const delta = tf.sub(tf.sub(policyChosen, policyRejected), tf.sub(refChosen, refRejected)) // Δ [B]
+  switch (o.lossType) {
+    case 'sigmoid': {
+      const z = tf.mul(delta, o.beta)
+      const eps = o.labelSmoothing
+      return tf.sub(tf.mul(logSigmoid(z), -(1 - eps)), tf.mul(logSigmoid(tf.neg(z)), eps)) as tf.Tensor1D
+    }
+    case 'ipo':
+      return tf.square(tf.sub(delta, 1 / (2 * o.beta))) as tf.Tensor1D
+    case 'hinge':
+      return tf.relu(tf.sub(1, tf.mul(delta, o.beta))) as tf.Tensor1D
+  }
+}
+
+/**
+ * The DPO loss of one token batch (rows [chosen…, rejected…], concatenated or packed) against the reference's
+ * summed log-probs: the mean loss, the per-pair losses, and the per-row policy log-probs and logit sums.
+ * `chunkTokens` > 0 forces the chunked LM head (model/logprobs.ts).
+ */
+export function dpoBatchLoss(model: Model, batch: SeqBatch, ref: PairLogps, o: DpoOptions, chunkTokens = 0): { loss: tf.Scalar; losses: tf.Tensor1D } & RowLogps {
+  const n = batch.rows / 2
+  const { logps, logitSums } = rowLogps(model, batch, chunkTokens)
+  const [pc, pr] = tf.split(logps, [n, n]) as [tf.Tensor1D, tf.Tensor1D]
+  const losses = dpoLosses(pc, pr, tf.tensor1d(ref.chosen), tf.tensor1d(ref.rejected), o)
+  return { loss: tf.mean(losses) as tf.Scalar, losses, logps, logitSums }
+}
+
+/** Per-pair numbers of one batch: policy and reference log-probs, losses, logit sums and token counts. */
+export interface PairStats {
+  policy: PairLogps
+  reference: PairLogps
+  losses: number[]
+  logitSum: { chosen: number; rejected: number }
+  tokens: { chosen: number; rejected: number }
+}
+
+/** TRL's reward and log-prob metrics over pairs (ties count as wrong in rewards/accuracies). */
+export function rewardMetrics(policy: PairLogps, reference: PairLogps, beta: number): Record<string, number> {
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(xs.length, 1)
+  const rc = policy.chosen.map((p, i) => beta * (p - reference.chosen[i]!))
+  const rr = policy.rejected.map((p, i) => beta * (p - reference.rejected[i]!))
+  return {
+    'rewards/chosen': mean(rc),
+    'rewards/rejected': mean(rr),
+    'rewards/accuracies': mean(rc.map((c, i) => (c > rr[i]! ? 1 : 0))),
+    'rewards/margins': mean(rc.map((c, i) => c - rr[i]!)),
+    'logps/chosen': mean(policy.chosen),
+    'logps/rejected': mean(policy.rejected),
+  }
+}
+
+/** What one batch contributes to a logged row. */
+export interface BatchStats {
+  /** the batch's mean loss */
+  loss: number
+  /** what eval rows average the loss by: pairs (DPO) or scored tokens (SFT) */
+  weight: number
+  /** real tokens processed (tokens_per_second): a pair's prompt + chosen + rejected once */
+  tokens: number
+  /** DPO only */
+  pairs?: PairStats
+  /** the batch ran as packed pair rows */
+  packed?: boolean
+}
+
+export type Layout = 'auto' | 'packed' | 'concatenated'
+
+export interface Objective {
+  stage: 'sft' | 'dpo'
+  /**
+   * The loss of one batch divided by `scale` (gradient accumulation), differentiable, and the batch's numbers
+   * (read inside, so it works within tf.variableGrads). The stats' `loss` is the unscaled value, filled by the caller.
+   */
+  step(model: Model, pairs: PairIds[], ref: PairLogps | undefined, padId: number, scale?: number): { loss: tf.Scalar; stats: Omit<BatchStats, 'loss'> }
+  /** A logged row from the batches since the last one; keys get `prefix` (TRL: `eval_` for eval rows). */
+  metrics(batches: BatchStats[], mode: 'train' | 'eval', prefix?: string): Record<string, number>
+}
+
+const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0)
+const mean = (xs: number[]) => sum(xs) / Math.max(1, xs.length)
+
+function lossOf(batches: BatchStats[], mode: 'train' | 'eval'): number {
+  if (mode === 'train') return mean(batches.map((b) => b.loss))
+  return sum(batches.map((b) => b.loss * b.weight)) / Math.max(1, sum(batches.map((b) => b.weight)))
+}
+
+const withPrefix = (row: Record<string, number>, prefix: string) => Object.fromEntries(Object.entries(row).map(([k, v]) => [prefix + k, v]))
+
+export function dpoObjective(o: DpoOptions, layout: Layout = 'auto'): Objective {
+  return {
+    stage: 'dpo',
+    step(model, pairs, ref, padId, scale = 1) {
+      const n = pairs.length
+      const batch = layout === 'auto' ? pairBatch(pairs, padId, model.config) : layout === 'packed' ? packPairs(pairs, padId) : padBatch(pairSequences(pairs), padId)
+      const { loss, losses, logps, logitSums } = dpoBatchLoss(model, batch, ref!, o)
+      const lp = Array.from(logps.dataSync())
+      const ls = Array.from(logitSums.dataSync())
+      const counts = rowCounts(batch)
+      const pairStats: PairStats = {
+        policy: { chosen: lp.slice(0, n), rejected: lp.slice(n, 2 * n) },
+        reference: ref!,
+        losses: Array.from(losses.dataSync()),
+        logitSum: { chosen: sum(ls.slice(0, n)), rejected: sum(ls.slice(n, 2 * n)) },
+        tokens: { chosen: sum(counts.slice(0, n)), rejected: sum(counts.slice(n, 2 * n)) },
+      }
+      return { loss: tf.div(loss, scale) as tf.Scalar, stats: { weight: n, tokens: sum(pairs.map(pairTokens)), pairs: pairStats, packed: batch.packing !== undefined } }
+    },
+    metrics(batches, mode, prefix = mode === 'eval' ? 'eval_' : '') {
+      const stats = batches.flatMap((b) => (b.pairs ? [b.pairs] : []))
+      const row: Record<string, number> = { loss: lossOf(batches, mode) }
+      if (stats.length) {
+        const cat = (k: 'policy' | 'reference') => ({ chosen: stats.flatMap((s) => s[k].chosen), rejected: stats.flatMap((s) => s[k].rejected) })
+        const tot = (k: 'logitSum' | 'tokens', side: 'chosen' | 'rejected') => sum(stats.map((s) => s[k][side]))
+        Object.assign(row, rewardMetrics(cat('policy'), cat('reference'), o.beta))
+        row['logits/chosen'] = tot('logitSum', 'chosen') / Math.max(1, tot('tokens', 'chosen'))
+        row['logits/rejected'] = tot('logitSum', 'rejected') / Math.max(1, tot('tokens', 'rejected'))
+      }
+      return withPrefix(row, prefix)
+    },
+  }
+}
+
+export function sftObjective(): Objective {
+  return {
+    stage: 'sft',
+    step(model, pairs, _ref, padId, scale = 1) {
+      const batch = sftBatch(pairs, padId)
+      const scoredTokens = Math.max(1, batch.scored.index.length)
+      const loss = tf.div(tf.neg(tf.sum(rowLogps(model, batch).logps)), scoredTokens * scale) as tf.Scalar
+      return { loss, stats: { weight: scoredTokens, tokens: batch.tokens } }
+    },
+    metrics(batches, mode, prefix = mode === 'eval' ? 'eval_' : '') {
+      return withPrefix({ loss: lossOf(batches, mode) }, prefix)
+    },
+  }
+}
+
+/**
+ * The objective on a pair set without gradients, `batchSize` pairs at a time, adapters on and no dropout: the
+ * eval row (with eval_runtime and eval_samples_per_second, as HF's `evaluate`) and the per-batch numbers.
+ */
+export function evaluate(objective: Objective, model: Model, pairs: PairIds[], ref: Reference | undefined, o: { batchSize: number; padId: number; prefix?: string; onBatch?: (done: number) => void }): { metrics: Record<string, number>; batches: BatchStats[] } {
+  const t0 = performance.now()
+  const batches: BatchStats[] = []
+  for (let i = 0; i < pairs.length; i += o.batchSize) {
+    o.onBatch?.(i)
+    const idx = Array.from({ length: Math.min(o.batchSize, pairs.length - i) }, (_, j) => i + j)
+    const r = ref?.logps(idx)
+    tf.tidy(() => {
+      const { loss, stats } = withAdapters(model, true, () => objective.step(model, idx.map((j) => pairs[j]!), r, o.padId))
+      batches.push({ ...stats, loss: loss.dataSync()[0]! })
+    })
+  }
+  const secs = (performance.now() - t0) / 1000
+  const prefix = o.prefix ?? 'eval_'
+  const round = (x: number) => Math.round(x * 1e4) / 1e4
+  return { metrics: { ...objective.metrics(batches, 'eval', prefix), [`${prefix}runtime`]: round(secs), [`${prefix}samples_per_second`]: round(pairs.length / secs) }, batches }
+}

@@ -1,0 +1,107 @@
+/**
+ * Training checkpoints: `checkpoint-<step>/` in HF layout (model/weights.ts `savePretrained`: weights or PEFT
+ * adapters, config, tokenizer files) plus what resume needs — `trainer_state.json` (transformers' TrainerState,
+ * with log_history), `optimizer.safetensors` (exp_avg.<name>, exp_avg_sq.<name>, in HF [out, in] layout),
+ * `optimizer.json` and the resolved recipe. Each directory is written to a temp path and renamed, so any
+ * `checkpoint-N` that exists is complete.
+ *
+ * The whole state of a run is the step number, the weights and the optimizer moments: the batch order is a
+ * function of (seed, step) (sampler.ts) and LoRA dropout of (seed, micro-batch), so no RNG state is saved.
+ */
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
+import * as tf from '@tensorflow/tfjs'
+import { AlignError } from '../errors.ts'
+import { readJson } from '../files.ts'
+import { openWeights } from '../checkpoint/hf.ts'
+import { checkpointName, listCheckpoints, pruneCheckpoints } from '../checkpoint/runs.ts'
+import type { Model } from '../model/mistral.ts'
+import { fromDisk, loadAdaptersInto, loadWeightsInto, savePretrained, toDisk } from '../model/weights.ts'
+import type { Optimizer } from './optim.ts'
+
+export interface TrainerState {
+  global_step: number
+  max_steps: number
+  epoch: number
+  num_train_epochs: number
+  logging_steps: number
+  eval_steps: number
+  save_steps: number
+  train_batch_size: number
+  log_history: Record<string, number>[]
+  best_metric: null
+  best_model_checkpoint: null
+  is_local_process_zero: true
+  is_world_process_zero: true
+  stage: 'sft' | 'dpo'
+  seed: number
+}
+
+export interface SaveArgs {
+  dir: string
+  model: Model
+  dtype: 'F32' | 'BF16' | 'F16'
+  tokenizerDir: string
+  /** the base model path written into adapter_config.json */
+  base: string
+  state: TrainerState
+  /** saved with the weights for resume (not in final/) */
+  optimizer?: Optimizer
+  files?: Record<string, unknown>
+}
+
+/** The optimizer's moments as HF-layout tensors, and its step and config. */
+function optimizerFiles(opt: Optimizer): { tensors: ReturnType<typeof toDisk>[]; meta: Record<string, unknown> } {
+  const tensors = (['exp_avg', 'exp_avg_sq'] as const).flatMap((kind) => [...(kind === 'exp_avg' ? opt.m : opt.v)].map(([name, v]) => toDisk(name, v, `${kind}.${name}`)))
+  return { tensors, meta: { optimizer: opt.config.optimizer, step: opt.step, config: opt.config } }
+}
+
+export function saveCheckpoint(a: SaveArgs): void {
+  const opt = a.optimizer ? optimizerFiles(a.optimizer) : undefined
+  const files = { 'trainer_state.json': a.state, ...a.files, ...(opt ? { 'optimizer.json': opt.meta } : {}) }
+  savePretrained(a.dir, a.model, { dtype: a.dtype, tokenizerDir: a.tokenizerDir, base: a.base, files, extraTensors: opt ? { 'optimizer.safetensors': opt.tensors } : undefined })
+}
+
+/** Save `checkpoint-<step>` in `runDir` with the optimizer, then keep only the last `keep`. */
+export function saveStepCheckpoint(runDir: string, keep: number, a: Omit<SaveArgs, 'dir'>): string {
+  const dir = join(runDir, checkpointName(a.state.global_step))
+  saveCheckpoint({ ...a, dir })
+  pruneCheckpoints(runDir, keep)
+  return dir
+}
+
+/** Restore optimizer moments saved by saveCheckpoint into `opt` (variables created as needed). */
+function loadOptimizer(dir: string, opt: Optimizer): void {
+  const meta = readJson(join(dir, 'optimizer.json'))
+  if (meta.optimizer !== opt.config.optimizer) throw new AlignError(`${dir}: checkpoint optimizer is ${meta.optimizer} but the recipe says ${opt.config.optimizer}`)
+  const w = openWeights(dir, 'optimizer.safetensors')
+  for (const key of w.names()) {
+    const dot = key.indexOf('.')
+    const [kind, name] = [key.slice(0, dot), key.slice(dot + 1)]
+    const map = kind === 'exp_avg' ? opt.m : opt.v
+    map.get(name)?.dispose()
+    map.set(name, tf.variable(fromDisk(name, w.read(key), w.info(key).shape), false))
+  }
+  opt.step = meta.step
+}
+
+/** The checkpoint `--resume` names: `latest` (the newest complete checkpoint-N of the run) or a directory. */
+export function resolveResume(runDir: string, resume: string): string {
+  if (resume !== 'latest') {
+    if (!existsSync(join(resume, 'trainer_state.json'))) throw new AlignError(`--resume ${resume}: not a checkpoint directory (no trainer_state.json)`)
+    return resume
+  }
+  const last = listCheckpoints(runDir).pop()
+  if (!last) throw new AlignError(`--resume latest: no checkpoint-<step> directory in ${runDir}`)
+  return last.dir
+}
+
+/** Load a checkpoint's weights (or adapters) into `model` and its moments into `opt`; returns its trainer state. */
+export function resume(dir: string, stage: 'sft' | 'dpo', model: Model, opt: Optimizer): TrainerState {
+  const state = readJson(join(dir, 'trainer_state.json')) as TrainerState
+  if (state.stage !== stage) throw new AlignError(`--resume ${dir}: a ${state.stage} checkpoint cannot resume ${stage}`)
+  if (model.lora) loadAdaptersInto(model, dir)
+  else loadWeightsInto(model, dir)
+  loadOptimizer(dir, opt)
+  return state
+}

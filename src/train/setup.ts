@@ -1,0 +1,151 @@
+/**
+ * Everything `align sft` / `align train` does before the first step, as separate steps the loop calls in order:
+ *   prepareRun     backend, tokenizer, data (tokenized and truncated), vocabulary checks, the step schedule
+ *   dryRunReport   what --dry-run prints: the resolved recipe, data counts, steps and the memory plan
+ *   buildPolicy    the starting weights (+ LoRA adapters)
+ *   buildReference DPO's reference for the train and eval splits: precomputed (cached), frozen, or adapters-off
+ * Nothing here trains; nothing in loop.ts resolves settings.
+ */
+import { isAbsolute, join } from 'node:path'
+import * as tf from '@tensorflow/tfjs'
+import { AlignError } from '../errors.ts'
+import type { LoadedRecipe } from '../recipe.ts'
+import { Rng } from '../rng.ts'
+import { initBackend, type BackendInfo } from '../model/backend.ts'
+import type { ModelConfig } from '../model/config.ts'
+import { addLora } from '../model/lora.ts'
+import { disposeModel, type Model } from '../model/mistral.ts'
+import { describePolicy, resolvePolicy, type PolicySpec } from '../model/policy.ts'
+import { loadTokenizer, type ChatTokenizer } from '../model/tokenizer.ts'
+import { dpoObjective, sftObjective, type Objective } from '../preference/objective.ts'
+import { loadPairs, resolveSplit, type DataStats, type PairSet } from '../preference/pairs.ts'
+import { liveReference, precompute, precomputedReference, type Reference } from '../preference/reference.ts'
+import { warmupSteps } from './optim.ts'
+import { formatPlan, memoryPlan } from './plan.ts'
+import type { TRAIN_SCHEMA, TrainerArgs } from './schema.ts'
+
+export type Stage = 'sft' | 'dpo'
+
+export interface TrainOptions {
+  stage: Stage
+  recipe: LoadedRecipe<typeof TRAIN_SCHEMA>
+  backend?: string
+  resume?: string
+  dryRun?: boolean
+  quiet?: boolean
+  /** stop (with a checkpoint) after this many optimizer steps of this invocation: tests of resume */
+  stopAfter?: number
+}
+
+export interface Run {
+  o: TrainOptions
+  /** the stage's section of the recipe (sft or dpo) */
+  args: TrainerArgs
+  runDir: string
+  backend: BackendInfo
+  policy: PolicySpec
+  tok: ChatTokenizer
+  tokenizerDir: string
+  data: { train: PairSet; eval: PairSet }
+  /** micro-batches per epoch, optimizer steps, warmup steps */
+  schedule: { microPerEpoch: number; maxSteps: number; warmup: number }
+  objective: Objective
+  log: (s: string) => void
+}
+
+/** output_dir `name` or `a/b` lives under checkpoints/; an absolute or ./-relative path is used as is. */
+export function runDirOf(outputDir: string): string {
+  return isAbsolute(outputDir) || outputDir.startsWith('.') ? outputDir : join('checkpoints', outputDir)
+}
+
+/** Every token id must index the model's embedding table; the tokenizer must fit the vocabulary. */
+function checkVocabulary(config: ModelConfig, tok: ChatTokenizer, sets: PairSet[]): void {
+  if (tok.vocabSize > config.vocabSize) throw new AlignError(`tokenizer ${tok.dir} has ${tok.vocabSize} tokens but the model's vocab_size is ${config.vocabSize}; use the policy's own tokenizer`)
+  for (const set of sets) {
+    const i = set.pairs.findIndex((p) => [p.promptIds, p.chosenIds, p.rejectedIds].some((ids) => ids.some((t) => t < 0 || t >= config.vocabSize)))
+    if (i >= 0) throw new AlignError(`${set.file} pair ${i + 1}: token id outside the model's vocabulary (vocab_size ${config.vocabSize}); the data was tokenized for another model`)
+  }
+}
+
+export async function prepareRun(o: TrainOptions): Promise<Run> {
+  const v = o.recipe.values
+  const args: TrainerArgs = o.stage === 'dpo' ? v.dpo : v.sft
+  const runDir = runDirOf(args.output_dir)
+  const log = (s: string) => void (o.quiet ? undefined : process.stderr.write(s + '\n'))
+  const backend = await initBackend(o.backend)
+  log(`${o.stage}: backend ${backend.active} · recipe ${o.recipe.name} · run ${runDir}`)
+  const policy = describePolicy(v.model.policy, v.model.init_seed)
+  if (policy.kind === 'adapter') throw new AlignError(`model.policy ${v.model.policy} is a LoRA adapter directory; train from its base (model.policy=${policy.baseDir}) or from a merged checkpoint`)
+  const tokenizerDir = v.model.tokenizer ?? policy.tokenizerDir
+  const tok = loadTokenizer(tokenizerDir)
+  // SFT keeps at most half of max_length for the prompt, so every row keeps completion tokens to learn from
+  const maxPrompt = o.stage === 'dpo' ? v.dpo.max_prompt_length : Math.floor(args.max_length / 2)
+  if (maxPrompt >= args.max_length) throw new AlignError(`dpo.max_prompt_length ${maxPrompt} must be below dpo.max_length ${args.max_length}, or completions are truncated away`)
+  const load = (split: string, limit: number) => loadPairs(resolveSplit(v.data.pairs, split), tok, args.max_length, maxPrompt, limit)
+  const data = { train: await load(v.data.train_split, v.data.max_train_pairs), eval: await load(v.data.eval_split, v.data.max_eval_pairs) }
+  log(`data: ${data.train.stats.pairs} train / ${data.eval.stats.pairs} eval pairs · truncated prompts ${data.train.stats.prompt_truncated}, completions ${data.train.stats.completion_truncated} (max_length ${args.max_length}${o.stage === 'dpo' ? `, max_prompt_length ${maxPrompt}` : ''})`)
+  if (data.train.stats.pairs === 0) throw new AlignError(`${data.train.file}: no training pairs`)
+  checkVocabulary(policy.config, tok, [data.train, data.eval])
+  const microPerEpoch = Math.ceil(data.train.pairs.length / args.per_device_train_batch_size)
+  const maxSteps = args.max_steps > 0 ? args.max_steps : Math.ceil((args.num_train_epochs * microPerEpoch) / args.gradient_accumulation_steps)
+  const objective = o.stage === 'dpo' ? dpoObjective({ beta: v.dpo.beta, lossType: v.dpo.loss_type, labelSmoothing: v.dpo.label_smoothing }) : sftObjective()
+  return { o, args, runDir, backend, policy, tok, tokenizerDir, data, schedule: { microPerEpoch, maxSteps, warmup: warmupSteps(args.warmup_ratio, maxSteps) }, objective, log }
+}
+
+export function dryRunReport(run: Run): string {
+  const { o, args, data, schedule } = run
+  const v = o.recipe.values
+  const plan = memoryPlan(run.policy.config, o.stage, args, v.dpo.reference_mode, run.backend.active, v.lora.enabled, v.lora.r)
+  const counts = (name: string, d: DataStats) => `${name}: ${d.pairs} pairs, ${d.tokens} tokens, prompts truncated ${d.prompt_truncated}, completions truncated ${d.completion_truncated}, boundary mismatches ${d.boundary_mismatch}`
+  return [
+    `${o.stage} dry run of ${o.recipe.path}${o.recipe.overrides.length ? ` + ${o.recipe.overrides.join(' ')}` : ''}`,
+    `resolved: ${JSON.stringify({ model: v.model, data: v.data, [o.stage]: v[o.stage], ...(v.lora.enabled ? { lora: v.lora } : {}) })}`,
+    counts(`train (${data.train.file})`, data.train.stats),
+    counts(`eval (${data.eval.file})`, data.eval.stats),
+    `${schedule.maxSteps} optimizer steps (${schedule.microPerEpoch} micro-batches/epoch, global batch ${args.per_device_train_batch_size * args.gradient_accumulation_steps}), warmup ${schedule.warmup}`,
+    formatPlan(plan),
+  ].join('\n')
+}
+
+/** The starting policy, with LoRA adapters added (base frozen) when the recipe enables them. */
+export function buildPolicy(run: Run): Model {
+  const v = run.o.recipe.values
+  const { model } = resolvePolicy(v.model.policy, { initSeed: v.model.init_seed })
+  if (v.lora.enabled) addLora(model, { r: v.lora.r, alpha: v.lora.alpha, dropout: v.lora.dropout, targets: v.lora.target_modules }, Rng.fromKey(`lora:${run.args.seed}`))
+  return model
+}
+
+/** A frozen copy of the policy's current weights. */
+function cloneModel(model: Model): Model {
+  return { config: model.config, params: new Map([...model.params].map(([k, p]) => [k, tf.variable(p.clone(), false)])) }
+}
+
+export interface References {
+  train: Reference
+  eval: Reference
+  /** a separate reference model held for the run (frozen mode), disposed with it */
+  frozen?: Model
+}
+
+/**
+ * DPO's reference, built while `policy` still holds its starting weights (before any resume): the policy itself
+ * with adapters off (LoRA, no model.reference), a frozen copy, or `model.reference` loaded; precomputed once per
+ * split (cached on disk) unless reference_mode is frozen.
+ */
+export function buildReference(run: Run, policy: Model): References {
+  const v = run.o.recipe.values
+  const { train, eval: evalSet } = run.data
+  const adaptersOff = policy.lora !== undefined && v.model.reference === null
+  const separate = () => resolvePolicy(v.model.reference!, { trainable: false }).model
+  if (v.dpo.reference_mode === 'frozen') {
+    const model = adaptersOff ? policy : v.model.reference !== null ? separate() : cloneModel(policy)
+    return { train: liveReference(model, train.pairs, false), eval: liveReference(model, evalSet.pairs, false), frozen: model === policy ? undefined : model }
+  }
+  let loaded: Model | undefined
+  const model = () => (v.model.reference === null ? policy : (loaded ??= separate()))
+  const referenceId = v.model.reference ?? run.policy.id
+  const opts = { referenceId, batchSize: run.args.per_device_eval_batch_size, quiet: run.o.quiet, log: run.log }
+  const refs = { train: precomputedReference(precompute(model, train.pairs, { ...opts, label: 'train' })), eval: precomputedReference(precompute(model, evalSet.pairs, { ...opts, label: 'eval' })) }
+  if (loaded) disposeModel(loaded)
+  return refs
+}
