@@ -1,5 +1,5 @@
 // DPO losses and metrics against the golden of tiny-mistral-random/expected/dpo.json (TRL definitions, β = 0.1),
-// and summed completion log-probs of the tiny Mistral policy/reference within 1e-2.
+// and summed completion log-probs of the tiny Mistral policy/reference (measured within 4.6e-5; allowed 5e-4).
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
@@ -40,7 +40,7 @@ test('rewards/accuracies counts ties as wrong', () => {
   assert.is(m['rewards/accuracies'], 0.5)
 })
 
-test('summed completion log-probs of policy and reference, concatenated rows and packed pairs, within 1e-2', () => {
+test('summed completion log-probs of policy and reference, concatenated rows and packed pairs, within 5e-4', () => {
   const ids = pairs.map((p) => ({ promptIds: p.prompt_ids, chosenIds: p.chosen_ids, rejectedIds: p.rejected_ids }))
   const concatenated = padBatch(pairSequences(ids), 2)
   const packed = packPairs(ids, 2)
@@ -52,7 +52,7 @@ test('summed completion log-probs of policy and reference, concatenated rows and
     const want = [...pairs.map((p) => p[keyC]), ...pairs.map((p) => p[keyR])]
     for (const [layout, batch] of [['concatenated', concatenated], ['packed', packed]] as const) {
       const got = tf.tidy(() => rowLogps(model, batch).logps.arraySync())
-      got.forEach((g, i) => assert.ok(Math.abs(g - want[i]!) < 1e-2, `${who} ${layout} row ${i}: ${g} vs ${want[i]}`))
+      got.forEach((g, i) => assert.ok(Math.abs(g - want[i]!) < 5e-4, `${who} ${layout} row ${i}: ${g} vs ${want[i]}`))
     }
     disposeModel(model)
   }

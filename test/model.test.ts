@@ -18,7 +18,7 @@ test.before(async () => {
 const LLAMA = join(FIXTURES, 'tiny-llama-random')
 const MISTRAL = join(FIXTURES, 'tiny-mistral-random')
 
-test('tiny Llama: every layer and the logits match HF (fp32 forward of bf16 weights) within 1e-4', () => {
+test('tiny Llama: every layer and the logits match HF (fp32 forward of bf16 weights): measured 5e-7 and 3.8e-6, allowed 10x', () => {
   const model = loadModel(LLAMA)
   const meta = JSON.parse(readFileSync(join(LLAMA, 'expected', 'meta.json'), 'utf8'))
   const golden = readHeader(join(LLAMA, 'expected', 'activations.safetensors'))
@@ -27,12 +27,12 @@ test('tiny Llama: every layer and the logits match HF (fp32 forward of bf16 weig
   tf.tidy(() => {
     hidden(model, ids, undefined, (i, x) => layers.push(x.dataSync() as Float32Array))
   })
-  assert.ok(maxAbsDiff(layers[0]!, readTensor(golden, 'embeddings')) < 1e-6)
-  assert.ok(maxAbsDiff(layers[1]!, readTensor(golden, 'layers.0')) < 1e-4)
-  assert.ok(maxAbsDiff(layers[2]!, readTensor(golden, 'layers.1')) < 1e-4)
+  assert.is(maxAbsDiff(layers[0]!, readTensor(golden, 'embeddings')), 0) // a bf16 row gathered: exact
+  assert.ok(maxAbsDiff(layers[1]!, readTensor(golden, 'layers.0')) < 5e-6)
+  assert.ok(maxAbsDiff(layers[2]!, readTensor(golden, 'layers.1')) < 5e-6)
   const logits = tf.tidy(() => forward(model, ids).dataSync())
   const d = maxAbsDiff(logits, readTensor(golden, 'logits'))
-  assert.ok(d < 1e-4, `max |Δlogit| ${d}`)
+  assert.ok(d < 4e-5, `max |Δlogit| ${d}`)
   disposeModel(model)
 })
 
@@ -48,13 +48,13 @@ test('tiny Llama from the sharded layout gives the same logits', () => {
   disposeModel(b)
 })
 
-test('tiny Mistral (sliding window 8): logits for 24 tokens match within 1e-4', () => {
+test('tiny Mistral (sliding window 8): logits for 24 tokens match within 1e-5', () => {
   const model = loadModel(join(MISTRAL, 'policy'))
   const dpo = JSON.parse(readFileSync(join(MISTRAL, 'expected', 'dpo.json'), 'utf8'))
   const ids = tf.tensor2d(dpo.logits_input_ids, [1, 24], 'int32')
   const got = tf.tidy(() => forward(model, ids).dataSync())
   const want = readTensor(readHeader(join(MISTRAL, 'expected', 'logits.safetensors')), 'logits')
-  assert.ok(maxAbsDiff(got, want) < 1e-4)
+  assert.ok(maxAbsDiff(got, want) < 1e-5) // measured 8.2e-7
   // without the window the last rows differ: the window is really applied
   const full = loadModel(join(MISTRAL, 'policy'))
   full.config.slidingWindow = null

@@ -3,7 +3,10 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { Optimizer, clipByGlobalNorm, lrLambda, warmupSteps } from '../src/train/optim.ts'
 import { crc32c, encodeEvent, maskCrc, readEvents, record } from '../src/train/tfevents.ts'
-import { useBackend } from './tfjs-helpers.ts'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { FIXTURES } from './helpers.ts'
+import { maxAbsDiff, useBackend } from './tfjs-helpers.ts'
 
 const tf = await useBackend()
 test.before(async () => {
@@ -33,6 +36,23 @@ test('RMSprop, one step by hand (torch defaults α=0.99)', () => {
   opt.apply(new Map([['w', p]]), new Map([['w', tf.scalar(0.5)]]), 0.1)
   close(p.dataSync()[0]!, 0, 1e-6)
 })
+
+// torch.optim itself, three steps with weight decay and a changing lr (test/fixtures/optim/make_golden.py)
+const golden = JSON.parse(readFileSync(join(FIXTURES, 'optim', 'golden.json'), 'utf8'))
+for (const kind of ['adamw', 'rmsprop'] as const) {
+  test(`${kind}: three steps equal torch.optim (${golden.source.split(' (')[0]}) within float32 rounding`, () => {
+    const g = golden[kind]
+    const p = tf.variable(tf.tensor2d(golden.p0))
+    const opt = new Optimizer({ optimizer: kind, beta1: g.betas?.[0] ?? 0.9, beta2: g.betas?.[1] ?? 0.999, eps: g.eps, weightDecay: g.weight_decay, rmspropAlpha: g.alpha ?? 0.99 })
+    golden.grads.forEach((grad: number[][], i: number) => {
+      opt.apply(new Map([['w', p]]), new Map([['w', tf.tensor2d(grad)]]), golden.lrs[i])
+      const d = maxAbsDiff(p.dataSync(), g.params_after_each_step[i].flat())
+      assert.ok(d < 2e-7, `step ${i + 1}: max |align - torch| ${d}`)
+    })
+    const state = kind === 'adamw' ? { exp_avg: opt.m, exp_avg_sq: opt.v } : { square_avg: opt.v }
+    for (const [k, map] of Object.entries(state)) assert.ok(maxAbsDiff(map.get('w')!.dataSync(), g.state[k].flat()) < 1e-8 + 1e-6 * Math.max(...g.state[k].flat().map(Math.abs)), k)
+  })
+}
 
 test('schedules match transformers get_*_schedule_with_warmup', () => {
   assert.is(warmupSteps(0.1, 95), 10) // ceil(9.5)

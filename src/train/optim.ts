@@ -3,8 +3,8 @@
  * - AdamW (Loshchilov & Hutter; torch.optim.AdamW): p ← p·(1 − lr·wd); m ← β1·m + (1−β1)·g;
  *   v ← β2·v + (1−β2)·g²; p ← p − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + ε). tfjs's adam has no decoupled weight decay
  *   and defaults ε to 1e-7, so it cannot reproduce the recipes (ε 1e-8).
- * - RMSprop (torch.optim.RMSprop defaults, the Zephyr-era handbook's `optim: rmsprop`): v ← α·v + (1−α)·g²;
- *   p ← p − lr · g / (√v + ε), α = 0.99.
+ * - RMSprop (torch.optim.RMSprop defaults, the Zephyr-era handbook's `optim: rmsprop`): g ← g + wd·p (torch's
+ *   weight decay is L2 here, not decoupled); v ← α·v + (1−α)·g²; p ← p − lr · g / (√v + ε), α = 0.99.
  * - Schedules as transformers' get_{linear,cosine,constant}_schedule_with_warmup; warmup steps =
  *   ceil(warmup_ratio · total steps).
  * - Global-norm gradient clipping (torch.nn.utils.clip_grad_norm_); the logged grad_norm is the norm before clipping.
@@ -54,9 +54,9 @@ export class Optimizer {
           const denom = tf.add(tf.div(tf.sqrt(v), Math.sqrt(bc2)), c.eps)
           p.assign(tf.sub(decayed, tf.mul(tf.div(m, denom), lr / bc1)))
         } else {
-          v.assign(tf.add(tf.mul(v, c.rmspropAlpha), tf.mul(tf.square(g), 1 - c.rmspropAlpha)))
-          const decayed = c.weightDecay > 0 ? tf.mul(p, 1 - lr * c.weightDecay) : p
-          p.assign(tf.sub(decayed, tf.mul(tf.div(g, tf.add(tf.sqrt(v), c.eps)), lr)))
+          const gd = c.weightDecay > 0 ? tf.add(g, tf.mul(p, c.weightDecay)) : g // torch RMSprop: L2 on the gradient
+          v.assign(tf.add(tf.mul(v, c.rmspropAlpha), tf.mul(tf.square(gd), 1 - c.rmspropAlpha)))
+          p.assign(tf.sub(p, tf.mul(tf.div(gd, tf.add(tf.sqrt(v), c.eps)), lr)))
         }
       })
     }
