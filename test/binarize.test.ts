@@ -27,19 +27,22 @@ test('prompt_id is sha256 of the UTF-8 prompt (H4 examples)', () => {
   assert.ok(b.startsWith('aeccf551') && b.endsWith('e090'), b)
 })
 
-test('zephyr on the fixture: counts per drop reason match an independent count of the quirks', async () => {
+// Stored expected outputs (test/fixtures/PROVENANCE.md): the zephyr run's pairs, and Argilla's own choice for
+// each of the fixture's prompts (the real rows the fixture was built from).
+const expected = (name: string) => jsonl(join(FIXTURES, 'ultrafeedback', 'expected', name))
+const hash = (s: string) => createHash('sha256').update(s).digest('hex')
+const summary = (split: string, p: any) => ({ split, prompt_id: p.prompt_id, score_chosen: p.score_chosen, score_rejected: p.score_rejected, chosen_model: p.chosen_model, rejected_model: p.rejected_model, chosen_sha256: hash(p.chosen[1].content), rejected_sha256: hash(p.rejected[1].content) })
+
+test('zephyr on the fixture: the stored pairs and splits, and the drops the fixture plants (PROVENANCE)', async () => {
   const { stats, out } = await run([PARQUET], recipe('zephyr', 'test_size=20'))
-  const truthful = rawRows.filter((r) => r.source === 'truthful_qa').length
-  const fewer = rawRows.filter((r) => r.source !== 'truthful_qa' && r.completions.length < 2).length
-  assert.is(truthful, 4) // PROVENANCE: every row with i % 50 == 7
+  // planted: source truthful_qa on every row i % 50 == 7 (4 rows); 5 rows with a single completion
   assert.is(stats.rows_read, 200)
-  assert.is(stats.dropped.excluded_source, truthful)
-  assert.is(stats.dropped.fewer_than_2_completions, fewer)
-  assert.is(stats.pairs_total, 200 - truthful - fewer)
-  assert.equal(stats.pairs, { train_prefs: 200 - truthful - fewer - 20, test_prefs: 20 })
+  assert.is(stats.dropped.excluded_source, 4)
+  assert.is(stats.dropped.fewer_than_2_completions, 5)
+  assert.equal(stats.pairs, { train_prefs: 171, test_prefs: 20 })
   const train = jsonl(join(out, 'train_prefs.jsonl'))
   const test_ = jsonl(join(out, 'test_prefs.jsonl'))
-  assert.is(train.length + test_.length, stats.pairs_total)
+  assert.equal([...train.map((p) => summary('train_prefs', p)), ...test_.map((p) => summary('test_prefs', p))], expected('zephyr-test20.jsonl'))
   // H4 schema + source/models, messages == chosen, prompt_id = sha256(prompt)
   const r = train[0]
   assert.equal(Object.keys(r), ['prompt', 'prompt_id', 'chosen', 'rejected', 'messages', 'score_chosen', 'score_rejected', 'source', 'chosen_model', 'rejected_model'])
@@ -47,13 +50,6 @@ test('zephyr on the fixture: counts per drop reason match an independent count o
   assert.is(r.chosen[1].role, 'assistant')
   assert.equal(r.messages, r.chosen)
   assert.is(r.prompt_id, promptId(r.prompt))
-  // chosen is the best fixed overall_score of its row, rejected is another completion of the row
-  for (const p of [...train, ...test_]) {
-    const raw = rawRows.find((x) => x.instruction === p.prompt)
-    const scores = raw.completions.map((c: any) => (c.overall_score === 10 && c['fine-grained_score'] !== null && c['fine-grained_score'] <= 2 ? 1 : c.overall_score))
-    assert.is(p.score_chosen, Math.max(...scores))
-    assert.ok(raw.completions.some((c: any) => c.response === p.rejected[1].content && c.model === p.rejected_model))
-  }
   // row 3 of the fixture carries the overall_score bug (10 with fine-grained 1.25): it must not be chosen
   const bugRow = rawRows[3]
   const bug = bugRow.completions.find((c: any) => c.overall_score === 10)
@@ -65,14 +61,21 @@ test('zephyr on the fixture: counts per drop reason match an independent count o
   assert.is(saved.inputs[0].sha256, sha(PARQUET))
 })
 
-test('argilla on the fixture: 191 pairs, score = mean of aspects with N/A skipped', async () => {
+test('argilla on the fixture: 191 pairs whose chosen response and rating are Argilla-cleaned\'s own', async () => {
   const { stats, out } = await run([JSONL], recipe('argilla', 'test_size=0.1'), undefined, ['jsonl'])
   assert.is(stats.pairs_total, 191) // 200 - 4 truthful_qa - 5 single-completion rows; no ties in this sample
   assert.is(stats.pairs.test_prefs, 19)
-  for (const p of jsonl(join(out, 'train_prefs.jsonl'))) {
+  const real = new Map(expected('argilla-cleaned.jsonl').map((r) => [r.prompt_id, r]))
+  const pairs = [...jsonl(join(out, 'train_prefs.jsonl')), ...jsonl(join(out, 'test_prefs.jsonl'))]
+  const differentChoice: number[] = []
+  for (const p of pairs) {
+    const r = real.get(p.prompt_id)
+    assert.is(p.score_chosen, r.rating_chosen, p.prompt)
     assert.ok(p.score_chosen > p.score_rejected)
-    assert.ok(p.score_chosen <= 5 && p.score_rejected >= 1)
+    if (hash(p.chosen[1].content) !== r.chosen_sha256) differentChoice.push(rawRows.findIndex((x) => x.instruction === p.prompt))
   }
+  // row 194: the fixture added a truncated copy ("What options do") rated like Argilla's chosen; first-best takes it
+  assert.equal(differentChoice, [194])
 })
 
 test('parquet and JSONL input give byte-identical output; runs are deterministic; the seed matters', async () => {

@@ -6,13 +6,17 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { floatToBf16, floatToHalf, halfToFloat, readHeader, readTensor, writeSafetensors } from '../src/checkpoint/safetensors.ts'
 import { openWeights } from '../src/checkpoint/hf.ts'
-import { diskData, loadModel, savePretrained } from '../src/model/weights.ts'
+import { diskData, initModel, loadModel, savePretrained } from '../src/model/weights.ts'
+import { addLora } from '../src/model/lora.ts'
+import { Rng } from '../src/rng.ts'
+import { resume, saveCheckpoint, type TrainerState } from '../src/train/checkpoint.ts'
+import { Optimizer } from '../src/train/optim.ts'
 import { disposeModel } from '../src/model/mistral.ts'
-import { parameterShapes } from '../src/model/config.ts'
+import { parameterShapes, parseConfig } from '../src/model/config.ts'
 import { FIXTURES, rejects, tmp } from './helpers.ts'
 import { useBackend } from './tfjs-helpers.ts'
 
-await useBackend()
+const tf = await useBackend()
 test.before(async () => {
   await useBackend()
 })
@@ -104,6 +108,50 @@ test('corrupt, truncated or incomplete checkpoints: one line naming the file and
   const cfg = JSON.parse(readFileSync(join(LLAMA, 'config.json'), 'utf8'))
   writeFileSync(join(wrong, 'config.json'), JSON.stringify({ ...cfg, hidden_size: 128 }))
   await rejects(() => loadModel(wrong), /tensor model\.embed_tokens\.weight has shape \[512,64\] but config\.json implies \[512,128\]/)
+})
+
+const tinyConfig = parseConfig({ architectures: ['MistralForCausalLM'], vocab_size: 50, hidden_size: 8, intermediate_size: 12, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1, rms_norm_eps: 1e-5, rope_theta: 10000, sliding_window: 16 })
+const state = (step: number): TrainerState => ({ global_step: step, max_steps: 9, epoch: 0.5, num_train_epochs: 1, logging_steps: 1, eval_steps: 0, save_steps: 1, train_batch_size: 2, log_history: [{ step, loss: 0.5 }], best_metric: null, best_model_checkpoint: null, is_local_process_zero: true, is_world_process_zero: true, stage: 'dpo', seed: 1 })
+const paramData = (m: { params: Map<string, { dataSync(): unknown }> }) => Object.fromEntries([...m.params].map(([k, v]) => [k, Array.from(v.dataSync() as Float32Array)]))
+const moments = (o: Optimizer) => ({ m: Object.fromEntries([...o.m].map(([k, v]) => [k, Array.from(v.dataSync() as Float32Array)])), v: Object.fromEntries([...o.v].map(([k, v]) => [k, Array.from(v.dataSync() as Float32Array)])) })
+/** one optimizer step with seeded random gradients, so every moment is non-zero */
+function stepOnce(model: ReturnType<typeof initModel>, opt: Optimizer, seed: string): void {
+  const rng = Rng.fromKey(seed)
+  const params = new Map([...model.params].filter(([, p]) => p.trainable))
+  opt.apply(params, new Map([...params].map(([k, p]) => [k, tf.tensor(Array.from({ length: p.size }, () => rng.normal()), p.shape)])), 0.01)
+}
+const newOpt = () => new Optimizer({ optimizer: 'adamw', beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, rmspropAlpha: 0.99 })
+
+test('saveCheckpoint -> resume restores full weights and optimizer moments bit for bit', () => {
+  const dir = join(tmp(), 'checkpoint-3')
+  const [a, optA] = [initModel(tinyConfig, Rng.fromKey('a')), newOpt()]
+  stepOnce(a, optA, 'g')
+  saveCheckpoint({ dir, model: a, dtype: 'F32', tokenizerDir: LLAMA, base: 'x', state: state(3), optimizer: optA })
+  const [b, optB] = [initModel(tinyConfig, Rng.fromKey('b')), newOpt()]
+  const st = resume(dir, 'dpo', b, optB)
+  assert.is(st.global_step, 3)
+  assert.equal(st.log_history, [{ step: 3, loss: 0.5 }])
+  assert.equal(paramData(b), paramData(a))
+  assert.equal(moments(optB), moments(optA))
+  assert.is(optB.step, 1)
+  assert.throws(() => resume(dir, 'sft', b, optB), /a dpo checkpoint cannot resume sft/)
+})
+
+test('saveCheckpoint -> resume restores LoRA adapters (PEFT layout on disk) and their moments; the base stays', () => {
+  const dir = join(tmp(), 'checkpoint-1')
+  const lora = { r: 2, alpha: 4, dropout: 0, targets: ['q_proj', 'down_proj'] }
+  const [a, optA] = [initModel(tinyConfig, Rng.fromKey('base')), newOpt()]
+  addLora(a, lora, Rng.fromKey('la'))
+  stepOnce(a, optA, 'g') // moves lora_B off zero
+  saveCheckpoint({ dir, model: a, dtype: 'F32', tokenizerDir: LLAMA, base: '/models/base', state: state(1), optimizer: optA })
+  assert.ok(existsSync(join(dir, 'adapter_model.safetensors')) && !existsSync(join(dir, 'model.safetensors')))
+  assert.is(JSON.parse(readFileSync(join(dir, 'adapter_config.json'), 'utf8')).base_model_name_or_path, '/models/base')
+  const [b, optB] = [initModel(tinyConfig, Rng.fromKey('base')), newOpt()]
+  addLora(b, lora, Rng.fromKey('lb'))
+  resume(dir, 'dpo', b, optB)
+  assert.equal(paramData(b), paramData(a))
+  assert.equal(moments(optB), moments(optA))
+  assert.is(optB.m.size, 4) // A and B of two modules: only the adapters train
 })
 
 test.run()

@@ -12,16 +12,15 @@ import { disposeModel } from '../src/model/mistral.ts'
 import { FIXTURES } from './helpers.ts'
 import { useBackend } from './tfjs-helpers.ts'
 
-const tf = await useBackend()
-test.before(async () => {
-  await useBackend()
-})
+const tf = await useBackend('cpu')
+const BACKENDS = ['cpu', 'wasm'] // the reference backend and the fast CPU one: the math must not depend on it
 const DIR = join(FIXTURES, 'tiny-mistral-random')
 const golden = JSON.parse(readFileSync(join(DIR, 'expected', 'dpo.json'), 'utf8'))
 const pairs = golden.pairs as { prompt_ids: number[]; chosen_ids: number[]; rejected_ids: number[]; policy_chosen_logp: number; policy_rejected_logp: number; reference_chosen_logp: number; reference_rejected_logp: number }[]
 const rel = (a: number, b: number) => Math.abs(a - b) / Math.max(Math.abs(b), 1e-12)
 
-test('loss of every type and the reward metrics match TRL within 1e-5 relative', () => {
+for (const backend of BACKENDS) test(`${backend}: loss of every type and the reward metrics match TRL within 1e-5 relative`, async () => {
+  await useBackend(backend)
   const col = (k: keyof (typeof pairs)[number]) => tf.tensor1d(pairs.map((p) => p[k] as number))
   const cases: [string, LossType, number][] = [['sigmoid', 'sigmoid', 0], ['sigmoid_label_smoothing_0.1', 'sigmoid', 0.1], ['ipo', 'ipo', 0], ['hinge', 'hinge', 0]]
   for (const [key, lossType, labelSmoothing] of cases) {
@@ -40,7 +39,8 @@ test('rewards/accuracies counts ties as wrong', () => {
   assert.is(m['rewards/accuracies'], 0.5)
 })
 
-test('summed completion log-probs of policy and reference, concatenated rows and packed pairs, within 5e-4', () => {
+for (const backend of BACKENDS) test(`${backend}: summed completion log-probs of policy and reference, concatenated rows and packed pairs, within 5e-4`, async () => {
+  await useBackend(backend)
   const ids = pairs.map((p) => ({ promptIds: p.prompt_ids, chosenIds: p.chosen_ids, rejectedIds: p.rejected_ids }))
   const concatenated = padBatch(pairSequences(ids), 2)
   const packed = packPairs(ids, 2)
