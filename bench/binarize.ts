@@ -1,5 +1,5 @@
 // bench/binarize: `align binarize --recipe zephyr` on a full-scale 64k-row UltraFeedback parquet.
-// Reports wall time, rows/s, MB/s of parquet and peak RSS. Target (issue #2): < 15 s and < 1 GiB on 2 cores.
+// Reports wall time, rows/s, MB/s of parquet and peak RSS. Target: < 15 s and < 1 GiB on 2 cores.
 // The input is built once by make-ultrafeedback-64k.ts (in its own process, so its memory is not counted).
 // Usage: npm run bench:binarize [-- rows [parquet|jsonl|both]]
 import { existsSync, mkdirSync, statSync } from 'node:fs'

@@ -3,7 +3,7 @@
 # the tiny-bench Mistral (vocab 32000, hidden 256, 4 layers, 8 heads / 2 KV heads, intermediate 688), pairs of
 # ~128 prompt + ~128 completion tokens, 4 pairs per step. Installs Debian's python3-torch and libopenblas0-pthread
 # (the strong peer: reference BLAS is ~10x slower) when missing; needs root for apt-get.
-# Usage: bash bench/dpo.sh [steps]     Target (issue #6): align pairs/s >= 1.0x PyTorch.
+# Usage: bash bench/dpo.sh [steps]     Target: align pairs/s >= 1.0x PyTorch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-5}

@@ -1,10 +1,10 @@
 /**
- * Seeded PRNG owned by align (xoshiro128**, seeded through splitmix32 from a string key).
+ * Seeded PRNG owned by align (xoshiro128**, seeded from the sha256 of a string key).
  *
- * Hand-written on purpose: tfjs has no global seed, and we need (a) a state we can write into a checkpoint
- * and restore on `--resume`, and (b) independent streams derived from a key (`seed:prompt_id` for the
- * rejected draw of one row, `seed:split` for the test split) so a row's draw never depends on which
- * rows came before it. 30 lines; the npm alternatives (seedrandom) add neither.
+ * Hand-written on purpose: tfjs has no global seed, and we need independent streams derived from a key
+ * (`seed:prompt_id` for the rejected draw of one row, `seed:split` for the test split, `seed:epoch:e` for the
+ * batch order), so a draw never depends on which draws came before it and a resumed run needs no saved RNG
+ * state. 30 lines; the npm alternatives (seedrandom) do not derive streams from keys.
  */
 import { createHash } from 'node:crypto'
 
@@ -22,14 +22,6 @@ export class Rng {
   static fromKey(key: string): Rng {
     const h = createHash('sha256').update(key).digest()
     return new Rng([h.readUInt32LE(0), h.readUInt32LE(4), h.readUInt32LE(8), h.readUInt32LE(12)])
-  }
-
-  static fromSeed(seed: number): Rng {
-    return Rng.fromKey(`align:${seed}`)
-  }
-
-  state(): RngState {
-    return [this.s[0]!, this.s[1]!, this.s[2]!, this.s[3]!]
   }
 
   /** Next uint32 (xoshiro128**). */

@@ -1,7 +1,7 @@
 /**
  * Binarization rules as pure functions: one UltraFeedback row -> zero or more (chosen, rejected) pairs,
  * or the reason the row was dropped. The recipe's `binarize:` section picks the rule; every rule is
- * documented with its source in recipes/*.yaml and the project's reference notes, dpo-anchors.md §3.
+ * documented with its public source in recipes/*.yaml (H4's create_dataset.py, Argilla's dataset card).
  */
 import type { Rng } from '../rng.ts'
 import { ASPECTS, type Aspect, type Completion, type UFRow } from './ultrafeedback.ts'

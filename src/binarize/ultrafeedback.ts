@@ -2,7 +2,7 @@
  * One openbmb/UltraFeedback row, checked and reduced to what binarization needs.
  *
  * Accepts both forms the data exists in: the Hub's raw JSONL and its parquet conversion. Quirks handled
- * (see the project's reference notes, dpo-anchors.md §3.1, §3.4): `Rating` is a string "1".."5" or "N/A" (numbers are
+ * (openbmb/UltraFeedback's dataset card and raw JSONL files): `Rating` is a string "1".."5" or "N/A" (numbers are
  * accepted too); in older raw files an aspect under `annotations` is a list of dicts (the first is used);
  * `overall_score` and `fine-grained_score` may be null. Anything else of the wrong shape is an error that
  * names the column, e.g. `completions[2].annotations.honesty.Rating`.

@@ -88,7 +88,7 @@ export class BufferedFile {
 
 /**
  * Append-only spool of compact pairs (the prompt once, not four times as in the H4 layout), one JSON array
- * per line, behind a 4 MiB write buffer. The full records are built when the splits are written.
+ * per line, behind an 8 MiB write buffer. The full records are built when the splits are written.
  */
 export class Spool {
   private file: BufferedFile

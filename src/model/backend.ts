@@ -35,7 +35,7 @@ function explainImportError(pkg: string, e: unknown): string {
   if (err.code === 'ERR_MODULE_NOT_FOUND' || /Cannot find (package|module)/.test(err.message ?? '')) {
     return `not installed (optional dependency ${pkg}: its install script could not download libtensorflow, or it was omitted)`
   }
-  if (/tfjs_binding\.node|native addon/i.test(err.message ?? '')) return `installed without its native binary (libtensorflow download failed; see README "GPU")`
+  if (/tfjs_binding\.node|native addon/i.test(err.message ?? '')) return `installed without its native binary (libtensorflow download failed; see README "Backends")`
   return `failed to load: ${(err.message ?? String(e)).split('\n')[0]}`
 }
 

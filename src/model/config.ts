@@ -93,7 +93,7 @@ const mistral = (o: Record<string, unknown>): Record<string, unknown> => ({
 })
 
 export const PRESETS: Record<string, Record<string, unknown>> = {
-  // mistralai/Mistral-7B-v0.1 config.json (shared/data/mistral-7b-v0.1/config.json)
+  // mistralai/Mistral-7B-v0.1's config.json on the Hub
   'mistral-7b': mistral({ hidden_size: 4096, intermediate_size: 14_336, num_hidden_layers: 32, num_attention_heads: 32, num_key_value_heads: 8, sliding_window: 4096 }),
   // the benchmark model of the performance issue: ~19M parameters, most of them in the 32k vocab
   'tiny-bench': mistral({ hidden_size: 256, intermediate_size: 688, num_hidden_layers: 4, num_attention_heads: 8, num_key_value_heads: 2, sliding_window: 4096, max_position_embeddings: 4096 }),
