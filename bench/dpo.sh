@@ -18,6 +18,11 @@ if ! /usr/bin/python3 -c 'import torch' 2>/dev/null || ! dpkg -s libopenblas0-pt
   echo "installing python3-torch + libopenblas0-pthread (apt-get)" >&2
   apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch libopenblas0-pthread >&2
 fi
+# what makes figures from different machines comparable: the CPU, its SIMD, the cores, the BLAS kernels PyTorch runs
+cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+avx512=$(grep -qw avx512f /proc/cpuinfo && echo yes || echo no)
+blas=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 -c "import ctypes; l = ctypes.CDLL('libopenblas.so.0'); l.openblas_get_corename.restype = ctypes.c_char_p; print(l.openblas_get_corename().decode())" 2>/dev/null || echo unknown)
+echo "machine: ${cpu} · AVX-512 ${avx512} · $(nproc) cores · OpenBLAS core ${blas} · align wasm (1 thread)"
 # this machine sets OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for old numpy builds; they slow a current OpenBLAS
 torch=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 bench/dpo_torch.py bench/out/pairs-128.jsonl 4 "$steps")
 echo "$torch"

@@ -82,7 +82,7 @@ function trainCommand(stage: 'sft' | 'dpo') {
       const recipe = loadRecipe(a.recipe, TRAIN_SCHEMA, a.overrides)
       const r = await train({ stage, recipe, backend: a.backend, resume: a.resume, dryRun: a.dryRun })
       if (r.plan) process.stdout.write(r.plan + '\n')
-      if (r.interrupted) process.exitCode = 130
+      if (r.interrupted) process.exitCode = r.signal === 'SIGTERM' ? 143 : 130
     },
   })
 }

@@ -4,7 +4,7 @@
  * and renamed into place, so a reader — or a resumed run — never sees a half-written file or directory.
  * No tfjs here (binarize and inspect use it).
  */
-import { existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, mkdirSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { basename, dirname, join, resolve } from 'node:path'
 import { AlignError } from './errors.ts'
 
@@ -50,4 +50,25 @@ export function writeAtomic<T>(target: string, write: (tmp: string) => T): T {
 /** Write a text or binary file atomically. */
 export function writeFileAtomic(path: string, data: string | Uint8Array): void {
   writeAtomic(path, (tmp) => writeFileSync(tmp, data))
+}
+
+/** Whether process `pid` exists (EPERM: it does, owned by someone else). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+/** Remove the temp paths in `dir` that a process which no longer runs left behind (a killed write); returns their names. */
+export function removeStaleTemps(dir: string): string[] {
+  if (!existsSync(dir)) return []
+  const stale = readdirSync(dir).filter((f) => {
+    const m = /^\..+\.tmp-(\d+)$/.exec(f)
+    return m !== null && Number(m[1]) !== process.pid && !processAlive(Number(m[1]))
+  })
+  for (const f of stale) rmSync(join(dir, f), { recursive: true, force: true })
+  return stale
 }

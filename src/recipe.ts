@@ -11,7 +11,7 @@ import { AlignError, describe } from './errors.ts'
 import { RECIPES_DIR } from './paths.ts'
 
 export type FieldType =
-  | { kind: 'number'; min?: number; max?: number }
+  | { kind: 'number'; min?: number; max?: number; /** exclusive bounds */ above?: number; below?: number }
   | { kind: 'integer'; min?: number; max?: number }
   | { kind: 'boolean' }
   | { kind: 'string' }
@@ -47,6 +47,10 @@ export type RecipeValues<S extends Schema> = { [K in keyof S]: Values<S[K]> }
 /** Field constructors that keep the literal kind, so `Values<typeof SECTION>` is exact. */
 export const field = {
   number: (d: number, doc: string, min = 0, max?: number) => ({ type: { kind: 'number' as const, min, max }, default: d, doc }),
+  /** a number > above (torch's check of epsilon) */
+  above: (d: number, doc: string, above: number) => ({ type: { kind: 'number' as const, above }, default: d, doc }),
+  /** a number in [0, 1) (torch's check of Adam's betas) */
+  fraction: (d: number, doc: string) => ({ type: { kind: 'number' as const, min: 0, below: 1 }, default: d, doc }),
   integer: (d: number, doc: string, min = 0) => ({ type: { kind: 'integer' as const, min }, default: d, doc }),
   boolean: (d: boolean, doc: string) => ({ type: { kind: 'boolean' as const }, default: d, doc }),
   string: (d: string, doc: string) => ({ type: { kind: 'string' as const }, default: d, doc }),
@@ -174,6 +178,8 @@ export function checkValue(v: unknown, field: Field, where: string): unknown {
       if (t.kind === 'integer' && !Number.isInteger(v)) throw fail('an integer')
       if (t.min !== undefined && v < t.min) throw fail(`a number >= ${t.min}`)
       if (t.max !== undefined && v > t.max) throw fail(`a number <= ${t.max}`)
+      if (t.kind === 'number' && t.above !== undefined && !(v > t.above)) throw fail(`a number > ${t.above}`)
+      if (t.kind === 'number' && t.below !== undefined && !(v < t.below)) throw fail(`a number < ${t.below}`)
       return v
     }
     case 'boolean':

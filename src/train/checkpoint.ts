@@ -56,7 +56,17 @@ function optimizerFiles(opt: Optimizer): { tensors: ReturnType<typeof toDisk>[];
   return { tensors, meta: { optimizer: opt.config.optimizer, step: opt.step, config: opt.config } }
 }
 
+/** Whether every value of these tensors is finite: sum(t · 0) is NaN exactly when t holds a NaN or ±Inf. */
+export function allFinite(tensors: tf.Tensor[]): boolean {
+  return tensors.length === 0 || Number.isFinite(tf.tidy(() => tf.addN(tensors.map((t) => tf.sum(tf.mul(t, 0)))).dataSync()[0]!))
+}
+
+/** Save a checkpoint; weights or optimizer moments that are not all finite are refused, never written. */
 export function saveCheckpoint(a: SaveArgs): void {
+  const moments = a.optimizer ? [...a.optimizer.m.values(), ...a.optimizer.v.values()] : []
+  if (!allFinite([...a.model.params.values(), ...moments])) {
+    throw new AlignError(`${a.state.stage}: the weights or optimizer state hold NaN/Inf after step ${a.state.global_step}; nothing was saved for it. The last good checkpoint is kept; lower learning_rate or check the optimizer settings`)
+  }
   const opt = a.optimizer ? optimizerFiles(a.optimizer) : undefined
   const files = { 'trainer_state.json': a.state, ...a.files, ...(opt ? { 'optimizer.json': opt.meta } : {}) }
   savePretrained(a.dir, a.model, { dtype: a.dtype, tokenizerDir: a.tokenizerDir, base: a.base, files, extraTensors: opt ? { 'optimizer.safetensors': opt.tensors } : undefined })

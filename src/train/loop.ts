@@ -7,7 +7,7 @@
  * Optimizer step s consumes micro-batches [s·GA, (s+1)·GA) of the seeded stream (sampler.ts), so the whole state
  * of a run is the step, the weights and the optimizer moments: what a checkpoint holds and `--resume` restores.
  */
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import * as tf from '@tensorflow/tfjs'
 import { AlignError } from '../errors.ts'
@@ -24,12 +24,15 @@ import { resolveResume, resume, saveCheckpoint, saveStepCheckpoint, type Trainer
 import { RunLog, Window, mean, round4, type Row } from './log.ts'
 import { Optimizer, clipByGlobalNorm, lrLambda } from './optim.ts'
 import { microBatchStream } from './sampler.ts'
+import { claimRunDir, watchSignals } from './rundir.ts'
 
 export { runDirOf, type TrainOptions } from './setup.ts'
 
 export interface TrainResult {
-  /** true when Ctrl-C (or stopAfter) ended the run early, after saving a checkpoint */
+  /** true when Ctrl-C / SIGTERM (or stopAfter) ended the run early, after saving a checkpoint */
   interrupted?: boolean
+  /** the signal that stopped it */
+  signal?: NodeJS.Signals
   runDir: string
   finalDir: string | undefined
   logHistory: Row[]
@@ -42,13 +45,23 @@ const SAVE_DTYPE = { float32: 'F32', bfloat16: 'BF16', float16: 'F16' } as const
 
 export async function train(o: TrainOptions): Promise<TrainResult> {
   const run = await prepareRun(o)
-  const { args, runDir, schedule } = run
+  const { args, runDir } = run
   const result = (r: Partial<TrainResult>): TrainResult => ({ runDir, finalDir: undefined, logHistory: [], backend: run.backend, dataStats: { train: run.data.train.stats, eval: run.data.eval.stats }, ...r })
   if (o.dryRun) return result({ plan: dryRunReport(run) })
+  const release = claimRunDir(runDir, { resume: o.resume !== undefined, overwrite: args.overwrite_output_dir, log: run.log })
+  try {
+    return await trainClaimed(run, result)
+  } finally {
+    release()
+  }
+}
+
+/** The run, once its directory is ours: policy, reference, resume, the loop, the final save. */
+async function trainClaimed(run: Run, result: (r: Partial<TrainResult>) => TrainResult): Promise<TrainResult> {
+  const { o, args, runDir, schedule } = run
   const model = buildPolicy(run)
   const refs = o.stage === 'dpo' ? buildReference(run, model) : undefined
   const opt = new Optimizer({ optimizer: args.optim, beta1: args.adam_beta1, beta2: args.adam_beta2, eps: args.adam_epsilon, weightDecay: args.weight_decay, rmspropAlpha: 0.99 })
-  mkdirSync(runDir, { recursive: true })
   const resumed = o.resume ? resume(resolveResume(runDir, o.resume), o.stage, model, opt) : undefined
   if (resumed) run.log(`resumed at step ${resumed.global_step}`)
   let step = resumed?.global_step ?? 0
@@ -62,9 +75,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   }
   const nextBatch = microBatchStream({ seed: args.seed, batchSize: args.per_device_train_batch_size, groupByLength: args.group_by_length, lengths: run.data.train.pairs.map(pairTokens) })
   const progress = new Progress(o.stage, { quiet: o.quiet, plainEveryMs: 0 })
-  let interrupted = false
-  const onSigint = () => void (interrupted = true)
-  process.on('SIGINT', onSigint)
+  const signals = watchSignals()
   const [startStep, tStart] = [step, performance.now()]
   const window = new Window()
   let lossSum = 0 // per-step mean losses of this invocation, for the final train_loss (HF Trainer)
@@ -73,6 +84,10 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       await new Promise((r) => setImmediate(r)) // let a pending Ctrl-C (SIGINT) handler run between steps
       const { grads, batches } = accumulate(run, model, refs, step, nextBatch)
       const { grads: clipped, norm } = clipByGlobalNorm(grads, args.max_grad_norm)
+      if (!Number.isFinite(norm)) {
+        tf.dispose([...clipped.values()])
+        throw new AlignError(`${o.stage}: grad_norm is ${norm} at step ${step + 1}; stopped before the update. The last good checkpoint is kept in ${runDir}; lower learning_rate or check the data`)
+      }
       const lr = args.learning_rate * lrLambda(args.lr_scheduler_type, step, schedule.maxSteps, schedule.warmup)
       opt.apply(new Map([...model.params].filter(([, p]) => p.trainable)), clipped, lr)
       tf.dispose([...clipped.values()])
@@ -91,11 +106,11 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       if ((args.eval_steps > 0 && step % args.eval_steps === 0) || last) {
         log.record({ step, epoch, ...evaluate(run.objective, model, run.data.eval.pairs, refs?.eval, { batchSize: args.per_device_eval_batch_size, padId: run.tok.padId }).metrics })
       }
-      const stopping = interrupted || (o.stopAfter !== undefined && step - startStep >= o.stopAfter)
+      const stopping = signals.signal() !== undefined || (o.stopAfter !== undefined && step - startStep >= o.stopAfter)
       const saved = (args.save_steps > 0 && step % args.save_steps === 0) || last || stopping ? save(undefined, false) : undefined
       if (stopping) {
         progress.fail(`${o.stage}: stopped at step ${step}/${schedule.maxSteps}, saved ${saved}; resume with --resume latest`)
-        return result({ interrupted: true, logHistory: log.history })
+        return result({ interrupted: true, signal: signals.signal(), logHistory: log.history })
       }
     }
     const [steps, secs] = [step - startStep, (performance.now() - tStart) / 1000]
@@ -106,7 +121,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     progress.succeed(`${o.stage}: ${schedule.maxSteps} steps · train_loss ${trainLoss.toFixed(4)} (mean of this run) · saved ${finalDir}`)
     return result({ finalDir, logHistory: log.history })
   } finally {
-    process.off('SIGINT', onSigint)
+    signals.stop()
     disposeModel(model)
     if (refs?.frozen) disposeModel(refs.frozen)
     opt.dispose()

@@ -30,6 +30,7 @@ export const DATA_SECTION = {
 function trainerFields(d: { lr: number; schedule: (typeof SCHEDULES)[number]; maxLength: number; out: string }) {
   return {
     output_dir: field.string(d.out, 'run directory under checkpoints/ (or a path)'),
+    overwrite_output_dir: field.boolean(false, 'replace a previous run in output_dir (without it a fresh run there is refused)'),
     learning_rate: field.number(d.lr, 'peak learning rate'),
     lr_scheduler_type: field.enum(SCHEDULES, d.schedule, 'schedule after warmup'),
     warmup_ratio: field.number(0.1, 'fraction of steps spent warming up linearly from 0', 0, 1),
@@ -39,9 +40,9 @@ function trainerFields(d: { lr: number; schedule: (typeof SCHEDULES)[number]; ma
     per_device_eval_batch_size: field.integer(8, 'pairs per eval batch', 1),
     gradient_accumulation_steps: field.integer(1, 'micro-batches per optimizer step (global batch = batch size x this)', 1),
     optim: field.enum(OPTIMIZERS, 'adamw', 'optimizer'),
-    adam_beta1: field.number(0.9, 'AdamW beta1'),
-    adam_beta2: field.number(0.999, 'AdamW beta2'),
-    adam_epsilon: field.number(1e-8, 'AdamW / RMSprop epsilon'),
+    adam_beta1: field.fraction(0.9, 'AdamW beta1, in [0, 1) as torch requires'),
+    adam_beta2: field.fraction(0.999, 'AdamW beta2, in [0, 1) as torch requires'),
+    adam_epsilon: field.above(1e-8, 'AdamW / RMSprop epsilon (> 0)', 0),
     weight_decay: field.number(0, 'decoupled weight decay'),
     max_grad_norm: field.number(1, 'global gradient-norm clip (0 = off)'),
     seed: field.integer(42, 'data order seed'),
