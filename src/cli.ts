@@ -177,15 +177,26 @@ export const app = subcommands({
   cmds: { binarize: binarizeCmd, inspect: inspectCmd, eval: evalCmd, sample: sampleCmd, sft: trainCommand('sft'), train: trainCommand('dpo'), info: infoCmd, bench: benchCmd, demo: demoCmd },
 })
 
+const SYSTEM_ERRORS: Record<string, string> = {
+  ENOSPC: 'no space left on the device', EACCES: 'permission denied', EPERM: 'operation not permitted', EROFS: 'read-only file system',
+  ENOTDIR: 'a part of the path is a file, not a directory', EISDIR: 'is a directory', ENOENT: 'no such file or directory', EEXIST: 'already exists', EMFILE: 'too many open files',
+}
+
+/** Every failure as one line: AlignErrors as they are, file-system errors naming the path, anything else as an internal error. */
+export function errorLine(e: unknown): string {
+  if (e instanceof AlignError) return `align: error: ${e.message}`
+  const err = e as NodeJS.ErrnoException & { dest?: string }
+  if (err?.code && SYSTEM_ERRORS[err.code]) return `align: error: ${err.syscall ?? 'file operation'} ${err.path ?? ''}${err.dest ? ` -> ${err.dest}` : ''}: ${SYSTEM_ERRORS[err.code]} (${err.code}); free space or fix the path and permissions, then run again`
+  return `align: internal error: ${String(err?.message ?? e).split('\n')[0]!.slice(0, 300)} (ALIGN_DEBUG=1 prints the stack)`
+}
+
 export async function main(argv: string[]): Promise<void> {
   try {
     await run(binary(app), argv)
   } catch (e) {
-    if (e instanceof AlignError) {
-      process.stderr.write(`align: error: ${e.message}\n`)
-      process.exit(1)
-    }
-    throw e
+    if (process.env.ALIGN_DEBUG) console.error(e)
+    process.stderr.write(errorLine(e) + '\n')
+    process.exit(e instanceof AlignError || (e as NodeJS.ErrnoException)?.code ? 1 : 70)
   }
 }
 

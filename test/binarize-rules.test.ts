@@ -113,4 +113,11 @@ test('empty responses and duplicates are filtered before pairing when asked', ()
   assert.equal(pairs(row([comp('x', 9, [5, 5, 5, 5]), comp('', 1, [null, null, null, null])]), zephyr), [['x', '']])
 })
 
+test('the same text on both sides (two empty responses from different models) is dropped and counted', () => {
+  const r = row([comp('', 4, [2, 2, 2, 2], 'model-a'), comp('', 4, [2, 2, 2, 2], 'model-b')])
+  assert.is(pairs(r, zephyr), 'identical_responses') // H4's redraw compares (score, text, model): a different model passes it
+  assert.is(pairs(row([comp('', 6, [3, 3, 3, 3], 'x'), comp('', 2, [1, 1, 1, 1], 'y')]), { ...base, rejected: 'lowest' }), 'identical_responses')
+  assert.equal(pairs(row([comp('a', 6, [3, 3, 3, 3]), comp('b', 2, [1, 1, 1, 1])]), { ...base, rejected: 'lowest' }), [['a', 'b']])
+})
+
 test.run()

@@ -17,6 +17,7 @@ export const DROP_REASONS = [
   'no_score',
   'tie',
   'below_margin',
+  'identical_responses',
 ] as const
 export type DropReason = (typeof DROP_REASONS)[number]
 
@@ -134,6 +135,8 @@ export function binarizeRow(row: UFRow, o: RuleOptions, rng: () => Rng): RowResu
       break
   }
   if (chosen.score - rejected.score < o.min_margin) return { drop: 'below_margin' }
+  // the same text on both sides (e.g. two empty responses) teaches nothing: Δ = 0 whatever the policy
+  if (chosen.response === rejected.response) return { drop: 'identical_responses' }
   return { pairs: [{ chosen, rejected }] }
 }
 

@@ -6,7 +6,7 @@
  *
  * Everything is written inside a temp directory that replaces `--out` only when complete.
  */
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readSync, rmSync, writeSync } from 'node:fs'
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readSync, rmSync, statSync, writeSync } from 'node:fs'
 import { createHash } from 'node:crypto'
 import { dirname, join, resolve } from 'node:path'
 import { ParquetWriter, fileWriter } from 'hyparquet-writer'
@@ -219,6 +219,7 @@ export class OutputDir {
     const parent = dirname(resolve(out))
     mkdirSync(parent, { recursive: true })
     if (existsSync(out)) {
+      if (!statSync(out).isDirectory()) throw new AlignError(`--out ${out} is a file; binarize writes a directory (train_prefs/test_prefs + stats.json): choose another --out`)
       const files = readdirSync(out)
       if (files.length > 0 && !files.includes('stats.json')) {
         throw new AlignError(`--out ${out} exists and is not a binarize output (no stats.json); choose another --out or empty it`)

@@ -5,7 +5,7 @@
  * (`model-00001-of-0000N.safetensors`, default 5 GB shards) so transformers loads it unchanged.
  */
 import { copyFileSync, existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { basename, join } from 'node:path'
 import { AlignError } from '../errors.ts'
 import { readJson, writeAtomic } from '../files.ts'
 import { readHeader, readTensor, writeSafetensors, type SafetensorsHeader, type TensorInfo, type TensorToWrite } from './safetensors.ts'
@@ -45,6 +45,7 @@ export function openWeights(dir: string, file?: string): Weights {
     if (!map || typeof map !== 'object') throw new AlignError(`${index}: has no weight_map`)
     const byFile = new Map<string, SafetensorsHeader>()
     for (const [name, shard] of Object.entries(map)) {
+      if (typeof shard !== 'string' || shard !== basename(shard) || shard === '..' || shard === '.') throw new AlignError(`${index}: maps ${name} to ${JSON.stringify(shard)}; shard names must be files inside ${dir}`)
       let h = byFile.get(shard)
       if (!h) {
         const p = join(dir, shard)

@@ -11,7 +11,7 @@
  */
 import { closeSync, fstatSync, openSync, readSync, writeSync } from 'node:fs'
 import { writeAtomic } from '../files.ts'
-import { AlignError } from '../errors.ts'
+import { AlignError, describe } from '../errors.ts'
 
 export type DType = 'F32' | 'F16' | 'BF16' | 'F64' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL'
 const BYTES: Record<DType, number> = { F32: 4, F16: 2, BF16: 2, F64: 8, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1 }
@@ -51,23 +51,38 @@ export function readHeader(path: string): SafetensorsHeader {
     } catch (e) {
       throw new AlignError(`${path}: corrupt safetensors header (${(e as Error).message})`)
     }
+    if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new AlignError(`${path}: corrupt safetensors header (not a JSON object)`)
     const dataStart = 8 + n
     const metadata = (json.__metadata__ ?? {}) as Record<string, string>
     const tensors = new Map<string, TensorInfo>()
     for (const [name, v] of Object.entries(json)) {
       if (name === '__metadata__') continue
-      const { dtype, shape, data_offsets } = v as { dtype: DType; shape: number[]; data_offsets: [number, number] }
-      if (!(dtype in BYTES)) throw new AlignError(`${path}: tensor ${name} has unsupported dtype ${dtype}`)
-      const [b, e] = data_offsets ?? []
-      const want = shape.reduce((a, d) => a * d, 1) * BYTES[dtype]
-      if (b === undefined || e === undefined || e - b !== want) throw new AlignError(`${path}: tensor ${name} ${dtype}[${shape}] has data_offsets ${JSON.stringify(data_offsets)} (needs ${want} bytes)`)
-      if (dataStart + e > fileSize) throw new AlignError(`${path}: truncated: tensor ${name} ends at byte ${dataStart + e} of ${fileSize}`)
-      tensors.set(name, { name, dtype, shape, begin: dataStart + b, end: dataStart + e })
+      tensors.set(name, tensorEntry(path, name, v, dataStart, fileSize))
     }
+    // the format requires the offsets to tile the data buffer exactly: no gaps, no overlaps, nothing after
+    let at = 0
+    for (const t of [...tensors.values()].sort((x, y) => x.begin - y.begin || x.end - y.end)) {
+      if (t.begin - dataStart !== at) throw new AlignError(`${path}: tensor ${t.name} starts at data offset ${t.begin - dataStart} but the previous tensor ends at ${at} (offsets must tile the data: ${t.begin - dataStart < at ? 'overlap' : 'gap'}); the file is corrupt`)
+      at = t.end - dataStart
+    }
+    if (dataStart + at !== fileSize) throw new AlignError(`${path}: ${fileSize - dataStart - at} bytes after the last tensor belong to none; the file is corrupt`)
     return { path, fileSize, metadata, tensors }
   } finally {
     closeSync(fd)
   }
+}
+
+/** One header entry, checked: a known dtype, a list of non-negative integer dims, offsets that fit the file. */
+function tensorEntry(path: string, name: string, v: unknown, dataStart: number, fileSize: number): TensorInfo {
+  if (v === null || typeof v !== 'object') throw new AlignError(`${path}: tensor ${name} has header entry ${describe(v)}, not {dtype, shape, data_offsets}; the file is corrupt`)
+  const { dtype, shape, data_offsets } = v as { dtype: unknown; shape: unknown; data_offsets: unknown }
+  if (typeof dtype !== 'string' || !(dtype in BYTES)) throw new AlignError(`${path}: tensor ${name} has unsupported dtype ${describe(dtype)}`)
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) throw new AlignError(`${path}: tensor ${name} has shape ${describe(shape)}, not a list of non-negative integers; the file is corrupt`)
+  const [b, e] = Array.isArray(data_offsets) ? data_offsets : []
+  const want = shape.reduce((a: number, d: number) => a * d, 1) * BYTES[dtype as DType]
+  if (!Number.isInteger(b) || !Number.isInteger(e) || b < 0 || e - b !== want) throw new AlignError(`${path}: tensor ${name} ${dtype}[${shape}] has data_offsets ${JSON.stringify(data_offsets)} (needs ${want} bytes)`)
+  if (dataStart + e > fileSize) throw new AlignError(`${path}: truncated: tensor ${name} ends at byte ${dataStart + e} of ${fileSize}`)
+  return { name, dtype: dtype as DType, shape, begin: dataStart + b, end: dataStart + e }
 }
 
 /** Read one tensor as float32 (F32, F16, BF16, and integer dtypes converted). */

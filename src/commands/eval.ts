@@ -9,7 +9,7 @@ import { Progress } from '../progress.ts'
 import { initBackend } from '../model/backend.ts'
 import { disposeModel } from '../model/mistral.ts'
 import { describePolicy, resolvePolicy } from '../model/policy.ts'
-import { loadTokenizer } from '../model/tokenizer.ts'
+import { checkVocabulary, loadTokenizer } from '../model/tokenizer.ts'
 import { dpoObjective, evaluate, type LossType } from '../preference/objective.ts'
 import { loadPairs } from '../preference/pairs.ts'
 import { liveReference, pairLogps, precomputedReference } from '../preference/reference.ts'
@@ -30,10 +30,18 @@ export interface EvalArgs {
 }
 
 export async function evaluatePairs(a: EvalArgs): Promise<{ metrics: Record<string, number>; perPair: Record<string, number>[] }> {
+  if (!Number.isInteger(a.batchSize) || a.batchSize < 1) throw new AlignError(`--batch-size ${a.batchSize}: needs a whole number >= 1`)
+  if (!Number.isInteger(a.maxLength) || a.maxLength < 2) throw new AlignError(`--max-length ${a.maxLength}: needs a whole number >= 2`)
+  if (!Number.isInteger(a.maxPromptLength) || a.maxPromptLength < 1 || a.maxPromptLength >= a.maxLength) throw new AlignError(`--max-prompt-length ${a.maxPromptLength}: needs a whole number from 1 to --max-length - 1 (${a.maxLength - 1}), or completions are truncated away`)
+  if (!(a.beta > 0)) throw new AlignError(`--beta ${a.beta}: needs a number > 0`)
+  if (!(a.labelSmoothing >= 0 && a.labelSmoothing <= 0.5)) throw new AlignError(`--label-smoothing ${a.labelSmoothing}: needs a number from 0 to 0.5`)
   await initBackend(a.backend)
   if (!a.reference && describePolicy(a.policy).kind !== 'adapter') throw new AlignError(`--reference is needed unless --policy is a LoRA adapter directory (whose base is then the reference)`)
+  const described = describePolicy(a.policy)
+  const tok = loadTokenizer(described.tokenizerDir)
+  checkVocabulary(tok, described.config.vocabSize)
   const { model: policy, spec } = resolvePolicy(a.policy, { trainable: false })
-  const tok = loadTokenizer(spec.tokenizerDir)
+  if (spec.tokenizerSource === 'shipped' && !a.quiet) process.stderr.write(`${a.policy} has no tokenizer.json (nor its base): using the shipped Mistral-7B tokenizer\n`)
   const { pairs } = await loadPairs(a.pairs, tok, a.maxLength, a.maxPromptLength)
   const progress = new Progress('eval', { quiet: a.quiet ?? true })
   let reference = liveReference(policy, pairs, false) // an adapter's base: the policy with adapters off
@@ -45,6 +53,8 @@ export async function evaluatePairs(a: EvalArgs): Promise<{ metrics: Record<stri
   const objective = dpoObjective({ beta: a.beta, lossType: a.loss, labelSmoothing: a.labelSmoothing })
   const { metrics, batches } = evaluate(objective, policy, pairs, reference, { batchSize: a.batchSize, padId: tok.padId, prefix: '', onBatch: (done) => progress.update(done, pairs.length, 'pairs') })
   disposeModel(policy)
+  const bad = Object.entries(metrics).find(([, x]) => !Number.isFinite(x))
+  if (bad) throw new AlignError(`${a.policy}${a.reference ? ` / ${a.reference}` : ''}: ${bad[0]} is ${bad[1]}: the log-probs are not finite, so a checkpoint holds NaN/Inf weights (align inspect --stats shows which tensors)`)
   const stats = batches.flatMap((b) => (b.pairs ? [b.pairs] : []))
   const col = (f: (s: (typeof stats)[number]) => number[]) => stats.flatMap(f)
   const [pc, pr, rc, rr, losses] = [col((s) => s.policy.chosen), col((s) => s.policy.rejected), col((s) => s.reference.chosen), col((s) => s.reference.rejected), col((s) => s.losses)]

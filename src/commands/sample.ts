@@ -5,8 +5,9 @@
 import { initBackend } from '../model/backend.ts'
 import { generate } from '../model/generate.ts'
 import { disposeModel } from '../model/mistral.ts'
-import { resolvePolicy } from '../model/policy.ts'
-import { encodeChat, loadTokenizer } from '../model/tokenizer.ts'
+import { describePolicy, resolvePolicy } from '../model/policy.ts'
+import { checkVocabulary, encodeChat, loadTokenizer } from '../model/tokenizer.ts'
+import { AlignError } from '../errors.ts'
 
 export interface SampleArgs {
   dir: string
@@ -20,9 +21,15 @@ export interface SampleArgs {
 }
 
 export async function sample(a: SampleArgs, write: (text: string) => void = (t) => void process.stdout.write(t)): Promise<number[]> {
+  if (!Number.isInteger(a.maxNewTokens) || a.maxNewTokens < 0) throw new AlignError(`--max-new-tokens ${a.maxNewTokens}: needs a whole number >= 0`)
+  if (!(a.temperature >= 0)) throw new AlignError(`--temperature ${a.temperature}: needs a number >= 0 (0 = greedy)`)
+  if (!(a.topP > 0 && a.topP <= 1)) throw new AlignError(`--top-p ${a.topP}: needs a number in (0, 1]`)
   await initBackend(a.backend)
-  const { model, spec } = resolvePolicy(a.dir, { trainable: false })
+  const spec = describePolicy(a.dir)
   const tok = loadTokenizer(spec.tokenizerDir)
+  checkVocabulary(tok, spec.config.vocabSize)
+  const { model } = resolvePolicy(a.dir, { trainable: false })
+  if (spec.tokenizerSource === 'shipped') process.stderr.write(`${a.dir} has no tokenizer.json (nor its base): using the shipped Mistral-7B tokenizer\n`)
   const ids = a.raw ? tok.encode(a.prompt) : encodeChat(tok, tok.render([{ role: 'user', content: a.prompt }], true))
   let shown = ''
   const out: number[] = []

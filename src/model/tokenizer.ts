@@ -48,7 +48,13 @@ export function loadTokenizer(dir: string): ChatTokenizer {
   const json = readJson(tjPath)
   const cfgPath = join(dir, 'tokenizer_config.json')
   const cfg: Record<string, any> = existsSync(cfgPath) ? readJson(cfgPath) : {}
-  const tok = new Tokenizer(json, cfg)
+  let tok: Tokenizer
+  try {
+    tok = new Tokenizer(json, cfg)
+    tok.encode('ok')
+  } catch (e) {
+    throw new AlignError(`${tjPath}: not a tokenizer @huggingface/tokenizers can load (${(e as Error).message.split('\n')[0]}); copy the model's own tokenizer.json`)
+  }
   const bos = tokenText(cfg.bos_token) ?? '<s>'
   const eos = tokenText(cfg.eos_token) ?? '</s>'
   const id = (t: string) => {
@@ -60,7 +66,12 @@ export function loadTokenizer(dir: string): ChatTokenizer {
   const vocab = tok.get_vocab() as Map<string, number> | Record<string, number>
   const ids = vocab instanceof Map ? [...vocab.values()] : Object.values(vocab)
   const src = typeof cfg.chat_template === 'string' ? cfg.chat_template : undefined
-  const template = new Template(src ?? ZEPHYR_TEMPLATE)
+  let template: Template
+  try {
+    template = new Template(src ?? ZEPHYR_TEMPLATE)
+  } catch (e) {
+    throw new AlignError(`${cfgPath}: chat_template does not parse (${(e as Error).message.split('\n')[0]})`)
+  }
   const bosId = id(bos)
   const eosId = id(eos)
   return {
@@ -74,7 +85,13 @@ export function loadTokenizer(dir: string): ChatTokenizer {
     templateSource: src ? 'tokenizer_config.json' : 'zephyr default',
     encode: (text, addSpecialTokens = true) => tok.encode(text, { add_special_tokens: addSpecialTokens } as never).ids as number[],
     decode: (ids) => tok.decode(ids, { skip_special_tokens: false } as never) as string,
-    render: (messages, addGenerationPrompt) => template.render({ messages, add_generation_prompt: addGenerationPrompt, bos_token: bos, eos_token: eos }),
+    render: (messages, addGenerationPrompt) => {
+      try {
+        return template.render({ messages, add_generation_prompt: addGenerationPrompt, bos_token: bos, eos_token: eos })
+      } catch (e) {
+        throw new AlignError(`${src ? cfgPath : 'the Zephyr template'}: chat_template failed to render (${(e as Error).message.split('\n')[0]})`)
+      }
+    },
   }
 }
 
@@ -100,4 +117,9 @@ export function tokenizeTurn(t: ChatTokenizer, prompt: Message[], completion: st
     completionIds = [...t.encode(completion, false), t.eosId]
   }
   return { promptIds, completionIds, boundaryMismatch }
+}
+
+/** A tokenizer whose ids do not all index the model's embedding table would read garbage rows: refuse it. */
+export function checkVocabulary(tok: ChatTokenizer, vocabSize: number): void {
+  if (tok.vocabSize > vocabSize) throw new AlignError(`tokenizer ${tok.dir} has ${tok.vocabSize} tokens but the model's vocab_size is ${vocabSize}; use the policy's own tokenizer`)
 }

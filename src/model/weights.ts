@@ -76,9 +76,15 @@ export function loadConfig(dir: string): ModelConfig {
   return parseConfig(readJson(path), path)
 }
 
+/** Buffers some exporters write that are not parameters (transformers recomputes them). */
+const IGNORED = /\.rotary_emb\.inv_freq$/
+
 /** Check that `weights` holds exactly the tensors `config` implies, with their shapes, before anything is allocated. */
 function checkTensors(dir: string, config: ModelConfig, weights: Weights): void {
-  for (const [name, shape] of parameterShapes(config)) {
+  const shapes = parameterShapes(config)
+  const extra = weights.names().filter((n) => !shapes.has(n) && !IGNORED.test(n))
+  if (extra.length) throw new AlignError(`${dir}: checkpoint has tensor ${extra[0]}${extra.length > 1 ? ` and ${extra.length - 1} more` : ''} that config.json does not describe (it says ${config.numLayers} layers${config.tieWordEmbeddings ? ', tied embeddings' : ''}); the config and the weights belong to different models`)
+  for (const [name, shape] of shapes) {
     if (!weights.has(name)) throw new AlignError(`${dir}: checkpoint has no tensor ${name} (config.json says ${config.numLayers} layers${config.tieWordEmbeddings ? ', tied embeddings' : ''})`)
     const got = weights.info(name).shape
     if (got.join(',') !== shape.join(',')) throw new AlignError(`${dir}: tensor ${name} has shape [${got}] but config.json implies [${shape}]`)

@@ -16,7 +16,7 @@ import type { ModelConfig } from '../model/config.ts'
 import { addLora } from '../model/lora.ts'
 import { disposeModel, type Model } from '../model/mistral.ts'
 import { describePolicy, resolvePolicy, type PolicySpec } from '../model/policy.ts'
-import { loadTokenizer, type ChatTokenizer } from '../model/tokenizer.ts'
+import { checkVocabulary as checkTokenizer, loadTokenizer, type ChatTokenizer } from '../model/tokenizer.ts'
 import { dpoObjective, sftObjective, type Objective } from '../preference/objective.ts'
 import { loadPairs, resolveSplit, type DataStats, type PairSet } from '../preference/pairs.ts'
 import { liveReference, precompute, precomputedReference, type Reference } from '../preference/reference.ts'
@@ -60,7 +60,7 @@ export function runDirOf(outputDir: string): string {
 
 /** Every token id must index the model's embedding table; the tokenizer must fit the vocabulary. */
 function checkVocabulary(config: ModelConfig, tok: ChatTokenizer, sets: PairSet[]): void {
-  if (tok.vocabSize > config.vocabSize) throw new AlignError(`tokenizer ${tok.dir} has ${tok.vocabSize} tokens but the model's vocab_size is ${config.vocabSize}; use the policy's own tokenizer`)
+  checkTokenizer(tok, config.vocabSize)
   for (const set of sets) {
     const i = set.pairs.findIndex((p) => [p.promptIds, p.chosenIds, p.rejectedIds].some((ids) => ids.some((t) => t < 0 || t >= config.vocabSize)))
     if (i >= 0) throw new AlignError(`${set.file} pair ${i + 1}: token id outside the model's vocabulary (vocab_size ${config.vocabSize}); the data was tokenized for another model`)
@@ -77,6 +77,7 @@ export async function prepareRun(o: TrainOptions): Promise<Run> {
   const policy = describePolicy(v.model.policy, v.model.init_seed)
   if (policy.kind === 'adapter') throw new AlignError(`model.policy ${v.model.policy} is a LoRA adapter directory; train from its base (model.policy=${policy.baseDir}) or from a merged checkpoint`)
   const tokenizerDir = v.model.tokenizer ?? policy.tokenizerDir
+  if (v.model.tokenizer === null && policy.tokenizerSource === 'shipped' && policy.kind !== 'preset') log(`${v.model.policy} has no tokenizer.json: using the shipped Mistral-7B tokenizer (${tokenizerDir}); set model.tokenizer to choose another`)
   const tok = loadTokenizer(tokenizerDir)
   // SFT keeps at most half of max_length for the prompt, so every row keeps completion tokens to learn from
   const maxPrompt = o.stage === 'dpo' ? v.dpo.max_prompt_length : Math.floor(args.max_length / 2)
