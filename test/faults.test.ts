@@ -12,7 +12,7 @@ import { loadRecipe } from '../src/recipe.ts'
 import { initModel, loadModel, loadWeightsInto, savePretrained } from '../src/model/weights.ts'
 import { parseConfig } from '../src/model/config.ts'
 import { Rng } from '../src/rng.ts'
-import { loadTokenizer } from '../src/model/tokenizer.ts'
+import { checkTemplate, loadTokenizer } from '../src/model/tokenizer.ts'
 import { evaluatePairs } from '../src/commands/eval.ts'
 import { sample } from '../src/commands/sample.ts'
 import { TRAIN_SCHEMA } from '../src/train/schema.ts'
@@ -143,6 +143,16 @@ test('corrupt checkpoints: one clear error each, nothing read as weights', async
   const badTok = tmp()
   writeFileSync(join(badTok, 'tokenizer.json'), JSON.stringify({ model: { type: 'nonsense' } }))
   await rejects(() => loadTokenizer(badTok), /tokenizer\.json: not a tokenizer @huggingface\/tokenizers can load/)
+  // a chat template that loops without bound is stopped, not run until memory runs out
+  const loop = tmp()
+  cpSync(join(ROOT, 'data', 'tokenizer'), loop, { recursive: true })
+  const tc = JSON.parse(readFileSync(join(loop, 'tokenizer_config.json'), 'utf8'))
+  writeFileSync(join(loop, 'tokenizer_config.json'), JSON.stringify({ ...tc, chat_template: '{% for i in range(1000000000) %}x{% endfor %}' }))
+  const t0 = performance.now()
+  await rejects(() => checkTemplate(loadTokenizer(loop), 1000), /chat_template did not finish rendering a 4-message conversation in 1 s/)
+  assert.ok(performance.now() - t0 < 5000)
+  writeFileSync(join(loop, 'tokenizer_config.json'), JSON.stringify({ ...tc, chat_template: '{{ messages | nosuchfilter }}' }))
+  await rejects(() => checkTemplate(loadTokenizer(loop)), /chat_template failed to render/)
 })
 
 test('bad flags and inputs of eval, sample, train --dry-run and binarize: one line, non-zero exit, no hang', async () => {

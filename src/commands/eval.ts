@@ -9,7 +9,7 @@ import { Progress } from '../progress.ts'
 import { initBackend } from '../model/backend.ts'
 import { disposeModel } from '../model/mistral.ts'
 import { describePolicy, resolvePolicy } from '../model/policy.ts'
-import { checkVocabulary, loadTokenizer } from '../model/tokenizer.ts'
+import { checkTemplate, checkVocabulary, loadTokenizer } from '../model/tokenizer.ts'
 import { dpoObjective, evaluate, type LossType } from '../preference/objective.ts'
 import { loadPairs } from '../preference/pairs.ts'
 import { liveReference, pairLogps, precomputedReference } from '../preference/reference.ts'
@@ -40,6 +40,7 @@ export async function evaluatePairs(a: EvalArgs): Promise<{ metrics: Record<stri
   const described = describePolicy(a.policy)
   const tok = loadTokenizer(described.tokenizerDir)
   checkVocabulary(tok, described.config.vocabSize)
+  await checkTemplate(tok)
   const { model: policy, spec } = resolvePolicy(a.policy, { trainable: false })
   if (spec.tokenizerSource === 'shipped' && !a.quiet) process.stderr.write(`${a.policy} has no tokenizer.json (nor its base): using the shipped Mistral-7B tokenizer\n`)
   const { pairs } = await loadPairs(a.pairs, tok, a.maxLength, a.maxPromptLength)

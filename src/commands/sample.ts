@@ -6,7 +6,7 @@ import { initBackend } from '../model/backend.ts'
 import { generate } from '../model/generate.ts'
 import { disposeModel } from '../model/mistral.ts'
 import { describePolicy, resolvePolicy } from '../model/policy.ts'
-import { checkVocabulary, encodeChat, loadTokenizer } from '../model/tokenizer.ts'
+import { checkTemplate, checkVocabulary, encodeChat, loadTokenizer } from '../model/tokenizer.ts'
 import { AlignError } from '../errors.ts'
 
 export interface SampleArgs {
@@ -28,6 +28,7 @@ export async function sample(a: SampleArgs, write: (text: string) => void = (t) 
   const spec = describePolicy(a.dir)
   const tok = loadTokenizer(spec.tokenizerDir)
   checkVocabulary(tok, spec.config.vocabSize)
+  if (!a.raw) await checkTemplate(tok)
   const { model } = resolvePolicy(a.dir, { trainable: false })
   if (spec.tokenizerSource === 'shipped') process.stderr.write(`${a.dir} has no tokenizer.json (nor its base): using the shipped Mistral-7B tokenizer\n`)
   const ids = a.raw ? tok.encode(a.prompt) : encodeChat(tok, tok.render([{ role: 'user', content: a.prompt }], true))

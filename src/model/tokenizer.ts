@@ -35,6 +35,8 @@ export interface ChatTokenizer {
   padId: number
   vocabSize: number
   templateSource: 'tokenizer_config.json' | 'zephyr default'
+  /** the chat template's source text */
+  template: string
   encode(text: string, addSpecialTokens?: boolean): number[]
   decode(ids: number[]): string
   render(messages: Message[], addGenerationPrompt: boolean): string
@@ -83,6 +85,7 @@ export function loadTokenizer(dir: string): ChatTokenizer {
     padId: pad ? id(pad) : eosId, // TRL: no pad token -> eos
     vocabSize: Math.max(...ids) + 1,
     templateSource: src ? 'tokenizer_config.json' : 'zephyr default',
+    template: src ?? ZEPHYR_TEMPLATE,
     encode: (text, addSpecialTokens = true) => tok.encode(text, { add_special_tokens: addSpecialTokens } as never).ids as number[],
     decode: (ids) => tok.decode(ids, { skip_special_tokens: false } as never) as string,
     render: (messages, addGenerationPrompt) => {
@@ -93,6 +96,45 @@ export function loadTokenizer(dir: string): ChatTokenizer {
       }
     },
   }
+}
+
+const PROBE = [
+  { role: 'system', content: 'You are a helpful assistant.' },
+  { role: 'user', content: 'What is 2 + 2?' },
+  { role: 'assistant', content: '4.' },
+  { role: 'user', content: 'And 3 + 3?' },
+]
+// runs in a worker: a template that loops without bound is stopped by terminating the worker
+const PROBE_WORKER = `import('@huggingface/jinja').then(({ Template }) => {
+  const { parentPort, workerData: w } = require('node:worker_threads')
+  try { parentPort.postMessage({ chars: new Template(w.src).render(w.ctx).length }) } catch (e) { parentPort.postMessage({ error: String(e && e.message || e).split('\\n')[0] }) }
+})`
+
+/**
+ * Render a checkpoint's own chat template once on a 4-message conversation, in a worker with a time limit and an
+ * output-size limit: a template from a file can loop without bound (jinja's range/for), and rendering is
+ * synchronous, so it is tried where it can be stopped before any data is rendered with it.
+ */
+export async function checkTemplate(t: ChatTokenizer, limitMs = 5000, maxChars = 1_000_000): Promise<void> {
+  if (t.templateSource !== 'tokenizer_config.json') return
+  const { Worker } = await import('node:worker_threads')
+  const where = join(t.dir, 'tokenizer_config.json')
+  const result = await new Promise<{ chars?: number; error?: string; timeout?: boolean }>((resolve) => {
+    const w = new Worker(PROBE_WORKER, { eval: true, workerData: { src: t.template, ctx: { messages: PROBE, add_generation_prompt: true, bos_token: t.bos, eos_token: t.eos } } })
+    const timer = setTimeout(() => void w.terminate().then(() => resolve({ timeout: true })), limitMs)
+    w.on('message', (m) => {
+      clearTimeout(timer)
+      void w.terminate()
+      resolve(m)
+    })
+    w.on('error', (e) => {
+      clearTimeout(timer)
+      resolve({ error: e.message })
+    })
+  })
+  if (result.timeout) throw new AlignError(`${where}: chat_template did not finish rendering a 4-message conversation in ${limitMs / 1000} s (it loops without bound); fix the template or set model.tokenizer to another directory`)
+  if (result.error) throw new AlignError(`${where}: chat_template failed to render (${result.error})`)
+  if (result.chars! > maxChars) throw new AlignError(`${where}: chat_template renders ${result.chars} characters for a 4-message conversation (limit ${maxChars}); fix the template`)
 }
 
 /** Encode a rendered chat with exactly one BOS. */

@@ -16,7 +16,7 @@ import type { ModelConfig } from '../model/config.ts'
 import { addLora } from '../model/lora.ts'
 import { disposeModel, type Model } from '../model/mistral.ts'
 import { describePolicy, resolvePolicy, type PolicySpec } from '../model/policy.ts'
-import { checkVocabulary as checkTokenizer, loadTokenizer, type ChatTokenizer } from '../model/tokenizer.ts'
+import { checkTemplate, checkVocabulary as checkTokenizer, loadTokenizer, type ChatTokenizer } from '../model/tokenizer.ts'
 import { dpoObjective, sftObjective, type Objective } from '../preference/objective.ts'
 import { loadPairs, resolveSplit, type DataStats, type PairSet } from '../preference/pairs.ts'
 import { liveReference, precompute, precomputedReference, type Reference } from '../preference/reference.ts'
@@ -79,6 +79,7 @@ export async function prepareRun(o: TrainOptions): Promise<Run> {
   const tokenizerDir = v.model.tokenizer ?? policy.tokenizerDir
   if (v.model.tokenizer === null && policy.tokenizerSource === 'shipped' && policy.kind !== 'preset') log(`${v.model.policy} has no tokenizer.json: using the shipped Mistral-7B tokenizer (${tokenizerDir}); set model.tokenizer to choose another`)
   const tok = loadTokenizer(tokenizerDir)
+  await checkTemplate(tok)
   // SFT keeps at most half of max_length for the prompt, so every row keeps completion tokens to learn from
   const maxPrompt = o.stage === 'dpo' ? v.dpo.max_prompt_length : Math.floor(args.max_length / 2)
   if (maxPrompt >= args.max_length) throw new AlignError(`dpo.max_prompt_length ${maxPrompt} must be below dpo.max_length ${args.max_length}, or completions are truncated away`)
