@@ -4,9 +4,9 @@
  * train/, inspect/, commands/), each loaded when its subcommand runs. AlignErrors print as one line
  * `align: error: …` with exit status 1.
  */
-import { binary, command, flag, multioption, number, oneOf, option, optional, positional, restPositionals, run, string, subcommands, array } from 'cmd-ts'
+import { binary, command, flag, multioption, number, oneOf, option, optional, positional, restPositionals, runSafely, string, subcommands, array } from 'cmd-ts'
 import { AlignError } from './errors.ts'
-import { applyOverride, listRecipes, loadRecipe } from './recipe.ts'
+import { applyOverride, listRecipes, loadRecipe, nearest } from './recipe.ts'
 
 const overrides = restPositionals({ type: string, displayName: 'key=value', description: 'recipe overrides, e.g. binarize.min_margin=1 (type-checked; unknown keys are errors)' })
 
@@ -74,6 +74,7 @@ function trainCommand(stage: 'sft' | 'dpo') {
       backend: backendOpt,
       resume: option({ type: optional(string), long: 'resume', description: 'latest, or a checkpoint-<step> directory' }),
       dryRun: flag({ long: 'dry-run', description: 'resolve the recipe, tokenize, print step counts and the memory plan; train nothing' }),
+      json: flag({ long: 'json', description: 'print a JSON summary of the run on stdout at the end' }),
       overrides,
     },
     handler: async (a) => {
@@ -81,7 +82,12 @@ function trainCommand(stage: 'sft' | 'dpo') {
       const { train } = await import('./train/loop.ts')
       const recipe = loadRecipe(a.recipe, TRAIN_SCHEMA, a.overrides)
       const r = await train({ stage, recipe, backend: a.backend, resume: a.resume, dryRun: a.dryRun })
-      if (r.plan) process.stdout.write(r.plan + '\n')
+      if (r.plan && !a.json) process.stdout.write(r.plan + '\n')
+      if (a.json) {
+        const last = (k: string) => [...r.logHistory].reverse().find((x) => x[k] !== undefined)?.[k]
+        const metrics = Object.fromEntries(['train_loss', 'eval_loss', 'eval_rewards/accuracies', 'eval_rewards/margins'].map((k) => [k, last(k)]).filter(([, v]) => v !== undefined))
+        process.stdout.write(JSON.stringify({ stage, run_dir: r.runDir, final_dir: r.finalDir ?? null, interrupted: r.interrupted ?? false, steps: last('step') ?? 0, backend: r.backend.active, metrics, data: r.dataStats, plan: r.plan ?? null }) + '\n')
+      }
       if (r.interrupted) process.exitCode = r.signal === 'SIGTERM' ? 143 : 130
     },
   })
@@ -171,10 +177,15 @@ const benchCmd = subcommands({
   },
 })
 
+const VERSION = (await import('../package.json', { with: { type: 'json' } })).default.version
+
+const COMMANDS = { binarize: binarizeCmd, inspect: inspectCmd, eval: evalCmd, sample: sampleCmd, sft: trainCommand('sft'), train: trainCommand('dpo'), info: infoCmd, bench: benchCmd, demo: demoCmd }
+
 export const app = subcommands({
   name: 'align',
   description: 'DPO fine-tuning orchestrator: binarize UltraFeedback, train a Mistral-like policy (Zephyr recipes), inspect the result',
-  cmds: { binarize: binarizeCmd, inspect: inspectCmd, eval: evalCmd, sample: sampleCmd, sft: trainCommand('sft'), train: trainCommand('dpo'), info: infoCmd, bench: benchCmd, demo: demoCmd },
+  version: VERSION,
+  cmds: COMMANDS,
 })
 
 const SYSTEM_ERRORS: Record<string, string> = {
@@ -190,9 +201,41 @@ export function errorLine(e: unknown): string {
   return `align: internal error: ${String(err?.message ?? e).split('\n')[0]!.slice(0, 300)} (ALIGN_DEBUG=1 prints the stack)`
 }
 
+/** "did you mean" for a mistyped subcommand or flag (cmd-ts reports both without a suggestion). */
+function suggestion(args: string[]): string {
+  const name = args[0]
+  if (name === undefined || name.startsWith('-')) return ''
+  if (!(name in COMMANDS)) {
+    const near = nearest(name, Object.keys(COMMANDS))
+    return near ? `did you mean \`align ${near}\`?` : `commands: ${Object.keys(COMMANDS).join(', ')}`
+  }
+  const cmd = COMMANDS[name as keyof typeof COMMANDS] as { helpTopics?: () => { usage: string }[] }
+  const known = (cmd.helpTopics?.() ?? []).flatMap((t) => t.usage.split(/[ ,]+/)).filter((w) => w.startsWith('--'))
+  for (const a of args.slice(1)) {
+    const flagName = a.split('=')[0]!
+    if (flagName.startsWith('--') && !known.includes(flagName)) {
+      const near = nearest(flagName, known)
+      if (near) return `did you mean ${near} (not ${flagName})?`
+    }
+  }
+  return ''
+}
+
 export async function main(argv: string[]): Promise<void> {
+  const args = argv.slice(2)
+  if (args[0] === '--version' || args[0] === '-V') {
+    process.stdout.write(`align ${VERSION}\n`)
+    return
+  }
   try {
-    await run(binary(app), argv)
+    const result = await runSafely(binary(app), argv)
+    if (result._tag === 'error') {
+      const exit = result.error
+      if (exit.config.exitCode === 0) return exit.run() // --help
+      const hint = suggestion(args)
+      process.stderr.write(exit.config.message + (hint ? `\nalign: ${hint}\n` : '\n'))
+      process.exit(2) // a usage error, as POSIX utilities report it
+    }
   } catch (e) {
     if (process.env.ALIGN_DEBUG) console.error(e)
     process.stderr.write(errorLine(e) + '\n')

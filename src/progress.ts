@@ -1,5 +1,5 @@
 /**
- * Progress for humans: an ora spinner on a TTY, plain timestamped lines (at most every few seconds)
+ * Progress for humans: an ora spinner on a TTY that reports a width, plain lines (at most every few seconds)
  * otherwise. It writes to stderr so stdout stays clean for tables and `--json`.
  */
 import ora, { type Ora } from 'ora'
@@ -15,7 +15,8 @@ export class Progress {
   constructor(private readonly label: string, opts: { quiet?: boolean; plainEveryMs?: number } = {}) {
     this.quiet = opts.quiet ?? false
     this.plainEveryMs = opts.plainEveryMs ?? 5000
-    if (!this.quiet && process.stderr.isTTY && !process.env.CI) this.spinner = ora({ text: label, stream: process.stderr }).start()
+    // a spinner only on a real terminal with a width: ora on a 0-column terminal computes unbounded lines to clear
+    if (!this.quiet && process.stderr.isTTY && !process.env.CI && (process.stderr.columns ?? 0) > 0) this.spinner = ora({ text: label, stream: process.stderr }).start()
   }
 
   /** `done` of `total` units (total may be unknown); `extra` is appended to the line. */

@@ -155,10 +155,16 @@ export function applyOverride(values: Record<string, Record<string, unknown>>, s
   values[section]![key] = checkValue(parsed ?? null, field, `override ${section}.${key}`)
 }
 
+/** The closest of `names` to `word` by edit distance, if it is close enough to be a typo. */
+export function nearest(word: string, names: string[]): string | undefined {
+  const near = names.map((n) => [n, editDistance(n, word)] as const).sort((a, b) => a[1] - b[1])[0]
+  return near && near[1] <= Math.max(2, word.length / 3) ? near[0] : undefined
+}
+
 function unknownKey(where: string, section: string, key: string, fields: Record<string, unknown>, what = section ? 'key' : 'section'): AlignError {
   const names = Object.keys(fields)
-  const near = names.map((n) => [n, editDistance(n, key)] as const).sort((a, b) => a[1] - b[1])[0]
-  const hint = near && near[1] <= Math.max(2, key.length / 3) ? `did you mean ${near[0]}? ` : ''
+  const near = nearest(key, names)
+  const hint = near ? `did you mean ${near}? ` : ''
   const full = section ? `${section}.${key}` : key
   return new AlignError(`${where}: unknown ${what} ${full}; ${hint}valid: ${names.join(', ')}`)
 }
