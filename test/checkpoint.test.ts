@@ -111,7 +111,8 @@ test('corrupt, truncated or incomplete checkpoints: one line naming the file and
 })
 
 const tinyConfig = parseConfig({ architectures: ['MistralForCausalLM'], vocab_size: 50, hidden_size: 8, intermediate_size: 12, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1, rms_norm_eps: 1e-5, rope_theta: 10000, sliding_window: 16 })
-const state = (step: number): TrainerState => ({ global_step: step, max_steps: 9, epoch: 0.5, num_train_epochs: 1, logging_steps: 1, eval_steps: 0, save_steps: 1, train_batch_size: 2, log_history: [{ step, loss: 0.5 }], best_metric: null, best_model_checkpoint: null, is_local_process_zero: true, is_world_process_zero: true, stage: 'dpo', seed: 1 })
+const state = (step: number): TrainerState => ({ global_step: step, max_steps: 9, epoch: 0.5, num_train_epochs: 1, logging_steps: 1, eval_steps: 0, save_steps: 1, train_batch_size: 2, log_history: [{ step, loss: 0.5 }], best_metric: null, best_model_checkpoint: null, is_local_process_zero: true, is_world_process_zero: true })
+const saveArgs = { alignState: { stage: 'dpo' as const, seed: 1 }, chatTemplate: '{{ messages }}' }
 const paramData = (m: { params: Map<string, { dataSync(): unknown }> }) => Object.fromEntries([...m.params].map(([k, v]) => [k, Array.from(v.dataSync() as Float32Array)]))
 const moments = (o: Optimizer) => ({ m: Object.fromEntries([...o.m].map(([k, v]) => [k, Array.from(v.dataSync() as Float32Array)])), v: Object.fromEntries([...o.v].map(([k, v]) => [k, Array.from(v.dataSync() as Float32Array)])) })
 /** one optimizer step with seeded random gradients, so every moment is non-zero */
@@ -126,7 +127,7 @@ test('saveCheckpoint -> resume restores full weights and optimizer moments bit f
   const dir = join(tmp(), 'checkpoint-3')
   const [a, optA] = [initModel(tinyConfig, Rng.fromKey('a')), newOpt()]
   stepOnce(a, optA, 'g')
-  saveCheckpoint({ dir, model: a, dtype: 'F32', tokenizerDir: LLAMA, base: 'x', state: state(3), optimizer: optA })
+  saveCheckpoint({ dir, model: a, dtype: 'F32', tokenizerDir: LLAMA, base: 'x', state: state(3), optimizer: optA, ...saveArgs })
   const [b, optB] = [initModel(tinyConfig, Rng.fromKey('b')), newOpt()]
   const st = resume(dir, 'dpo', b, optB)
   assert.is(st.global_step, 3)
@@ -143,7 +144,7 @@ test('saveCheckpoint -> resume restores LoRA adapters (PEFT layout on disk) and 
   const [a, optA] = [initModel(tinyConfig, Rng.fromKey('base')), newOpt()]
   addLora(a, lora, Rng.fromKey('la'))
   stepOnce(a, optA, 'g') // moves lora_B off zero
-  saveCheckpoint({ dir, model: a, dtype: 'F32', tokenizerDir: LLAMA, base: '/models/base', state: state(1), optimizer: optA })
+  saveCheckpoint({ dir, model: a, dtype: 'F32', tokenizerDir: LLAMA, base: '/models/base', state: state(1), optimizer: optA, ...saveArgs })
   assert.ok(existsSync(join(dir, 'adapter_model.safetensors')) && !existsSync(join(dir, 'model.safetensors')))
   assert.is(JSON.parse(readFileSync(join(dir, 'adapter_config.json'), 'utf8')).base_model_name_or_path, '/models/base')
   const [b, optB] = [initModel(tinyConfig, Rng.fromKey('base')), newOpt()]

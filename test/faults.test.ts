@@ -56,13 +56,13 @@ test('SIGKILL mid-run: every checkpoint-N left is complete, dead temp dirs are c
   assert.is(r.status, 0, r.stderr)
   assert.match(r.stderr, /removed \.checkpoint-9\.tmp-999999, left by a save that was killed/)
   assert.not.ok(readdirSync(out).some((f) => f.includes('.tmp-')))
-  assert.ok(readFileSync(join(out, 'final', 'model.safetensors')).equals(readFileSync(join(full, 'final', 'model.safetensors'))), 'final weights bit-exact')
+  assert.ok(readFileSync(join(out, 'model.safetensors')).equals(readFileSync(join(full, 'model.safetensors'))), 'final weights bit-exact')
 })
 
 test('a fresh run into a used output_dir is refused with its files untouched; overwrite_output_dir replaces it', () => {
   const out = join(work, 'kill-full')
   const before = files(out)
-  oneLine(cli(cliTrain(out, 'dpo.max_steps=6')), /already holds a run \(checkpoint-5, checkpoint-6, final.*--resume latest.*overwrite_output_dir=true/)
+  oneLine(cli(cliTrain(out, 'dpo.max_steps=6')), /already holds a run \(checkpoint-5, checkpoint-6, model\.safetensors, .*--resume latest.*overwrite_output_dir=true/)
   assert.equal(files(out), before)
   const r = cli(cliTrain(out, 'dpo.max_steps=1', 'dpo.overwrite_output_dir=true'))
   assert.is(r.status, 0, r.stderr)

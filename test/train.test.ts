@@ -36,7 +36,7 @@ test('DPO: TRL metric names in metrics.jsonl, trainer_state.json and TensorBoard
   const first = rows[0]
   assert.is(first.learning_rate, 0)
   assert.ok(Math.abs(first.loss - Math.LN2) < 1e-5 && Math.abs(first['rewards/margins']) < 1e-5)
-  // checkpoints: the last save_total_limit=2 kept, each an HF dir with optimizer state; final/ loads
+  // checkpoints: the last save_total_limit=2 kept, each an HF dir with optimizer state; the final weights at output_dir load
   assert.equal(readdirSync(out).filter((f) => f.startsWith('checkpoint-')).sort(), ['checkpoint-2', 'checkpoint-4'])
   for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'trainer_state.json', 'optimizer.safetensors', 'optimizer.json', 'recipe.resolved.json']) assert.ok(existsSync(join(out, 'checkpoint-4', f)), f)
   const state = JSON.parse(readFileSync(join(out, 'checkpoint-4', 'trainer_state.json'), 'utf8'))
@@ -47,8 +47,26 @@ test('DPO: TRL metric names in metrics.jsonl, trainer_state.json and TensorBoard
   const stepLosses = rows.filter((x) => x.loss !== undefined && x.step > 0).map((x) => x.loss)
   assert.ok(Math.abs(summary.train_loss - stepLosses.reduce((a: number, b: number) => a + b, 0) / stepLosses.length) < 1e-9)
   assert.ok(summary.train_runtime > 0 && summary.train_samples_per_second > 0)
-  assert.equal(JSON.parse(readFileSync(join(out, 'final', 'trainer_state.json'), 'utf8')).log_history, rows)
+  assert.equal(JSON.parse(readFileSync(join(out, 'trainer_state.json'), 'utf8')).log_history, rows)
+  assert.is(r.finalDir, out)
   loadModel(r.finalDir!)
+  // what transformers and the handbook leave at output_dir (TrainerState's fields only: TrainerState(**json) loads it)
+  const TRAINER_STATE_FIELDS = ['epoch', 'global_step', 'max_steps', 'logging_steps', 'eval_steps', 'save_steps', 'train_batch_size', 'num_train_epochs', 'num_input_tokens_seen', 'total_flos', 'log_history', 'best_metric', 'best_global_step', 'best_model_checkpoint', 'is_local_process_zero', 'is_world_process_zero', 'is_hyper_param_search', 'trial_name', 'trial_params', 'stateful_callbacks']
+  for (const d of [out, join(out, 'checkpoint-4')]) for (const k of Object.keys(JSON.parse(readFileSync(join(d, 'trainer_state.json'), 'utf8')))) assert.ok(TRAINER_STATE_FIELDS.includes(k), `${d}: ${k}`)
+  assert.equal(JSON.parse(readFileSync(join(out, 'align_state.json'), 'utf8')), { stage: 'dpo', seed: 42 })
+  const read = (f: string) => JSON.parse(readFileSync(join(out, f), 'utf8'))
+  assert.is(read('train_results.json').train_loss, summary.train_loss)
+  assert.is(read('eval_results.json').eval_loss, rows.filter((x) => x.eval_loss !== undefined).at(-1).eval_loss)
+  assert.equal(read('all_results.json'), { ...read('train_results.json'), ...read('eval_results.json') })
+  const tokCfg = read('tokenizer_config.json')
+  assert.match(tokCfg.chat_template, /<\|assistant\|>/) // the Zephyr template the run used, written out for apply_chat_template
+  const prov = read('align_provenance.json')
+  assert.equal([prov.stage, prov.backend, prov.data.train.pairs, prov.policy.spec], ['dpo', 'wasm', 12, policyDir])
+  assert.match(prov.data.train.sha256, /^[0-9a-f]{64}$/)
+  const card = readFileSync(join(out, 'README.md'), 'utf8')
+  assert.match(card, /^---\nbase_model: /)
+  assert.match(card, /\| beta \| 0\.1 \|/)
+  assert.match(card, /\| train_loss \| /)
   const ev = readEvents(readFileSync(join(out, 'runs', readdirSync(join(out, 'runs'))[0]!)))
   assert.ok(ev.some((e) => e.tag === 'train/rewards/accuracies' && e.step === 2))
   assert.ok(ev.some((e) => e.tag === 'eval/loss' && e.step === 4))
@@ -126,7 +144,7 @@ test('Ctrl-C finishes the current step, saves checkpoint-<step> and exits 130', 
   const ckpts = readdirSync(out).filter((f) => /^checkpoint-\d+$/.test(f))
   assert.is(ckpts.length, 1, stderr)
   assert.ok(Number(ckpts[0]!.split('-')[1]) < 500)
-  assert.not.ok(existsSync(join(out, 'final')))
+  assert.not.ok(existsSync(join(out, 'model.safetensors')), 'no final weights after an interrupt')
 })
 
 test('a tokenizer larger than the model vocabulary is a clear error, before any weight is loaded', async () => {

@@ -96,6 +96,8 @@ export interface SaveOptions {
   weightsName?: string
   /** more safetensors files (optimizer state), always F32 */
   extraTensors?: Record<string, TensorToWrite[]>
+  /** keys merged into the copied tokenizer_config.json (e.g. the chat_template a run used) */
+  tokenizerConfig?: Record<string, unknown>
 }
 
 /** Write an HF directory atomically (files.ts `writeAtomic`): a directory that exists is complete. */
@@ -104,6 +106,10 @@ export function saveHfDir(dir: string, o: SaveOptions): void {
     mkdirSync(tmp, { recursive: true })
     if (o.copyFrom) {
       for (const f of [...TOKENIZER_FILES, 'generation_config.json']) if (existsSync(join(o.copyFrom, f))) copyFileSync(join(o.copyFrom, f), join(tmp, f))
+    }
+    if (o.tokenizerConfig) {
+      const path = join(tmp, 'tokenizer_config.json')
+      writeFileSync(path, JSON.stringify({ ...(existsSync(path) ? readJson(path) : {}), ...o.tokenizerConfig }, null, 2) + '\n')
     }
     const torchDtype = { F32: 'float32', BF16: 'bfloat16', F16: 'float16' }[o.dtype]
     if (o.config) writeFileSync(join(tmp, 'config.json'), JSON.stringify({ ...o.config, torch_dtype: torchDtype }, null, 2) + '\n')

@@ -1,6 +1,6 @@
 /**
  * What `align inspect` knows about a directory: an HF checkpoint (ours or a real download), a PEFT adapter
- * directory, or a run directory (metrics.jsonl, checkpoint-N/, final/). Reads config.json and safetensors
+ * directory, or a run directory (metrics.jsonl, checkpoint-N/, final weights). Reads config.json and safetensors
  * headers only; tensor payloads are read one at a time, and only for --stats or a comparison.
  */
 import { existsSync, readdirSync, statSync } from 'node:fs'
@@ -55,7 +55,8 @@ export function summarize(dir: string, withStats = false): CheckpointSummary {
   const ac = json(join(dir, ADAPTER_CONFIG))
   if (ac) s.lora = { r: ac.r, alpha: ac.lora_alpha, dropout: ac.lora_dropout, targets: ac.target_modules, base: ac.base_model_name_or_path ?? null, parameters: tensors.filter((t) => t.name.includes('lora_')).reduce((a, t) => a + t.params, 0) }
   const st = json(join(dir, 'trainer_state.json'))
-  if (st) s.training = { stage: st.stage, global_step: st.global_step, epoch: st.epoch, seed: st.seed, last: lastTrainRow(st.log_history ?? []) }
+  const al = json(join(dir, 'align_state.json')) ?? st // stage and seed: align_state.json (trainer_state.json in older runs)
+  if (st) s.training = { stage: al?.stage, global_step: st.global_step, epoch: st.epoch, seed: al?.seed, last: lastTrainRow(st.log_history ?? []) }
   const rec = json(join(dir, 'recipe.resolved.json'))
   if (rec) s.provenance = { recipe: rec.recipe, overrides: rec.overrides, values: rec.values }
   return s

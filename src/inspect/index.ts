@@ -35,10 +35,11 @@ export function inspect(a: InspectArgs): { report: InspectReport; text: string }
   const report: InspectReport = { dir: a.dir }
   let ckptDir: string | undefined = isCheckpoint(a.dir) ? a.dir : undefined
   const ckpts = listCheckpoints(a.dir)
-  if (!ckptDir && (ckpts.length || existsSync(join(a.dir, 'final')) || existsSync(join(a.dir, 'metrics.jsonl')))) {
-    const final = existsSync(join(a.dir, 'final'))
-    report.run = { checkpoints: ckpts.map((c) => ({ name: `checkpoint-${c.step}`, step: c.step, bytes: dirBytes(c.dir), kind: existsSync(join(c.dir, 'optimizer.safetensors')) ? 'weights + optimizer' : 'weights' })), final }
-    ckptDir = final ? join(a.dir, 'final') : ckpts.at(-1)?.dir
+  if (ckpts.length || existsSync(join(a.dir, 'final')) || existsSync(join(a.dir, 'metrics.jsonl'))) {
+    // a run: its final weights at the run directory itself (HF Trainer's layout), or in final/ (older align runs)
+    const legacyFinal = existsSync(join(a.dir, 'final'))
+    report.run = { checkpoints: ckpts.map((c) => ({ name: `checkpoint-${c.step}`, step: c.step, bytes: dirBytes(c.dir), kind: existsSync(join(c.dir, 'optimizer.safetensors')) ? 'weights + optimizer' : 'weights' })), final: ckptDir !== undefined || legacyFinal }
+    ckptDir ??= legacyFinal ? join(a.dir, 'final') : ckpts.at(-1)?.dir
   }
   if (!ckptDir && !report.run) throw new AlignError(`${a.dir}: neither a checkpoint (no model.safetensors / adapter_model.safetensors) nor a run directory (no metrics.jsonl, checkpoint-N or final/)`)
   if (ckptDir) report.checkpoint = summarize(ckptDir, a.stats)
@@ -70,7 +71,7 @@ function render(r: InspectReport, a: InspectArgs): string {
   if (r.run) {
     out.push(`run ${r.dir}`)
     for (const c of r.run.checkpoints) out.push(`  ${c.name.padEnd(18)} step ${String(c.step).padStart(6)}  ${bytes(c.bytes).padStart(9)}  ${c.kind}`)
-    if (r.run.final) out.push(`  ${'final/'.padEnd(18)}`)
+    if (r.run.final) out.push(`  ${'final weights'.padEnd(18)}`)
     out.push('')
   }
   const c = r.checkpoint

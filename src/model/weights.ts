@@ -139,6 +139,8 @@ export interface SaveOptions {
   files?: Record<string, unknown>
   extraTensors?: Record<string, TensorToWrite[]>
   maxShardBytes?: number
+  /** the chat template the model was trained with, written into tokenizer_config.json */
+  chatTemplate?: string
 }
 
 /**
@@ -147,7 +149,7 @@ export interface SaveOptions {
  */
 export function savePretrained(dir: string, model: Model, o: SaveOptions): void {
   const names = [...model.params.keys()]
-  const common = { dtype: o.dtype, copyFrom: o.tokenizerDir, extraTensors: o.extraTensors, maxShardBytes: o.maxShardBytes }
+  const common = { dtype: o.dtype, copyFrom: o.tokenizerDir, extraTensors: o.extraTensors, maxShardBytes: o.maxShardBytes, tokenizerConfig: o.chatTemplate === undefined ? undefined : { chat_template: o.chatTemplate } }
   if (model.lora) {
     const tensors = names.filter((n) => n.includes('.lora_')).map((n) => toDisk(n, model.params.get(n)!, `base_model.model.${n}`))
     saveHfDir(dir, { ...common, tensors, weightsName: ADAPTER_WEIGHTS, files: { ...o.files, [ADAPTER_CONFIG]: adapterConfig(model, o.base ?? '') } })

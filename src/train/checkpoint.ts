@@ -1,18 +1,18 @@
 /**
  * Training checkpoints: `checkpoint-<step>/` in HF layout (model/weights.ts `savePretrained`: weights or PEFT
- * adapters, config, tokenizer files) plus what resume needs — `trainer_state.json` (transformers' TrainerState,
- * with log_history), `optimizer.safetensors` (exp_avg.<name>, exp_avg_sq.<name>, in HF [out, in] layout),
+ * adapters, config, tokenizer files with the chat template used) plus what resume needs — `trainer_state.json`
+ * (transformers' TrainerState fields only, with log_history), `align_state.json` (stage, seed), `optimizer.safetensors` (exp_avg.<name>, exp_avg_sq.<name>, in HF [out, in] layout),
  * `optimizer.json` and the resolved recipe. Each directory is written to a temp path and renamed, so any
  * `checkpoint-N` that exists is complete.
  *
  * The whole state of a run is the step number, the weights and the optimizer moments: the batch order is a
  * function of (seed, step) (sampler.ts) and LoRA dropout of (seed, micro-batch), so no RNG state is saved.
  */
-import { existsSync } from 'node:fs'
+import { existsSync, readdirSync, renameSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import * as tf from '@tensorflow/tfjs'
 import { AlignError } from '../errors.ts'
-import { readJson } from '../files.ts'
+import { readJson, tempPath } from '../files.ts'
 import { openWeights } from '../checkpoint/hf.ts'
 import { checkpointName, listCheckpoints, pruneCheckpoints } from '../checkpoint/runs.ts'
 import type { Model } from '../model/mistral.ts'
@@ -33,6 +33,10 @@ export interface TrainerState {
   best_model_checkpoint: null
   is_local_process_zero: true
   is_world_process_zero: true
+}
+
+/** What align itself needs to resume, beside transformers' TrainerState: `align_state.json`. */
+export interface AlignState {
   stage: 'sft' | 'dpo'
   seed: number
 }
@@ -45,7 +49,9 @@ export interface SaveArgs {
   /** the base model path written into adapter_config.json */
   base: string
   state: TrainerState
-  /** saved with the weights for resume (not in final/) */
+  alignState: AlignState
+  chatTemplate: string
+  /** saved with the weights for resume (not with the final weights) */
   optimizer?: Optimizer
   files?: Record<string, unknown>
 }
@@ -65,11 +71,28 @@ export function allFinite(tensors: tf.Tensor[]): boolean {
 export function saveCheckpoint(a: SaveArgs): void {
   const moments = a.optimizer ? [...a.optimizer.m.values(), ...a.optimizer.v.values()] : []
   if (!allFinite([...a.model.params.values(), ...moments])) {
-    throw new AlignError(`${a.state.stage}: the weights or optimizer state hold NaN/Inf after step ${a.state.global_step}; nothing was saved for it. The last good checkpoint is kept; lower learning_rate or check the optimizer settings`)
+    throw new AlignError(`${a.alignState.stage}: the weights or optimizer state hold NaN/Inf after step ${a.state.global_step}; nothing was saved for it. The last good checkpoint is kept; lower learning_rate or check the optimizer settings`)
   }
   const opt = a.optimizer ? optimizerFiles(a.optimizer) : undefined
-  const files = { 'trainer_state.json': a.state, ...a.files, ...(opt ? { 'optimizer.json': opt.meta } : {}) }
-  savePretrained(a.dir, a.model, { dtype: a.dtype, tokenizerDir: a.tokenizerDir, base: a.base, files, extraTensors: opt ? { 'optimizer.safetensors': opt.tensors } : undefined })
+  const files = { 'trainer_state.json': a.state, 'align_state.json': a.alignState, ...a.files, ...(opt ? { 'optimizer.json': opt.meta } : {}) }
+  savePretrained(a.dir, a.model, { dtype: a.dtype, tokenizerDir: a.tokenizerDir, base: a.base, files, chatTemplate: a.chatTemplate, extraTensors: opt ? { 'optimizer.safetensors': opt.tensors } : undefined })
+}
+
+/** Weight files a save may leave at a directory's top level (all replaced by the next final save). */
+const WEIGHT_FILE = /^(model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|adapter_model\.safetensors|adapter_config\.json)$/
+
+/**
+ * Save the final weights at the run directory itself, where transformers' `from_pretrained(output_dir)` and the
+ * HF Trainer put them: written whole to a temp directory first, then moved in file by file, so checkpoints,
+ * metrics and logs beside them stay.
+ */
+export function saveFinal(runDir: string, a: Omit<SaveArgs, 'dir' | 'optimizer'>): void {
+  const tmp = tempPath(join(runDir, 'final'))
+  rmSync(tmp, { recursive: true, force: true })
+  saveCheckpoint({ ...a, dir: tmp })
+  for (const f of readdirSync(runDir)) if (WEIGHT_FILE.test(f)) rmSync(join(runDir, f))
+  for (const f of readdirSync(tmp)) renameSync(join(tmp, f), join(runDir, f))
+  rmSync(tmp, { recursive: true, force: true })
 }
 
 /** Save `checkpoint-<step>` in `runDir` with the optimizer, then keep only the last `keep`. */
@@ -109,7 +132,8 @@ export function resolveResume(runDir: string, resume: string): string {
 /** Load a checkpoint's weights (or adapters) into `model` and its moments into `opt`; returns its trainer state. */
 export function resume(dir: string, stage: 'sft' | 'dpo', model: Model, opt: Optimizer): TrainerState {
   const state = readJson(join(dir, 'trainer_state.json')) as TrainerState
-  if (state.stage !== stage) throw new AlignError(`--resume ${dir}: a ${state.stage} checkpoint cannot resume ${stage}`)
+  const saved = readJson(join(dir, 'align_state.json')) as AlignState
+  if (saved.stage !== stage) throw new AlignError(`--resume ${dir}: a ${saved.stage} checkpoint cannot resume ${stage}`)
   if (model.lora) loadAdaptersInto(model, dir)
   else loadWeightsInto(model, dir)
   loadOptimizer(dir, opt)

@@ -20,7 +20,8 @@ import type { DataStats } from '../preference/pairs.ts'
 import { pairTokens } from '../preference/pairs.ts'
 import type { References } from './setup.ts'
 import { buildPolicy, buildReference, dryRunReport, prepareRun, type Run, type TrainOptions } from './setup.ts'
-import { resolveResume, resume, saveCheckpoint, saveStepCheckpoint, type TrainerState } from './checkpoint.ts'
+import { resolveResume, resume, saveFinal, saveStepCheckpoint, type TrainerState } from './checkpoint.ts'
+import { writeRunOutputs } from './outputs.ts'
 import { RunLog, Window, mean, round4, type Row } from './log.ts'
 import { Optimizer, clipByGlobalNorm, lrLambda } from './optim.ts'
 import { microBatchStream } from './sampler.ts'
@@ -68,9 +69,9 @@ async function trainClaimed(run: Run, result: (r: Partial<TrainResult>) => Train
   const log = new RunLog(runDir, resumed?.log_history)
   const resolved = { recipe: o.recipe.path, overrides: o.recipe.overrides, stage: o.stage, values: o.recipe.values }
   writeFileSync(join(runDir, 'recipe.resolved.json'), JSON.stringify(resolved, null, 2) + '\n')
-  const save = (dir: string | undefined, final: boolean) => {
-    const a = { model, tokenizerDir: run.tokenizerDir, base: o.recipe.values.model.policy, state: trainerState(run, step, log.history), files: { 'recipe.resolved.json': resolved } }
-    if (final) return saveCheckpoint({ ...a, dir: dir!, dtype: SAVE_DTYPE[o.recipe.values.model.save_dtype] })
+  const save = (final: boolean) => {
+    const a = { model, tokenizerDir: run.tokenizerDir, chatTemplate: run.tok.template, base: o.recipe.values.model.policy, state: trainerState(run, step, log.history), alignState: { stage: o.stage, seed: args.seed }, files: { 'recipe.resolved.json': resolved } }
+    if (final) return saveFinal(runDir, { ...a, dtype: SAVE_DTYPE[o.recipe.values.model.save_dtype] })
     return saveStepCheckpoint(runDir, args.save_total_limit, { ...a, dtype: 'F32', optimizer: opt })
   }
   const nextBatch = microBatchStream({ seed: args.seed, batchSize: args.per_device_train_batch_size, groupByLength: args.group_by_length, lengths: run.data.train.pairs.map(pairTokens) })
@@ -107,7 +108,7 @@ async function trainClaimed(run: Run, result: (r: Partial<TrainResult>) => Train
         log.record({ step, epoch, ...evaluate(run.objective, model, run.data.eval.pairs, refs?.eval, { batchSize: args.per_device_eval_batch_size, padId: run.tok.padId }).metrics })
       }
       const stopping = signals.signal() !== undefined || (o.stopAfter !== undefined && step - startStep >= o.stopAfter)
-      const saved = (args.save_steps > 0 && step % args.save_steps === 0) || last || stopping ? save(undefined, false) : undefined
+      const saved = (args.save_steps > 0 && step % args.save_steps === 0) || last || stopping ? save(false) : undefined
       if (stopping) {
         progress.fail(`${o.stage}: stopped at step ${step}/${schedule.maxSteps}, saved ${saved}; resume with --resume latest`)
         return result({ interrupted: true, signal: signals.signal(), logHistory: log.history })
@@ -116,10 +117,10 @@ async function trainClaimed(run: Run, result: (r: Partial<TrainResult>) => Train
     const [steps, secs] = [step - startStep, (performance.now() - tStart) / 1000]
     const trainLoss = lossSum / Math.max(1, steps)
     log.record({ step, epoch: round4((step * args.gradient_accumulation_steps) / schedule.microPerEpoch), train_loss: trainLoss, train_runtime: round4(secs), train_samples_per_second: round4((steps * args.gradient_accumulation_steps * args.per_device_train_batch_size) / secs), train_steps_per_second: round4(steps / secs) })
-    const finalDir = join(runDir, 'final')
-    save(finalDir, true)
-    progress.succeed(`${o.stage}: ${schedule.maxSteps} steps · train_loss ${trainLoss.toFixed(4)} (mean of this run) · saved ${finalDir}`)
-    return result({ finalDir, logHistory: log.history })
+    save(true)
+    writeRunOutputs(run, log.history)
+    progress.succeed(`${o.stage}: ${schedule.maxSteps} steps · train_loss ${trainLoss.toFixed(4)} (mean of this run) · saved ${runDir} (weights, tokenizer, model card, results)`)
+    return result({ finalDir: runDir, logHistory: log.history })
   } finally {
     signals.stop()
     disposeModel(model)
@@ -176,6 +177,6 @@ function trainerState(run: Run, step: number, history: Row[]): TrainerState {
   return {
     global_step: step, max_steps: run.schedule.maxSteps, epoch: (step * a.gradient_accumulation_steps) / run.schedule.microPerEpoch, num_train_epochs: a.num_train_epochs,
     logging_steps: a.logging_steps, eval_steps: a.eval_steps, save_steps: a.save_steps, train_batch_size: a.per_device_train_batch_size,
-    log_history: history, best_metric: null, best_model_checkpoint: null, is_local_process_zero: true, is_world_process_zero: true, stage: run.o.stage, seed: a.seed,
+    log_history: history, best_metric: null, best_model_checkpoint: null, is_local_process_zero: true, is_world_process_zero: true,
   }
 }

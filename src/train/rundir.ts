@@ -2,13 +2,13 @@
  * A run directory has one owner at a time, and a fresh run never silently takes over another run's files.
  *   - lock: `<run>/.align.lock` holds the owner's pid, created exclusively; a lock whose process is gone is taken
  *     over with a note (a killed run leaves one behind).
- *   - a fresh run (no --resume) into a directory holding checkpoints, final/ or metrics.jsonl is refused unless
+ *   - a fresh run (no --resume) into a directory holding checkpoints, final weights or metrics.jsonl is refused unless
  *     `overwrite_output_dir` (HF TrainingArguments' name) is set, which removes the old run's files first.
  *   - temp directories a killed save left behind (`.checkpoint-N.tmp-<pid>` of a dead pid) are removed, said so.
  *   - SIGINT and SIGTERM (what schedulers and preemption send) ask the loop to stop after the current step, with a
  *     checkpoint; a second signal exits at once without writing one.
  */
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs'
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { AlignError } from '../errors.ts'
 import { processAlive, removeStaleTemps } from '../files.ts'
@@ -41,10 +41,10 @@ function takeLock(runDir: string, log: (s: string) => void): () => void {
   throw new AlignError(`${path}: could not take the run lock; remove it if no align run is using ${runDir}`)
 }
 
-/** The files of a previous run in `runDir`. */
+/** The files of a previous run in `runDir`: its checkpoints, final weights and logs. */
 function previousRun(runDir: string): string[] {
   const ckpts = listCheckpoints(runDir).map((c) => `checkpoint-${c.step}`)
-  return [...ckpts, ...['final', 'metrics.jsonl'].filter((f) => existsSync(join(runDir, f)))]
+  return [...ckpts, ...['model.safetensors', 'model.safetensors.index.json', 'adapter_model.safetensors', 'metrics.jsonl', 'trainer_state.json'].filter((f) => existsSync(join(runDir, f)))]
 }
 
 /**
@@ -59,7 +59,7 @@ export function claimRunDir(runDir: string, o: { resume: boolean; overwrite: boo
     const old = previousRun(runDir)
     if (!o.resume && old.length) {
       if (!o.overwrite) throw new AlignError(`${runDir} already holds a run (${old.slice(0, 3).join(', ')}${old.length > 3 ? ', …' : ''}); continue it with --resume latest, choose another output_dir, or add overwrite_output_dir=true to replace it`)
-      for (const f of [...old, 'runs', 'recipe.resolved.json']) rmSync(join(runDir, f), { recursive: true, force: true })
+      for (const f of readdirSync(runDir)) if (f !== LOCK) rmSync(join(runDir, f), { recursive: true, force: true })
       o.log(`${runDir}: overwrite_output_dir: removed the previous run (${old.join(', ')})`)
     }
     return release
