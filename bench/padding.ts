@@ -18,7 +18,7 @@ const out = 'bench/out/zephyr-sample'
 mkdirSync('bench/out', { recursive: true })
 const options = { ...(loadRecipe('zephyr', { binarize: BINARIZE_SECTION }).values.binarize as unknown as BinarizeOptions), test_size: 55 }
 await binarize({ inputs: ['data/ultrafeedback/ultrafeedback-sample.parquet'], out, formats: ['parquet'], recipeName: 'zephyr', options, quiet: true })
-const { pairs } = await loadPairs(`${out}/train_prefs.parquet`, loadTokenizer('data/tokenizer'), 1024, 512)
+const { pairs } = await loadPairs(`${out}/train_prefs.parquet`, loadTokenizer('data/tokenizer'), { maxLength: 1024, maxPromptLength: 512 })
 const config = parseConfig(PRESETS['mistral-7b']!, 'mistral-7b')
 const lengths = pairs.map(pairTokens) // as align train groups them
 const mean = (f: (i: number) => number) => Math.round(pairs.reduce((a, _, i) => a + f(i), 0) / pairs.length)

@@ -145,6 +145,7 @@ const sampleCmd = command({
     topP: option({ type: number, long: 'top-p', defaultValue: () => 1, defaultValueIsSerializable: true, description: 'nucleus sampling mass' }),
     seed: option({ type: number, long: 'seed', defaultValue: () => 0, defaultValueIsSerializable: true, description: 'sampling seed' }),
     raw: flag({ long: 'raw', description: 'no chat template: continue the prompt text as is' }),
+    system: option({ type: optional(string), long: 'system', description: 'a system message first (--system "" for the empty one the Zephyr recipes train with)' }),
     backend: backendOpt,
   },
   handler: async (a) => void (await (await import('./commands/sample.ts')).sample(a)),

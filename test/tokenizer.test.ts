@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { loadTokenizer, tokenizeTurn } from '../src/model/tokenizer.ts'
+import { loadTokenizer, tokenizeTurn, withEmptySystem } from '../src/model/tokenizer.ts'
 import { tokenizePair } from '../src/preference/pairs.ts'
 import { FIXTURES } from './helpers.ts'
 
@@ -53,6 +53,18 @@ test('truncation: prompt keeps its end (and BOS), then completions are cut to ma
   assert.ok(q.completionTruncated)
   assert.is(q.promptIds.length + q.chosenIds.length, 24)
   assert.equal(tokenizePair(t, [{ role: 'user', content: 'Hi' }], 'a', 'b', 1024, 512).promptTruncated, false)
+})
+
+test('auto_insert_empty_system_msg: an empty system turn first, as the handbook renders Zephyr prompts', () => {
+  const tok = loadTokenizer(join(FIXTURES, 'mistral-7b-v0.1'))
+  const msgs = withEmptySystem(tok, [{ role: 'user', content: 'Hi' }])
+  assert.equal(msgs, [{ role: 'system', content: '' }, { role: 'user', content: 'Hi' }])
+  assert.is(tok.render(msgs, true), '<|system|>\n</s>\n<|user|>\nHi</s>\n<|assistant|>\n')
+  // a conversation that has a system turn keeps it; a template without a system role gets none
+  assert.equal(withEmptySystem(tok, [{ role: 'system', content: 'Be brief.' }]), [{ role: 'system', content: 'Be brief.' }])
+  const plain = loadTokenizer(join(FIXTURES, 'mistral-7b-v0.1'), "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+  assert.is(plain.templateSource, 'recipe')
+  assert.equal(withEmptySystem(plain, [{ role: 'user', content: 'Hi' }]), [{ role: 'user', content: 'Hi' }])
 })
 
 test.run()

@@ -43,7 +43,7 @@ export async function evaluatePairs(a: EvalArgs): Promise<{ metrics: Record<stri
   await checkTemplate(tok)
   const { model: policy, spec } = resolvePolicy(a.policy, { trainable: false })
   if (spec.tokenizerSource === 'shipped' && !a.quiet) process.stderr.write(`${a.policy} has no tokenizer.json (nor its base): using the shipped Mistral-7B tokenizer\n`)
-  const { pairs } = await loadPairs(a.pairs, tok, a.maxLength, a.maxPromptLength)
+  const { pairs } = await loadPairs(a.pairs, tok, { maxLength: a.maxLength, maxPromptLength: a.maxPromptLength })
   const progress = new Progress('eval', { quiet: a.quiet ?? true })
   let reference = liveReference(policy, pairs, false) // an adapter's base: the policy with adapters off
   if (a.reference) {

@@ -17,6 +17,8 @@ export interface SampleArgs {
   topP: number
   seed: number
   raw: boolean
+  /** a system message before the prompt ('' = the empty one the Zephyr recipes train with) */
+  system?: string
   backend?: string
 }
 
@@ -31,7 +33,8 @@ export async function sample(a: SampleArgs, write: (text: string) => void = (t) 
   if (!a.raw) await checkTemplate(tok)
   const { model } = resolvePolicy(a.dir, { trainable: false })
   if (spec.tokenizerSource === 'shipped') process.stderr.write(`${a.dir} has no tokenizer.json (nor its base): using the shipped Mistral-7B tokenizer\n`)
-  const ids = a.raw ? tok.encode(a.prompt) : encodeChat(tok, tok.render([{ role: 'user', content: a.prompt }], true))
+  const messages = [...(a.system !== undefined ? [{ role: 'system' as const, content: a.system }] : []), { role: 'user' as const, content: a.prompt }]
+  const ids = a.raw ? tok.encode(a.prompt) : encodeChat(tok, tok.render(messages, true))
   let shown = ''
   const out: number[] = []
   try {

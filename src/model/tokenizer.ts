@@ -34,7 +34,7 @@ export interface ChatTokenizer {
   eosId: number
   padId: number
   vocabSize: number
-  templateSource: 'tokenizer_config.json' | 'zephyr default'
+  templateSource: 'tokenizer_config.json' | 'recipe' | 'zephyr default'
   /** the chat template's source text */
   template: string
   encode(text: string, addSpecialTokens?: boolean): number[]
@@ -44,7 +44,8 @@ export interface ChatTokenizer {
 
 const tokenText = (v: unknown): string | undefined => (typeof v === 'string' ? v : typeof v === 'object' && v !== null ? ((v as { content?: string }).content ?? undefined) : undefined)
 
-export function loadTokenizer(dir: string): ChatTokenizer {
+/** Load `dir`'s tokenizer; `chatTemplate` (a recipe's `chat_template`, as the handbook's) replaces the file's own. */
+export function loadTokenizer(dir: string, chatTemplate?: string | null): ChatTokenizer {
   const tjPath = join(dir, 'tokenizer.json')
   if (!existsSync(tjPath)) throw new AlignError(`${dir}: no tokenizer.json (align needs the HF fast tokenizer file; tokenizer.model alone is not enough)`)
   const json = readJson(tjPath)
@@ -67,12 +68,13 @@ export function loadTokenizer(dir: string): ChatTokenizer {
   const pad = tokenText(cfg.pad_token)
   const vocab = tok.get_vocab() as Map<string, number> | Record<string, number>
   const ids = vocab instanceof Map ? [...vocab.values()] : Object.values(vocab)
-  const src = typeof cfg.chat_template === 'string' ? cfg.chat_template : undefined
+  const fromRecipe = typeof chatTemplate === 'string'
+  const src = fromRecipe ? chatTemplate : typeof cfg.chat_template === 'string' ? cfg.chat_template : undefined
   let template: Template
   try {
     template = new Template(src ?? ZEPHYR_TEMPLATE)
   } catch (e) {
-    throw new AlignError(`${cfgPath}: chat_template does not parse (${(e as Error).message.split('\n')[0]})`)
+    throw new AlignError(`${fromRecipe ? 'the recipe' : cfgPath}: chat_template does not parse (${(e as Error).message.split('\n')[0]})`)
   }
   const bosId = id(bos)
   const eosId = id(eos)
@@ -84,7 +86,7 @@ export function loadTokenizer(dir: string): ChatTokenizer {
     eosId,
     padId: pad ? id(pad) : eosId, // TRL: no pad token -> eos
     vocabSize: Math.max(...ids) + 1,
-    templateSource: src ? 'tokenizer_config.json' : 'zephyr default',
+    templateSource: fromRecipe ? 'recipe' : src ? 'tokenizer_config.json' : 'zephyr default',
     template: src ?? ZEPHYR_TEMPLATE,
     encode: (text, addSpecialTokens = true) => tok.encode(text, { add_special_tokens: addSpecialTokens } as never).ids as number[],
     decode: (ids) => tok.decode(ids, { skip_special_tokens: false } as never) as string,
@@ -116,7 +118,7 @@ const PROBE_WORKER = `import('@huggingface/jinja').then(({ Template }) => {
  * synchronous, so it is tried where it can be stopped before any data is rendered with it.
  */
 export async function checkTemplate(t: ChatTokenizer, limitMs = 5000, maxChars = 1_000_000): Promise<void> {
-  if (t.templateSource !== 'tokenizer_config.json') return
+  if (t.templateSource === 'zephyr default') return
   const { Worker } = await import('node:worker_threads')
   const where = join(t.dir, 'tokenizer_config.json')
   const result = await new Promise<{ chars?: number; error?: string; timeout?: boolean }>((resolve) => {
@@ -135,6 +137,15 @@ export async function checkTemplate(t: ChatTokenizer, limitMs = 5000, maxChars =
   if (result.timeout) throw new AlignError(`${where}: chat_template did not finish rendering a 4-message conversation in ${limitMs / 1000} s (it loops without bound); fix the template or set model.tokenizer to another directory`)
   if (result.error) throw new AlignError(`${where}: chat_template failed to render (${result.error})`)
   if (result.chars! > maxChars) throw new AlignError(`${where}: chat_template renders ${result.chars} characters for a 4-message conversation (limit ${maxChars}); fix the template`)
+}
+
+/**
+ * alignment-handbook's `maybe_insert_system_message` (auto_insert_empty_system_msg, on in its Zephyr recipes): an
+ * empty system turn before a conversation that has none, when the template knows a system role.
+ */
+export function withEmptySystem(t: ChatTokenizer, messages: Message[]): Message[] {
+  if (messages[0]?.role === 'system' || !(t.template.includes('system') || t.template.includes('<|im_start|>'))) return messages
+  return [{ role: 'system', content: '' }, ...messages]
 }
 
 /** Encode a rendered chat with exactly one BOS. */

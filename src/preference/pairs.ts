@@ -11,7 +11,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { AlignError, describe } from '../errors.ts'
 import { readRows } from '../rows.ts'
-import { tokenizeTurn, type ChatTokenizer, type Message } from '../model/tokenizer.ts'
+import { tokenizeTurn, withEmptySystem, type ChatTokenizer, type Message } from '../model/tokenizer.ts'
 
 export interface PairIds {
   promptIds: number[]
@@ -115,8 +115,18 @@ export function tokenizePair(t: ChatTokenizer, prompt: Message[], chosen: string
   return { ...cut, boundaryMismatch: c.boundaryMismatch || r.boundaryMismatch }
 }
 
-/** Load and tokenize a pairs file. `limit` keeps the first N pairs. */
-export async function loadPairs(path: string, tok: ChatTokenizer | undefined, maxLength: number, maxPromptLength: number, limit = 0): Promise<PairSet> {
+export interface LoadOptions {
+  maxLength: number
+  maxPromptLength: number
+  /** keep the first N pairs (0 = all) */
+  limit?: number
+  /** the handbook's auto_insert_empty_system_msg */
+  insertEmptySystem?: boolean
+}
+
+/** Load and tokenize a pairs file. */
+export async function loadPairs(path: string, tok: ChatTokenizer | undefined, o: LoadOptions): Promise<PairSet> {
+  const { maxLength, maxPromptLength, limit = 0 } = o
   let rows = await readRows(path)
   if (limit > 0) rows = rows.slice(0, limit)
   const stats: DataStats = { pairs: 0, prompt_truncated: 0, completion_truncated: 0, boundary_mismatch: 0, tokens: 0 }
@@ -127,7 +137,7 @@ export async function loadPairs(path: string, tok: ChatTokenizer | undefined, ma
     else {
       if (!tok) throw new AlignError(`${where}: text pairs need a tokenizer`)
       const t = textPair(row, where)
-      const r = tokenizePair(tok, t.prompt, t.chosen, t.rejected, maxLength, maxPromptLength)
+      const r = tokenizePair(tok, o.insertEmptySystem ? withEmptySystem(tok, t.prompt) : t.prompt, t.chosen, t.rejected, maxLength, maxPromptLength)
       stats.prompt_truncated += +r.promptTruncated
       stats.completion_truncated += +r.completionTruncated
       stats.boundary_mismatch += +r.boundaryMismatch

@@ -17,6 +17,7 @@ export const MODEL_SECTION = {
   tokenizer: field.optionalString('directory with tokenizer.json (default: the policy directory, or data/tokenizer for presets)'),
   init_seed: field.integer(0, "seed of a preset policy's random init"),
   save_dtype: field.enum(['float32', 'bfloat16', 'float16'] as const, 'float32', 'dtype of saved weights (float32 keeps resume exact; bfloat16 halves the size)'),
+  chat_template: field.optionalString("a chat template replacing the tokenizer's (the handbook's `chat_template`); saved into the output's tokenizer_config.json"),
 }
 
 export const DATA_SECTION = {
@@ -25,6 +26,7 @@ export const DATA_SECTION = {
   eval_split: field.string('test_prefs', 'split name for evaluation'),
   max_train_pairs: field.integer(0, 'use only the first N training pairs (0 = all)'),
   max_eval_pairs: field.integer(0, 'use only the first N eval pairs (0 = all)'),
+  auto_insert_empty_system_msg: field.boolean(false, "an empty system turn before prompts without one, when the template has a system role (the handbook's Zephyr data processing)"),
 }
 
 function trainerFields(d: { lr: number; schedule: (typeof SCHEDULES)[number]; maxLength: number; out: string }) {

@@ -78,12 +78,12 @@ export async function prepareRun(o: TrainOptions): Promise<Run> {
   if (policy.kind === 'adapter') throw new AlignError(`model.policy ${v.model.policy} is a LoRA adapter directory; train from its base (model.policy=${policy.baseDir}) or from a merged checkpoint`)
   const tokenizerDir = v.model.tokenizer ?? policy.tokenizerDir
   if (v.model.tokenizer === null && policy.tokenizerSource === 'shipped' && policy.kind !== 'preset') log(`${v.model.policy} has no tokenizer.json: using the shipped Mistral-7B tokenizer (${tokenizerDir}); set model.tokenizer to choose another`)
-  const tok = loadTokenizer(tokenizerDir)
+  const tok = loadTokenizer(tokenizerDir, v.model.chat_template)
   await checkTemplate(tok)
   // SFT keeps at most half of max_length for the prompt, so every row keeps completion tokens to learn from
   const maxPrompt = o.stage === 'dpo' ? v.dpo.max_prompt_length : Math.floor(args.max_length / 2)
   if (maxPrompt >= args.max_length) throw new AlignError(`dpo.max_prompt_length ${maxPrompt} must be below dpo.max_length ${args.max_length}, or completions are truncated away`)
-  const load = (split: string, limit: number) => loadPairs(resolveSplit(v.data.pairs, split), tok, args.max_length, maxPrompt, limit)
+  const load = (split: string, limit: number) => loadPairs(resolveSplit(v.data.pairs, split), tok, { maxLength: args.max_length, maxPromptLength: maxPrompt, limit, insertEmptySystem: v.data.auto_insert_empty_system_msg })
   const data = { train: await load(v.data.train_split, v.data.max_train_pairs), eval: await load(v.data.eval_split, v.data.max_eval_pairs) }
   log(`data: ${data.train.stats.pairs} train / ${data.eval.stats.pairs} eval pairs · truncated prompts ${data.train.stats.prompt_truncated}, completions ${data.train.stats.completion_truncated} (max_length ${args.max_length}${o.stage === 'dpo' ? `, max_prompt_length ${maxPrompt}` : ''})`)
   if (data.train.stats.pairs === 0) throw new AlignError(`${data.train.file}: no training pairs`)
