@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path'
 import YAML, { LineCounter, isMap, isScalar, type Node } from 'yaml'
 import { AlignError, describe } from './errors.ts'
 import { RECIPES_DIR } from './paths.ts'
+import { isHandbookRecipe, translateHandbook } from './handbook.ts'
 
 export type FieldType =
   | { kind: 'number'; min?: number; max?: number; /** exclusive bounds */ above?: number; below?: number }
@@ -18,6 +19,7 @@ export type FieldType =
   | { kind: 'enum'; choices: readonly string[] }
   | { kind: 'strings' }
   | { kind: 'weights' } // { name: number }
+  | { kind: 'datasets' } // [{ id, split, config?, columns?, weight? }]
 
 export interface Field {
   type: FieldType
@@ -39,7 +41,18 @@ type TypeOf<T extends FieldType> = T extends { kind: 'number' | 'integer' }
         ? C
         : T extends { kind: 'strings' }
           ? string[]
-          : Record<string, number>
+          : T extends { kind: 'datasets' }
+            ? DatasetSpec[]
+            : Record<string, number>
+
+/** One entry of a data mixture (alignment-handbook's DatasetConfig). */
+export interface DatasetSpec {
+  id: string
+  split: string
+  config?: string | null
+  columns?: string[] | null
+  weight?: number | null
+}
 export type ValueOf<F extends Field> = TypeOf<F['type']> | (F extends { nullable: true } ? null : never)
 export type Values<S extends Section> = { -readonly [K in keyof S]: ValueOf<S[K]> }
 export type RecipeValues<S extends Schema> = { [K in keyof S]: Values<S[K]> }
@@ -68,6 +81,8 @@ export interface LoadedRecipe<S extends Schema = Schema> {
   /** section -> key -> value, every key present (defaults filled in) */
   values: RecipeValues<S>
   overrides: string[]
+  /** an alignment-handbook recipe: the keys that could not apply here, with the reason */
+  notes?: string[]
 }
 
 /** `zephyr` -> recipes/zephyr.yaml; anything with a slash or .yaml suffix is a path. */
@@ -102,6 +117,10 @@ export function loadRecipe<S extends Schema>(nameOrPath: string, schema: S, over
     values[section] = Object.fromEntries(Object.entries(fields).map(([k, f]) => [k, structuredClone(f.default)]))
   }
   const root = doc.contents
+  const json = doc.toJS() as unknown
+  if (json !== null && typeof json === 'object' && !Array.isArray(json) && isHandbookRecipe(json as Record<string, unknown>, KNOWN_SECTIONS)) {
+    return handbookRecipe(nameOrPath, path, json as Record<string, unknown>, schema, values, overrides)
+  }
   if (root !== null && !isMap(root)) throw new AlignError(`${path}: a recipe is a YAML mapping of sections (${Object.keys(schema).join(', ')})`)
   for (const pair of root?.items ?? []) {
     const section = String(isScalar(pair.key) ? pair.key.value : pair.key)
@@ -121,6 +140,24 @@ export function loadRecipe<S extends Schema>(nameOrPath: string, schema: S, over
   for (const o of overrides) applyOverride(values, schema, o)
   // every key was checked against its field above: the values have the schema's types
   return { name: nameOrPath, path, values: values as RecipeValues<S>, overrides }
+}
+
+/** An alignment-handbook recipe: its flat keys translated into align's sections, then checked like any recipe. */
+function handbookRecipe<S extends Schema>(name: string, path: string, json: Record<string, unknown>, schema: S, values: Record<string, Record<string, unknown>>, overrides: string[]): LoadedRecipe<S> {
+  if (!schema.model) throw new AlignError(`${path}: an alignment-handbook recipe configures training (align sft / align train), not ${Object.keys(schema).join(', ')}`)
+  let translated: ReturnType<typeof translateHandbook>
+  try {
+    translated = translateHandbook(json, nearest)
+  } catch (e) {
+    if (e instanceof AlignError) throw new AlignError(`${path}: ${e.message}`)
+    throw e
+  }
+  for (const [section, kv] of Object.entries(translated.sections)) {
+    if (!schema[section]) continue
+    for (const [key, raw] of Object.entries(kv)) values[section]![key] = checkValue(raw, schema[section]![key]!, `${path}: ${section}.${key}`)
+  }
+  for (const o of overrides) applyOverride(values, schema, o)
+  return { name, path, values: values as RecipeValues<S>, overrides, notes: translated.notes }
 }
 
 /** Apply one `section.key=value` (or unique `key=value`) override in place. */
@@ -201,6 +238,17 @@ export function checkValue(v: unknown, field: Field, where: string): unknown {
       if (typeof v === 'string') return v === '' ? [] : v.split(',').map((s) => s.trim())
       if (!Array.isArray(v) || !v.every((s) => typeof s === 'string')) throw fail('a list of strings')
       return v
+    case 'datasets': {
+      if (!Array.isArray(v)) throw fail('a list of {id, split, weight} entries')
+      v.forEach((d, i) => {
+        const at = `${where}[${i}]`
+        if (d === null || typeof d !== 'object' || typeof d.id !== 'string' || typeof d.split !== 'string') throw new AlignError(`${at}: expected {id: <dataset id or path>, split: <split name>, weight?: <fraction>}, got ${describe(d)}`)
+        const extra = Object.keys(d).filter((k) => !['id', 'split', 'config', 'columns', 'weight'].includes(k))
+        if (extra.length) throw new AlignError(`${at}: unknown key ${extra[0]}; valid: id, split, config, columns, weight`)
+        if (d.weight !== undefined && d.weight !== null && (typeof d.weight !== 'number' || !(d.weight >= 0))) throw new AlignError(`${at}.weight: expected a number >= 0, got ${describe(d.weight)}`)
+      })
+      return v
+    }
     case 'weights': {
       if (typeof v !== 'object' || Array.isArray(v)) throw fail('a mapping of name: number')
       for (const [k, w] of Object.entries(v as object)) {
@@ -220,6 +268,7 @@ function typeName(t: FieldType): string {
     case 'enum': return `one of ${t.choices.join(' | ')}`
     case 'strings': return 'a list of strings'
     case 'weights': return 'a mapping of name: number'
+    case 'datasets': return 'a list of {id, split, weight} entries'
   }
 }
 

@@ -55,20 +55,27 @@ function messages(v: unknown, where: string): Message[] {
   return v.map((m) => ({ role: m.role, content: m.content }))
 }
 
-/** Prompt messages and the two completion texts of an H4-schema row or a plain prompt/chosen/rejected row. */
-function textPair(row: Record<string, unknown>, where: string): { prompt: Message[]; chosen: string; rejected: string } {
+/**
+ * Prompt messages and the two completion texts of an H4-schema row (`chosen`/`rejected` message lists) or a plain
+ * prompt/chosen/rejected row; for SFT also a `messages` row (ultrachat_200k: the last assistant turn is learned).
+ */
+function textPair(row: Record<string, unknown>, where: string, sft: boolean): { prompt: Message[]; chosen: string; rejected: string } {
+  const last = (m: Message[], col: string) => {
+    const x = m[m.length - 1]
+    if (!x || x.role !== 'assistant') throw new AlignError(`${where}, column ${col}: the last message must be the assistant's`)
+    return x.content
+  }
   if (Array.isArray(row.chosen)) {
     const chosen = messages(row.chosen, `${where}, column chosen`)
-    const rejected = messages(row.rejected, `${where}, column rejected`)
-    const last = (m: Message[], col: string) => {
-      const x = m[m.length - 1]
-      if (!x || x.role !== 'assistant') throw new AlignError(`${where}, column ${col}: the last message must be the assistant's`)
-      return x.content
-    }
+    const rejected = sft && row.rejected === undefined ? chosen : messages(row.rejected, `${where}, column rejected`)
     return { prompt: chosen.slice(0, -1), chosen: last(chosen, 'chosen'), rejected: last(rejected, 'rejected') }
   }
+  if (sft && Array.isArray(row.messages)) {
+    const m = messages(row.messages, `${where}, column messages`)
+    return { prompt: m.slice(0, -1), chosen: last(m, 'messages'), rejected: '' }
+  }
   for (const k of ['prompt', 'chosen', 'rejected']) {
-    if (typeof row[k] !== 'string') throw new AlignError(`${where}: missing column ${k} (need H4-style chosen/rejected message lists or prompt/chosen/rejected strings)`)
+    if (typeof row[k] !== 'string') throw new AlignError(`${where}: missing column ${k} (need H4-style chosen/rejected message lists or prompt/chosen/rejected strings${sft ? ', or a messages list' : ''})`)
   }
   return { prompt: [{ role: 'user', content: row.prompt as string }], chosen: row.chosen as string, rejected: row.rejected as string }
 }
@@ -122,22 +129,20 @@ export interface LoadOptions {
   limit?: number
   /** the handbook's auto_insert_empty_system_msg */
   insertEmptySystem?: boolean
+  /** SFT rows: `messages` lists are accepted and the rejected side is not needed */
+  sft?: boolean
 }
 
-/** Load and tokenize a pairs file. */
-export async function loadPairs(path: string, tok: ChatTokenizer | undefined, o: LoadOptions): Promise<PairSet> {
-  const { maxLength, maxPromptLength, limit = 0 } = o
-  let rows = await readRows(path)
-  if (limit > 0) rows = rows.slice(0, limit)
+/** Tokenize rows of any supported schema; `where(i)` names row i in errors. */
+export function tokenizeRows(rows: Record<string, any>[], where: (i: number) => string, tok: ChatTokenizer | undefined, o: LoadOptions): { pairs: PairIds[]; stats: DataStats } {
   const stats: DataStats = { pairs: 0, prompt_truncated: 0, completion_truncated: 0, boundary_mismatch: 0, tokens: 0 }
   const pairs = rows.map((row, i): PairIds => {
-    const where = `${path} row ${i + 1}`
     let p: PairIds
     if (isTokenized(row)) p = tokenizedPair(row)
     else {
-      if (!tok) throw new AlignError(`${where}: text pairs need a tokenizer`)
-      const t = textPair(row, where)
-      const r = tokenizePair(tok, o.insertEmptySystem ? withEmptySystem(tok, t.prompt) : t.prompt, t.chosen, t.rejected, maxLength, maxPromptLength)
+      if (!tok) throw new AlignError(`${where(i)}: text pairs need a tokenizer`)
+      const t = textPair(row, where(i), o.sft ?? false)
+      const r = tokenizePair(tok, o.insertEmptySystem ? withEmptySystem(tok, t.prompt) : t.prompt, t.chosen, t.rejected, o.maxLength, o.maxPromptLength)
       stats.prompt_truncated += +r.promptTruncated
       stats.completion_truncated += +r.completionTruncated
       stats.boundary_mismatch += +r.boundaryMismatch
@@ -147,8 +152,21 @@ export async function loadPairs(path: string, tok: ChatTokenizer | undefined, o:
     return p
   })
   stats.pairs = pairs.length
-  const sha256 = createHash('sha256').update(readFileSync(path)).digest('hex')
-  return { file: path, pairs, stats, sha256 }
+  return { pairs, stats }
+}
+
+/** sha256 of files' bytes, one digest over all of them in order. */
+export function filesSha256(files: string[]): string {
+  const h = createHash('sha256')
+  for (const f of files) h.update(readFileSync(f))
+  return h.digest('hex')
+}
+
+/** Load and tokenize a pairs file (`limit` keeps its first rows). */
+export async function loadPairs(path: string, tok: ChatTokenizer | undefined, o: LoadOptions): Promise<PairSet> {
+  let rows = await readRows(path)
+  if (o.limit) rows = rows.slice(0, o.limit)
+  return { file: path, ...tokenizeRows(rows, (i) => `${path} row ${i + 1}`, tok, o), sha256: filesSha256([path]) }
 }
 
 /** sha256 of the token ids of a pair list: what a cache of numbers computed from them must be keyed by. */

@@ -104,7 +104,7 @@ async function trainClaimed(run: Run, result: (r: Partial<TrainResult>) => Train
         progress.update(step, schedule.maxSteps, 'steps', ` · loss ${row.loss!.toFixed(4)}${acc} · lr ${lr.toExponential(2)}`)
       }
       const last = step === schedule.maxSteps
-      if ((args.eval_steps > 0 && step % args.eval_steps === 0) || last) {
+      if (args.do_eval && run.data.eval.pairs.length && ((args.eval_steps > 0 && step % args.eval_steps === 0) || last)) {
         log.record({ step, epoch, ...evaluate(run.objective, model, run.data.eval.pairs, refs?.eval, { batchSize: args.per_device_eval_batch_size, padId: run.tok.padId }).metrics })
       }
       const stopping = signals.signal() !== undefined || (o.stopAfter !== undefined && step - startStep >= o.stopAfter)

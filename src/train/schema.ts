@@ -21,7 +21,13 @@ export const MODEL_SECTION = {
 }
 
 export const DATA_SECTION = {
-  pairs: field.string('data/binarized', 'binarize output directory (train_prefs / test_prefs) or a pairs file'),
+  pairs: field.string('data/binarized', 'binarize output or Hub-layout dataset directory (train_prefs / test_prefs), or one pairs file'),
+  eval_pairs: field.optionalString('eval pairs file or directory when `pairs` is a single file (else eval is off)'),
+  datasets: { type: { kind: 'datasets' as const }, default: [], doc: "a mixture of datasets by id (the handbook's dataset_mixture): [{id, split, weight}]; replaces pairs when set" },
+  test_split_size: field.number(0, 'rows (>= 1) or fraction (< 1) of the pooled mixture held out for eval; 0 = eval from the test_* splits'),
+  mixture_seed: field.integer(0, "seed of the mixture's shuffles (the handbook's dataset_mixture.seed)"),
+  mixture_style: field.enum(['mixture', 'mixer'] as const, 'mixture', "mixture: weights subsample shuffled rows (dataset_mixture); mixer: train fractions take the first rows, test splits whole (dataset_mixer)"),
+  datasets_dir: field.string('data', 'where dataset ids resolve: <datasets_dir>/<id>/ in the Hub layout'),
   train_split: field.string('train_prefs', 'split name for training'),
   eval_split: field.string('test_prefs', 'split name for evaluation'),
   max_train_pairs: field.integer(0, 'use only the first N training pairs (0 = all)'),
@@ -51,6 +57,7 @@ function trainerFields(d: { lr: number; schedule: (typeof SCHEDULES)[number]; ma
     group_by_length: field.boolean(false, 'HF group_by_length: micro-batches of similar-length pairs (less padding)'),
     max_length: field.integer(d.maxLength, 'max tokens of prompt + completion', 8),
     logging_steps: field.integer(10, 'log every N optimizer steps', 1),
+    do_eval: field.boolean(true, 'evaluate on the eval pairs (every eval_steps and at the end)'),
     eval_steps: field.integer(100, 'evaluate every N steps (0 = only at the end)'),
     save_steps: field.integer(100, 'checkpoint every N steps (0 = only at the end)'),
     save_total_limit: field.integer(2, 'keep the last N checkpoint-<step> directories (0 = all)'),

@@ -6,6 +6,7 @@
  *   buildReference DPO's reference for the train and eval splits: precomputed (cached), frozen, or adapters-off
  * Nothing here trains; nothing in loop.ts resolves settings.
  */
+import { existsSync, statSync } from 'node:fs'
 import { isAbsolute, join } from 'node:path'
 import * as tf from '@tensorflow/tfjs'
 import { AlignError } from '../errors.ts'
@@ -18,11 +19,12 @@ import { disposeModel, type Model } from '../model/mistral.ts'
 import { describePolicy, resolvePolicy, type PolicySpec } from '../model/policy.ts'
 import { checkTemplate, checkVocabulary as checkTokenizer, loadTokenizer, type ChatTokenizer } from '../model/tokenizer.ts'
 import { dpoObjective, sftObjective, type Objective } from '../preference/objective.ts'
-import { loadPairs, resolveSplit, type DataStats, type PairSet } from '../preference/pairs.ts'
+import { filesSha256, loadPairs, resolveSplit, tokenizeRows, type DataStats, type LoadOptions, type PairSet } from '../preference/pairs.ts'
+import { mixtureRows, splitRows } from '../preference/datasets.ts'
 import { liveReference, precompute, precomputedReference, type Reference } from '../preference/reference.ts'
 import { warmupSteps } from './optim.ts'
 import { formatPlan, memoryPlan } from './plan.ts'
-import type { TRAIN_SCHEMA, TrainerArgs } from './schema.ts'
+import type { DataArgs, TRAIN_SCHEMA, TrainerArgs } from './schema.ts'
 
 export type Stage = 'sft' | 'dpo'
 
@@ -74,6 +76,7 @@ export async function prepareRun(o: TrainOptions): Promise<Run> {
   const log = (s: string) => void (o.quiet ? undefined : process.stderr.write(s + '\n'))
   const backend = await initBackend(o.backend)
   log(`${o.stage}: backend ${backend.active} · recipe ${o.recipe.name} · run ${runDir}`)
+  for (const n of o.recipe.notes ?? []) log(`recipe: ${n}`)
   const policy = describePolicy(v.model.policy, v.model.init_seed)
   if (policy.kind === 'adapter') throw new AlignError(`model.policy ${v.model.policy} is a LoRA adapter directory; train from its base (model.policy=${policy.baseDir}) or from a merged checkpoint`)
   const tokenizerDir = v.model.tokenizer ?? policy.tokenizerDir
@@ -83,8 +86,7 @@ export async function prepareRun(o: TrainOptions): Promise<Run> {
   // SFT keeps at most half of max_length for the prompt, so every row keeps completion tokens to learn from
   const maxPrompt = o.stage === 'dpo' ? v.dpo.max_prompt_length : Math.floor(args.max_length / 2)
   if (maxPrompt >= args.max_length) throw new AlignError(`dpo.max_prompt_length ${maxPrompt} must be below dpo.max_length ${args.max_length}, or completions are truncated away`)
-  const load = (split: string, limit: number) => loadPairs(resolveSplit(v.data.pairs, split), tok, { maxLength: args.max_length, maxPromptLength: maxPrompt, limit, insertEmptySystem: v.data.auto_insert_empty_system_msg })
-  const data = { train: await load(v.data.train_split, v.data.max_train_pairs), eval: await load(v.data.eval_split, v.data.max_eval_pairs) }
+  const data = await loadData(v.data, tok, { maxLength: args.max_length, maxPromptLength: maxPrompt, insertEmptySystem: v.data.auto_insert_empty_system_msg, sft: o.stage === 'sft' }, log)
   log(`data: ${data.train.stats.pairs} train / ${data.eval.stats.pairs} eval pairs · truncated prompts ${data.train.stats.prompt_truncated}, completions ${data.train.stats.completion_truncated} (max_length ${args.max_length}${o.stage === 'dpo' ? `, max_prompt_length ${maxPrompt}` : ''})`)
   if (data.train.stats.pairs === 0) throw new AlignError(`${data.train.file}: no training pairs`)
   checkVocabulary(policy.config, tok, [data.train, data.eval])
@@ -92,6 +94,37 @@ export async function prepareRun(o: TrainOptions): Promise<Run> {
   const maxSteps = args.max_steps > 0 ? args.max_steps : Math.ceil((args.num_train_epochs * microPerEpoch) / args.gradient_accumulation_steps)
   const objective = o.stage === 'dpo' ? dpoObjective({ beta: v.dpo.beta, lossType: v.dpo.loss_type, labelSmoothing: v.dpo.label_smoothing }) : sftObjective()
   return { o, args, runDir, backend, policy, tok, tokenizerDir, data, schedule: { microPerEpoch, maxSteps, warmup: warmupSteps(args.warmup_ratio, maxSteps) }, objective, log }
+}
+
+/**
+ * The train and eval pairs a recipe's data section names: a mixture of datasets by id, a directory (align binarize
+ * output or the Hub layout) with train/eval splits, or one file (eval from data.eval_pairs, else none).
+ */
+async function loadData(d: DataArgs, tok: ChatTokenizer, o: LoadOptions, log: (s: string) => void): Promise<{ train: PairSet; eval: PairSet }> {
+  const set = (name: string, rows: Record<string, any>[], files: string[], limit: number): PairSet => {
+    const kept = limit > 0 ? rows.slice(0, limit) : rows
+    return { file: name, ...tokenizeRows(kept, (i) => `${name} row ${i + 1}`, tok, o), sha256: filesSha256(files) }
+  }
+  if (d.datasets.length) {
+    const m = await mixtureRows({ datasets: d.datasets, testSplitSize: d.test_split_size, seed: d.mixture_seed, datasetsDir: d.datasets_dir, style: d.mixture_style })
+    const name = d.datasets.map((x) => `${x.id}:${x.split}`).join('+')
+    if (m.eval.length === 0) log(`data: the mixture has no eval rows (no test split and test_split_size 0): eval is off`)
+    return { train: set(name, m.train, m.files, d.max_train_pairs), eval: set(`${name} (eval)`, m.eval, m.files, d.max_eval_pairs) }
+  }
+  if (existsSync(d.pairs) && statSync(d.pairs).isDirectory()) {
+    const split = async (s: string, limit: number) => {
+      const { rows, files } = await splitRows(d.pairs, s)
+      return set(files.length === 1 ? files[0]! : `${d.pairs}:${s}`, rows, files, limit)
+    }
+    return { train: await split(d.train_split, d.max_train_pairs), eval: await split(d.eval_split, d.max_eval_pairs) }
+  }
+  const train = await loadPairs(resolveSplit(d.pairs, d.train_split), tok, { ...o, limit: d.max_train_pairs })
+  if (d.eval_pairs === null) {
+    log(`data: ${d.pairs} is one file and data.eval_pairs is not set: eval is off (set data.eval_pairs to a file to evaluate)`)
+    return { train, eval: { file: '(none)', pairs: [], stats: { pairs: 0, prompt_truncated: 0, completion_truncated: 0, boundary_mismatch: 0, tokens: 0 }, sha256: '' } }
+  }
+  const ev = statSync(d.eval_pairs).isDirectory() ? resolveSplit(d.eval_pairs, d.eval_split) : d.eval_pairs
+  return { train, eval: await loadPairs(ev, tok, { ...o, limit: d.max_eval_pairs }) }
 }
 
 export function dryRunReport(run: Run): string {
