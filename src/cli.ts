@@ -178,9 +178,31 @@ const benchCmd = subcommands({
   },
 })
 
+const exportCmd = command({
+  name: 'export',
+  description: "write the recipe for alignment-handbook on GPUs: handbook config(s), accelerate DeepSpeed ZeRO-3 config, launch.sh, the pairs in the Hub layout",
+  args: {
+    recipe: option({ type: string, long: 'recipe', short: 'r', description: `recipe name (${listRecipes().join(', ')}) or path to a YAML file` }),
+    to: option({ type: oneOf(['handbook'] as const), long: 'to', defaultValue: () => 'handbook' as const, defaultValueIsSerializable: true, description: 'target engine' }),
+    out: option({ type: string, long: 'out', short: 'o', description: 'directory to write' }),
+    gpus: option({ type: number, long: 'gpus', defaultValue: () => 8, defaultValueIsSerializable: true, description: 'accelerate num_processes' }),
+    overrides,
+  },
+  handler: async (a) => {
+    const { TRAIN_SCHEMA } = await import('./train/schema.ts')
+    const { exportHandbook } = await import('./commands/export.ts')
+    const { resolveRecipePath } = await import('./recipe.ts')
+    const { readFileSync } = await import('node:fs')
+    const YAML = (await import('yaml')).default
+    const recipe = loadRecipe(a.recipe, TRAIN_SCHEMA, a.overrides)
+    const raw = YAML.parse(readFileSync(resolveRecipePath(a.recipe), 'utf8')) as Record<string, unknown> | null
+    for (const f of exportHandbook(recipe, { out: a.out, gpus: a.gpus, hasSft: raw !== null && 'sft' in raw })) process.stdout.write(f + '\n')
+  },
+})
+
 const VERSION = (await import('../package.json', { with: { type: 'json' } })).default.version
 
-const COMMANDS = { binarize: binarizeCmd, inspect: inspectCmd, eval: evalCmd, sample: sampleCmd, sft: trainCommand('sft'), train: trainCommand('dpo'), info: infoCmd, bench: benchCmd, demo: demoCmd }
+const COMMANDS = { binarize: binarizeCmd, inspect: inspectCmd, eval: evalCmd, sample: sampleCmd, sft: trainCommand('sft'), train: trainCommand('dpo'), info: infoCmd, bench: benchCmd, demo: demoCmd, export: exportCmd }
 
 export const app = subcommands({
   name: 'align',

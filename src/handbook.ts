@@ -49,7 +49,11 @@ const KEYS: Record<string, Setter> = {
     set('data', 'datasets')(Object.entries(v).flatMap(([id, weight]) => splits.map((split) => ({ id, split, weight }))), out, [])
     set('data', 'mixture_style')('mixer', out, [])
   },
-  dataset_name: (v, out) => set('data', 'datasets')([{ id: v, split: 'train' }, { id: v, split: 'test' }], out, []),
+  dataset_name: (v, out) => {
+    const [train, test] = (out.data?.['__name_splits'] as [string, string] | undefined) ?? ['train', 'test']
+    set('data', 'datasets')([{ id: v, split: train }, { id: v, split: test }], out, [])
+    set('data', 'mixture_style')('mixer', out, [])
+  },
   max_seq_length: set('sft', 'max_length'),
   max_prompt_length: set('dpo', 'max_prompt_length'),
   beta: set('dpo', 'beta'),
@@ -117,8 +121,9 @@ export function translateHandbook(root: Record<string, unknown>, nearest: (key: 
   const out: Out = {}
   const notes: string[] = []
   if (Array.isArray(root.dataset_splits)) (out.data ??= {})['__splits'] = root.dataset_splits
+  ;(out.data ??= {})['__name_splits'] = [root.dataset_train_split ?? 'train', root.dataset_test_split ?? 'test']
   for (const [key, value] of Object.entries(root)) {
-    if (key === 'dataset_splits') continue
+    if (['dataset_splits', 'dataset_train_split', 'dataset_test_split'].includes(key)) continue
     const setter = KEYS[key]
     if (setter) setter(value, out, notes)
     else if (key in IGNORED) notes.push(`${key}: not applied (${IGNORED[key]})`)
@@ -127,6 +132,9 @@ export function translateHandbook(root: Record<string, unknown>, nearest: (key: 
       throw new AlignError(`unknown key ${key}${near ? `; did you mean ${near}?` : ''} (not a handbook ModelConfig/ScriptArguments/SFTConfig/DPOConfig key align knows)`)
     }
   }
-  if (out.data) delete out.data['__splits']
+  if (out.data) {
+    delete out.data['__splits']
+    delete out.data['__name_splits']
+  }
   return { sections: out, notes: [...new Set(notes)] }
 }

@@ -98,4 +98,41 @@ test('a lone pairs file: eval is off unless data.eval_pairs names one', async ()
   assert.ok(b.logHistory.some((x) => x.eval_loss !== undefined))
 })
 
+test('align export --to handbook: configs the handbook reads (round trip), its zero3 keys, launch.sh, Hub-layout data', async () => {
+  const out = join(work, 'export')
+  const { exportHandbook } = await import('../src/commands/export.ts')
+  const recipe = loadRecipe('zephyr', TRAIN_SCHEMA, ['model.policy=alignment-handbook/zephyr-7b-sft-full', `data.pairs=${join(work, 'pq')}`])
+  exportHandbook(recipe, { out, gpus: 8, hasSft: false })
+  // read back with align's handbook reader: every key is one the handbook knows, every value the recipe's
+  const back = loadRecipe(join(out, 'config_dpo.yaml'), TRAIN_SCHEMA, [`data.datasets_dir=${datasetsDir}`])
+  const [a, b] = [recipe.values.dpo, back.values.dpo]
+  for (const k of ['beta', 'learning_rate', 'lr_scheduler_type', 'warmup_ratio', 'num_train_epochs', 'per_device_train_batch_size', 'max_length', 'max_prompt_length', 'optim', 'seed', 'output_dir', 'reference_mode', 'save_total_limit'] as const) assert.equal(b[k], a[k], k)
+  assert.is(b.gradient_accumulation_steps * 8 * b.per_device_train_batch_size, a.gradient_accumulation_steps * a.per_device_train_batch_size) // global batch kept on 8 GPUs
+  assert.is(back.values.model.policy, 'alignment-handbook/zephyr-7b-sft-full')
+  assert.equal(back.values.data.datasets.map((d) => d.split), ['train_prefs', 'test_prefs'])
+  // the exported dataset directory is read as a dataset by id (Hub layout + card)
+  const { splitFiles } = await import('../src/preference/datasets.ts')
+  assert.match(splitFiles(back.values.data.datasets[0]!.id, 'train_prefs')[0]!, /data\/train_prefs-00000-of-00001\.parquet$/)
+  const YAML = (await import('yaml')).default
+  const keys = (o: unknown): unknown => (o && typeof o === 'object' && !Array.isArray(o) ? Object.fromEntries(Object.entries(o).map(([k, x]) => [k, keys(x)])) : typeof o)
+  assert.equal(keys(YAML.parse(readFileSync(join(out, 'zero3.yaml'), 'utf8'))), keys(YAML.parse(readFileSync(join(HB, 'zero3.yaml'), 'utf8'))))
+  assert.match(readFileSync(join(out, 'launch.sh'), 'utf8'), /accelerate launch --config_file "\$HERE\/zero3\.yaml" scripts\/dpo\.py --config "\$HERE\/config_dpo\.yaml"/)
+})
+
+test('align inspect reads a run directory written by the HF Trainer (trainer_state.json in its own format)', async () => {
+  const { inspect } = await import('../src/inspect/index.ts')
+  const run = join(tmp(), 'hf-run')
+  mkdirSync(join(run, 'checkpoint-200'), { recursive: true })
+  // the shape transformers 4.4x writes: TrainerState fields, log rows with loss/grad_norm/learning_rate/epoch/step
+  const state = { best_global_step: null, best_metric: null, best_model_checkpoint: null, epoch: 0.42, eval_steps: 100, global_step: 200, is_hyper_param_search: false, is_local_process_zero: true, is_world_process_zero: true,
+    log_history: [{ epoch: 0.21, grad_norm: 5.1, learning_rate: 4.9e-7, logits_chosen: -2.7, loss: 0.6914, 'rewards/accuracies': 0.55, 'rewards/chosen': 0.01, 'rewards/margins': 0.004, 'rewards/rejected': 0.006, step: 100 }, { epoch: 0.21, eval_loss: 0.689, 'eval_rewards/accuracies': 0.6, eval_runtime: 80.1, eval_samples_per_second: 24.9, eval_steps_per_second: 0.4, step: 100 }, { epoch: 0.42, grad_norm: 4.2, learning_rate: 4.5e-7, loss: 0.6702, 'rewards/accuracies': 0.66, 'rewards/margins': 0.05, step: 200 }],
+    logging_steps: 10, max_steps: 478, num_input_tokens_seen: 0, num_train_epochs: 1, save_steps: 100, stateful_callbacks: { TrainerControl: { args: { should_save: true }, attributes: {} } }, total_flos: 0.0, train_batch_size: 8, trial_name: null, trial_params: null }
+  writeFileSync(join(run, 'checkpoint-200', 'trainer_state.json'), JSON.stringify(state))
+  writeFileSync(join(run, 'trainer_state.json'), JSON.stringify(state))
+  const r = inspect({ dir: run, json: true })
+  assert.equal(r.report.run!.checkpoints.map((c) => c.step), [200])
+  assert.is(r.report.last!.loss!.value, 0.6702)
+  assert.is(r.report.last!['eval_rewards/accuracies']!.step, 100)
+})
+
 test.run()

@@ -42,7 +42,7 @@ export function inspect(a: InspectArgs): { report: InspectReport; text: string }
     ckptDir ??= legacyFinal ? join(a.dir, 'final') : ckpts.at(-1)?.dir
   }
   if (!ckptDir && !report.run) throw new AlignError(`${a.dir}: neither a checkpoint (no model.safetensors / adapter_model.safetensors) nor a run directory (no metrics.jsonl, checkpoint-N or final/)`)
-  if (ckptDir) report.checkpoint = summarize(ckptDir, a.stats)
+  if (ckptDir && isCheckpoint(ckptDir)) report.checkpoint = summarize(ckptDir, a.stats) // a DeepSpeed checkpoint may hold no consolidated weights
   const history = readHistory(a.dir) ?? (ckptDir ? readHistory(ckptDir) : undefined)
   if (history?.length) {
     report.history = history
