@@ -10,6 +10,9 @@ import { applyOverride, listRecipes, loadRecipe, nearest } from './recipe.ts'
 
 const overrides = restPositionals({ type: string, displayName: 'key=value', description: 'recipe overrides, e.g. binarize.min_margin=1 (type-checked; unknown keys are errors)' })
 
+const workersOpt = option({ type: string, long: 'workers', defaultValue: () => process.env.ALIGN_WORKERS ?? 'auto', defaultValueIsSerializable: true, description: 'data-parallel workers: N, or auto (the cores on CPU backends); numbers are the same for any N' })
+const workersOf = (w: string): number | 'auto' => (w === 'auto' ? 'auto' : Number(w))
+
 const backendOpt = option({ type: string, long: 'backend', defaultValue: () => process.env.ALIGN_BACKEND ?? 'auto', defaultValueIsSerializable: true, description: 'auto | tfjs-node-gpu | tfjs-node | wasm | cpu' })
 
 const binarizeCmd = command({
@@ -73,6 +76,7 @@ function trainCommand(stage: 'sft' | 'dpo') {
       recipe: option({ type: string, long: 'recipe', short: 'r', description: `recipe name (${listRecipes().join(', ')}) or path to a YAML file` }),
       backend: backendOpt,
       resume: option({ type: optional(string), long: 'resume', description: 'latest, or a checkpoint-<step> directory' }),
+      workers: workersOpt,
       dryRun: flag({ long: 'dry-run', description: 'resolve the recipe, tokenize, print step counts and the memory plan; train nothing' }),
       json: flag({ long: 'json', description: 'print a JSON summary of the run on stdout at the end' }),
       overrides,
@@ -81,7 +85,7 @@ function trainCommand(stage: 'sft' | 'dpo') {
       const { TRAIN_SCHEMA } = await import('./train/schema.ts')
       const { train } = await import('./train/loop.ts')
       const recipe = loadRecipe(a.recipe, TRAIN_SCHEMA, a.overrides)
-      const r = await train({ stage, recipe, backend: a.backend, resume: a.resume, dryRun: a.dryRun })
+      const r = await train({ stage, recipe, backend: a.backend, resume: a.resume, dryRun: a.dryRun, workers: workersOf(a.workers) })
       if (r.plan && !a.json) process.stdout.write(r.plan + '\n')
       if (a.json) {
         const last = (k: string) => [...r.logHistory].reverse().find((x) => x[k] !== undefined)?.[k]

@@ -52,7 +52,7 @@ export async function evaluatePairs(a: EvalArgs): Promise<{ metrics: Record<stri
     disposeModel(ref)
   }
   const objective = dpoObjective({ beta: a.beta, lossType: a.loss, labelSmoothing: a.labelSmoothing })
-  const { metrics, batches } = evaluate(objective, policy, pairs, reference, { batchSize: a.batchSize, padId: tok.padId, prefix: '', onBatch: (done) => progress.update(done, pairs.length, 'pairs') })
+  const { metrics, batches } = await evaluate(objective, policy, pairs, reference, { batchSize: a.batchSize, padId: tok.padId, prefix: '', onBatch: (done) => progress.update(done, pairs.length, 'pairs') })
   disposeModel(policy)
   const bad = Object.entries(metrics).find(([, x]) => !Number.isFinite(x))
   if (bad) throw new AlignError(`${a.policy}${a.reference ? ` / ${a.reference}` : ''}: ${bad[0]} is ${bad[1]}: the log-probs are not finite, so a checkpoint holds NaN/Inf weights (align inspect --stats shows which tensors)`)

@@ -174,22 +174,32 @@ export function sftObjective(): Objective {
   }
 }
 
+/** One eval batch, no gradients, adapters on and no dropout. */
+export function evalBatch(objective: Objective, model: Model, pairs: PairIds[], ref: PairLogps | undefined, padId: number): BatchStats {
+  let out: BatchStats | undefined
+  tf.tidy(() => {
+    const { loss, stats } = withAdapters(model, true, () => objective.step(model, pairs, ref, padId))
+    out = { ...stats, loss: loss.dataSync()[0]! }
+  })
+  return out!
+}
+
+export type EvalBatches = (batches: { pairs: PairIds[]; ref?: PairLogps }[]) => Promise<BatchStats[]>
+
 /**
- * The objective on a pair set without gradients, `batchSize` pairs at a time, adapters on and no dropout: the
- * eval row (with eval_runtime and eval_samples_per_second, as HF's `evaluate`) and the per-batch numbers.
+ * The objective on a pair set without gradients, `batchSize` pairs at a time: the eval row (with eval_runtime and
+ * eval_samples_per_second, as HF's `evaluate`) and the per-batch numbers. `run` evaluates the batches elsewhere
+ * (the workers of train/workers.ts); by default they run here, one after another.
  */
-export function evaluate(objective: Objective, model: Model, pairs: PairIds[], ref: Reference | undefined, o: { batchSize: number; padId: number; prefix?: string; onBatch?: (done: number) => void }): { metrics: Record<string, number>; batches: BatchStats[] } {
+export async function evaluate(objective: Objective, model: Model, pairs: PairIds[], ref: Reference | undefined, o: { batchSize: number; padId: number; prefix?: string; onBatch?: (done: number) => void; run?: EvalBatches }): Promise<{ metrics: Record<string, number>; batches: BatchStats[] }> {
   const t0 = performance.now()
-  const batches: BatchStats[] = []
+  const work: { pairs: PairIds[]; ref?: PairLogps }[] = []
   for (let i = 0; i < pairs.length; i += o.batchSize) {
-    o.onBatch?.(i)
     const idx = Array.from({ length: Math.min(o.batchSize, pairs.length - i) }, (_, j) => i + j)
-    const r = ref?.logps(idx)
-    tf.tidy(() => {
-      const { loss, stats } = withAdapters(model, true, () => objective.step(model, idx.map((j) => pairs[j]!), r, o.padId))
-      batches.push({ ...stats, loss: loss.dataSync()[0]! })
-    })
+    work.push({ pairs: idx.map((j) => pairs[j]!), ref: ref?.logps(idx) })
   }
+  const local: EvalBatches = async (bs) => bs.map((b, i) => (o.onBatch?.(i * o.batchSize), evalBatch(objective, model, b.pairs, b.ref, o.padId)))
+  const batches = await (o.run ?? local)(work)
   const secs = (performance.now() - t0) / 1000
   const prefix = o.prefix ?? 'eval_'
   const round = (x: number) => Math.round(x * 1e4) / 1e4

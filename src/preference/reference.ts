@@ -77,7 +77,7 @@ export function modelIdentity(spec: string): string {
  * The reference's log-probs of `pairs`, from the cache when this reference already scored these exact token ids,
  * else computed (`model()` is called only then; a LoRA model runs with its adapters off) and cached.
  */
-export function precompute(model: () => Model, pairs: PairIds[], o: { referenceId: string; batchSize: number; label: string; quiet?: boolean; log: (s: string) => void }): PairLogps {
+export async function precompute(model: () => Model, pairs: PairIds[], o: { referenceId: string; batchSize: number; label: string; quiet?: boolean; log: (s: string) => void; compute?: (pairs: PairIds[], onBatch: (done: number) => void) => Promise<PairLogps> }): Promise<PairLogps> {
   const key = createHash('sha256').update(JSON.stringify({ reference: modelIdentity(o.referenceId), pairs: pairsDigest(pairs) })).digest('hex').slice(0, 24)
   const path = join(CACHE_DIR, `ref-logps-${key}.json`)
   if (existsSync(path)) {
@@ -89,7 +89,8 @@ export function precompute(model: () => Model, pairs: PairIds[], o: { referenceI
   }
   const t0 = performance.now()
   const progress = new Progress(`reference log-probs (${o.label})`, { quiet: o.quiet })
-  const { chosen, rejected } = pairLogps(model(), pairs, o.batchSize, false, (done) => progress.update(done, pairs.length, 'pairs'))
+  const onBatch = (done: number) => progress.update(done, pairs.length, 'pairs')
+  const { chosen, rejected } = o.compute ? await o.compute(pairs, onBatch) : pairLogps(model(), pairs, o.batchSize, false, onBatch)
   writeFileAtomic(path, JSON.stringify({ reference: o.referenceId, chosen, rejected }))
   progress.succeed(`reference log-probs (${o.label}): ${pairs.length} pairs in ${((performance.now() - t0) / 1000).toFixed(1)} s -> ${path}`)
   return { chosen, rejected }

@@ -13,7 +13,6 @@ import * as tf from '@tensorflow/tfjs'
 import { AlignError } from '../errors.ts'
 import { Progress } from '../progress.ts'
 import type { BackendInfo } from '../model/backend.ts'
-import { withAdapters } from '../model/lora.ts'
 import { disposeModel, type Model } from '../model/mistral.ts'
 import { evaluate, type BatchStats } from '../preference/objective.ts'
 import type { DataStats } from '../preference/pairs.ts'
@@ -25,6 +24,8 @@ import { writeRunOutputs } from './outputs.ts'
 import { RunLog, Window, mean, round4, type Row } from './log.ts'
 import { Optimizer, clipByGlobalNorm, lrLambda } from './optim.ts'
 import { microBatchStream } from './sampler.ts'
+import { dropoutSeed, microBatchGrads, trainableParams } from './microbatch.ts'
+import { WorkerPool, workerCount, workerInit } from './workers.ts'
 import { claimRunDir, watchSignals } from './rundir.ts'
 
 export { runDirOf, type TrainOptions } from './setup.ts'
@@ -57,14 +58,30 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   }
 }
 
-/** The run, once its directory is ours: policy, reference, resume, the loop, the final save. */
+/** The run, once its directory is ours: the policy and its replicas on the workers, then the loop. */
 async function trainClaimed(run: Run, result: (r: Partial<TrainResult>) => TrainResult): Promise<TrainResult> {
-  const { o, args, runDir, schedule } = run
+  const { o } = run
   const model = buildPolicy(run)
-  const refs = o.stage === 'dpo' ? buildReference(run, model) : undefined
+  const workers = workerCount(o.workers ?? 1, run.backend.tfBackend)
+  run.log(`workers: ${workers.n} (${workers.why})`)
+  const v = o.recipe.values
+  const dpo = o.stage === 'dpo' ? { beta: v.dpo.beta, lossType: v.dpo.loss_type, labelSmoothing: v.dpo.label_smoothing } : undefined
+  const pool = await WorkerPool.start(workers.n, model, workerInit(model, run.backend.active, run.objective, dpo, run.tok.padId))
+  try {
+    return await trainLoop(run, model, pool, result)
+  } finally {
+    await pool?.close()
+  }
+}
+
+/** Reference, resume, the loop and the final save, with the model (and its replicas in `pool`) built. */
+async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, result: (r: Partial<TrainResult>) => TrainResult): Promise<TrainResult> {
+  const { o, args, runDir, schedule } = run
+  const refs = o.stage === 'dpo' ? await buildReference(run, model, pool) : undefined
   const opt = new Optimizer({ optimizer: args.optim, beta1: args.adam_beta1, beta2: args.adam_beta2, eps: args.adam_epsilon, weightDecay: args.weight_decay, rmspropAlpha: 0.99 })
   const resumed = o.resume ? resume(resolveResume(runDir, o.resume), o.stage, model, opt) : undefined
   if (resumed) run.log(`resumed at step ${resumed.global_step}`)
+  if (resumed) pool?.weightsChanged()
   let step = resumed?.global_step ?? 0
   const log = new RunLog(runDir, resumed?.log_history)
   const resolved = { recipe: o.recipe.path, overrides: o.recipe.overrides, stage: o.stage, values: o.recipe.values }
@@ -83,14 +100,15 @@ async function trainClaimed(run: Run, result: (r: Partial<TrainResult>) => Train
   try {
     while (step < schedule.maxSteps) {
       await new Promise((r) => setImmediate(r)) // let a pending Ctrl-C (SIGINT) handler run between steps
-      const { grads, batches } = accumulate(run, model, refs, step, nextBatch)
+      const { grads, batches } = await accumulate(run, model, refs, step, nextBatch, pool)
       const { grads: clipped, norm } = clipByGlobalNorm(grads, args.max_grad_norm)
       if (!Number.isFinite(norm)) {
         tf.dispose([...clipped.values()])
         throw new AlignError(`${o.stage}: grad_norm is ${norm} at step ${step + 1}; stopped before the update. The last good checkpoint is kept in ${runDir}; lower learning_rate or check the data`)
       }
       const lr = args.learning_rate * lrLambda(args.lr_scheduler_type, step, schedule.maxSteps, schedule.warmup)
-      opt.apply(new Map([...model.params].filter(([, p]) => p.trainable)), clipped, lr)
+      opt.apply(new Map(trainableParams(model)), clipped, lr)
+      pool?.weightsChanged()
       tf.dispose([...clipped.values()])
       step++
       window.batches.push(...batches)
@@ -105,7 +123,8 @@ async function trainClaimed(run: Run, result: (r: Partial<TrainResult>) => Train
       }
       const last = step === schedule.maxSteps
       if (args.do_eval && run.data.eval.pairs.length && ((args.eval_steps > 0 && step % args.eval_steps === 0) || last)) {
-        log.record({ step, epoch, ...evaluate(run.objective, model, run.data.eval.pairs, refs?.eval, { batchSize: args.per_device_eval_batch_size, padId: run.tok.padId }).metrics })
+        const run_ = pool ? (b: Parameters<NonNullable<Parameters<typeof evaluate>[4]['run']>>[0]) => pool.eval(run.objective, b, run.tok.padId) : undefined
+        log.record({ step, epoch, ...(await evaluate(run.objective, model, run.data.eval.pairs, refs?.eval, { batchSize: args.per_device_eval_batch_size, padId: run.tok.padId, run: run_ })).metrics })
       }
       const stopping = signals.signal() !== undefined || (o.stopAfter !== undefined && step - startStep >= o.stopAfter)
       const saved = (args.save_steps > 0 && step % args.save_steps === 0) || last || stopping ? save(false) : undefined
@@ -130,37 +149,37 @@ async function trainClaimed(run: Run, result: (r: Partial<TrainResult>) => Train
 }
 
 /**
- * The gradients of optimizer step `step`: its GA micro-batches, each loss scaled by 1/GA, summed by parameter
- * name in micro-batch order. A non-finite loss stops the run here, before any update.
+ * The gradients of optimizer step `step`: its GA micro-batches (micro-batch a on worker a mod N, worker 0 being
+ * this thread), each loss scaled by 1/GA, summed by parameter name in micro-batch order — the same additions
+ * whatever N is. A non-finite loss stops the run here, before any update.
  */
-function accumulate(run: Run, model: Model, refs: References | undefined, step: number, nextBatch: (k: number) => number[]): { grads: Map<string, tf.Tensor>; batches: BatchStats[] } {
+async function accumulate(run: Run, model: Model, refs: References | undefined, step: number, nextBatch: (k: number) => number[], pool: WorkerPool | undefined): Promise<{ grads: Map<string, tf.Tensor>; batches: BatchStats[] }> {
   const ga = run.args.gradient_accumulation_steps
-  const trainable = [...model.params].filter(([, p]) => p.trainable)
+  const n = pool?.size ?? 1
+  const jobs = Array.from({ length: ga }, (_, a) => {
+    const k = step * ga + a
+    const idx = nextBatch(k)
+    return { a, worker: a % n, pairs: idx.map((i) => run.data.train.pairs[i]!), ref: refs?.train.logps(idx), dropoutSeed: dropoutSeed(run.args.seed, k) }
+  })
+  const remote = pool ? pool.grads(ga, jobs.filter((j) => j.worker !== 0)) : Promise.resolve([])
+  const results = new Map<number, { grads: Map<string, tf.Tensor>; stats: BatchStats }>()
+  for (const j of jobs.filter((j) => j.worker === 0)) results.set(j.a, microBatchGrads(model, run.objective, j.pairs, j.ref, { padId: run.tok.padId, ga, dropoutSeed: j.dropoutSeed }))
+  for (const r of await remote) results.set(r.a, { grads: new Map(r.grads.map((g) => [g.name, tf.tensor(g.data, model.params.get(g.name)!.shape, 'float32')])), stats: r.stats })
   const acc = new Map<string, tf.Tensor>()
   const batches: BatchStats[] = []
   for (let a = 0; a < ga; a++) {
-    const k = step * ga + a
-    const idx = nextBatch(k)
-    const ref = refs?.train.logps(idx)
-    let stats: Omit<BatchStats, 'loss'> | undefined
-    const { value, grads } = withAdapters(model, true, () => tf.variableGrads(() => {
-      const r = run.objective.step(model, idx.map((i) => run.data.train.pairs[i]!), ref, run.tok.padId, ga)
-      stats = r.stats
-      return r.loss
-    }, trainable.map(([, p]) => p)), run.args.seed * 1_000_003 + k)
-    const loss = value.dataSync()[0]! * ga
-    value.dispose()
-    if (!Number.isFinite(loss)) {
-      tf.dispose([...Object.values(grads), ...acc.values()])
-      throw new AlignError(`${run.o.stage}: loss is ${loss} at step ${step + 1}; stopped. The last good checkpoint is kept in ${run.runDir}; lower learning_rate or check the data`)
-    }
-    batches.push({ ...stats!, loss })
-    for (const [name, p] of trainable) {
-      const g = grads[p.name]!
+    const { grads, stats } = results.get(a)!
+    batches.push(stats)
+    for (const [name, g] of grads) {
       const prev = acc.get(name)
       acc.set(name, prev ? tf.add(prev, g) : g)
       if (prev) tf.dispose([prev, g])
     }
+  }
+  const bad = batches.findIndex((b) => !Number.isFinite(b.loss))
+  if (bad >= 0) {
+    tf.dispose([...acc.values()])
+    throw new AlignError(`${run.o.stage}: loss is ${batches[bad]!.loss} at step ${step + 1}; stopped. The last good checkpoint is kept in ${run.runDir}; lower learning_rate or check the data`)
   }
   return { grads: acc, batches }
 }

@@ -19,6 +19,8 @@ import { disposeModel, type Model } from '../model/mistral.ts'
 import { describePolicy, resolvePolicy, type PolicySpec } from '../model/policy.ts'
 import { checkTemplate, checkVocabulary as checkTokenizer, loadTokenizer, type ChatTokenizer } from '../model/tokenizer.ts'
 import { dpoObjective, sftObjective, type Objective } from '../preference/objective.ts'
+import type { PairIds } from '../preference/pairs.ts'
+import type { WorkerPool } from './workers.ts'
 import { filesSha256, loadPairs, resolveSplit, tokenizeRows, type DataStats, type LoadOptions, type PairSet } from '../preference/pairs.ts'
 import { mixtureRows, splitRows } from '../preference/datasets.ts'
 import { liveReference, precompute, precomputedReference, type Reference } from '../preference/reference.ts'
@@ -37,6 +39,8 @@ export interface TrainOptions {
   quiet?: boolean
   /** stop (with a checkpoint) after this many optimizer steps of this invocation: tests of resume */
   stopAfter?: number
+  /** data-parallel workers: a number, or auto (the cores on CPU backends) */
+  workers?: number | 'auto'
 }
 
 export interface Run {
@@ -167,7 +171,7 @@ export interface References {
  * with adapters off (LoRA, no model.reference), a frozen copy, or `model.reference` loaded; precomputed once per
  * split (cached on disk) unless reference_mode is frozen.
  */
-export function buildReference(run: Run, policy: Model): References {
+export async function buildReference(run: Run, policy: Model, pool?: WorkerPool): Promise<References> {
   const v = run.o.recipe.values
   const { train, eval: evalSet } = run.data
   const adaptersOff = policy.lora !== undefined && v.model.reference === null
@@ -179,8 +183,11 @@ export function buildReference(run: Run, policy: Model): References {
   let loaded: Model | undefined
   const model = () => (v.model.reference === null ? policy : (loaded ??= separate()))
   const referenceId = v.model.reference ?? run.policy.id
-  const opts = { referenceId, batchSize: run.args.per_device_eval_batch_size, quiet: run.o.quiet, log: run.log }
-  const refs = { train: precomputedReference(precompute(model, train.pairs, { ...opts, label: 'train' })), eval: precomputedReference(precompute(model, evalSet.pairs, { ...opts, label: 'eval' })) }
+  const batchSize = run.args.per_device_eval_batch_size
+  // the workers hold replicas of the policy: they can score with it (adapters off), not with a separate reference
+  const compute = pool && v.model.reference === null ? (pairs: PairIds[], onBatch: (done: number) => void) => pool.logps(pairs, batchSize, false, onBatch) : undefined
+  const opts = { referenceId, batchSize, quiet: run.o.quiet, log: run.log, compute }
+  const refs = { train: precomputedReference(await precompute(model, train.pairs, { ...opts, label: 'train' })), eval: precomputedReference(await precompute(model, evalSet.pairs, { ...opts, label: 'eval' })) }
   if (loaded) disposeModel(loaded)
   return refs
 }

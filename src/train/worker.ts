@@ -1,0 +1,67 @@
+/**
+ * A data-parallel worker (workers.ts): its own tfjs backend and a replica of the model, answering one message at a
+ * time — new weights, a micro-batch's gradients, reference log-probs of a chunk of pairs, eval batches. It runs the
+ * same functions as the main thread (microbatch.ts, preference/), so its numbers are the main thread's.
+ */
+import { parentPort } from 'node:worker_threads'
+import * as tf from '@tensorflow/tfjs'
+import { initBackend } from '../model/backend.ts'
+import { parseConfig } from '../model/config.ts'
+import type { LoraState } from '../model/lora.ts'
+import type { Model } from '../model/mistral.ts'
+import { dpoObjective, evalBatch, sftObjective, type Objective } from '../preference/objective.ts'
+import { pairLogps } from '../preference/reference.ts'
+import type { WorkerInit, WorkerRequest } from './workers.ts'
+import { microBatchGrads } from './microbatch.ts'
+
+let model: Model | undefined
+let objective: Objective | undefined
+let padId = 0
+
+function build(init: WorkerInit): void {
+  const params = new Map(init.params.map((p) => [p.name, tf.variable(tf.tensor(p.data, p.shape, 'float32'), p.trainable)]))
+  model = { config: parseConfig(init.config), params }
+  if (init.lora) model.lora = { ...init.lora, enabled: true, dropoutSeed: undefined, ordinal: new Map(init.lora.ordinal) } satisfies LoraState
+  objective = init.stage === 'dpo' ? dpoObjective(init.dpo!) : sftObjective()
+  padId = init.padId
+}
+
+function setWeights(weights: { name: string; data: Float32Array }[] | undefined): void {
+  for (const w of weights ?? []) {
+    const v = model!.params.get(w.name)!
+    const t = tf.tensor(w.data, v.shape, 'float32')
+    v.assign(t)
+    t.dispose()
+  }
+}
+
+async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: ArrayBuffer[] }> {
+  switch (req.kind) {
+    case 'init':
+      await initBackend(req.init.backend)
+      build(req.init)
+      return { value: true, transfer: [] }
+    case 'grads': {
+      setWeights(req.weights)
+      const out = req.jobs.map((j) => {
+        const { grads, stats } = microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, dropoutSeed: j.dropoutSeed })
+        const arrays = [...grads].map(([name, g]) => ({ name, data: g.dataSync() as Float32Array }))
+        tf.dispose([...grads.values()])
+        return { a: j.a, grads: arrays, stats }
+      })
+      return { value: out, transfer: out.flatMap((r) => r.grads.map((g) => g.data.buffer as ArrayBuffer)) }
+    }
+    case 'logps':
+      return { value: pairLogps(model!, req.pairs, req.batchSize, req.adapters), transfer: [] }
+    case 'eval':
+      setWeights(req.weights)
+      return { value: req.batches.map((b) => evalBatch(objective!, model!, b.pairs, b.ref, padId)), transfer: [] }
+  }
+}
+
+parentPort!.on('message', (msg: { id: number; req: WorkerRequest }) => {
+  handle(msg.req).then(
+    ({ value, transfer }) => parentPort!.postMessage({ id: msg.id, value }, transfer),
+    (e: Error) => parentPort!.postMessage({ id: msg.id, error: e.message?.split('\n')[0] ?? String(e) }),
+  )
+})

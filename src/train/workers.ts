@@ -1,0 +1,168 @@
+/**
+ * Data parallelism over the cores: the main thread is worker 0 and N−1 worker threads (worker.ts) each hold a
+ * tfjs backend and a replica of the model. What is spread, and why the numbers never depend on N:
+ *   - a training step's GA micro-batches: micro-batch a runs on worker a mod N with the weights of the step; the
+ *     main thread sums the gradients in micro-batch order with the same additions a single worker makes, clips,
+ *     and applies the one optimizer update; the new weights go out with the next request.
+ *   - the reference precompute and eval: contiguous runs of whole batches per worker, results in batch order.
+ * A micro-batch or batch computes the same bits on any worker (same backend, same weights, same function), so
+ * metrics and checkpoints are bit-identical for any N (test/workers.test.ts).
+ * On a GPU backend a worker would be one device (a child process per GPU); here every worker is a CPU core.
+ */
+import { availableParallelism } from 'node:os'
+import { Worker } from 'node:worker_threads'
+import { AlignError } from '../errors.ts'
+import type { Model } from '../model/mistral.ts'
+import { evalBatch, type BatchStats, type DpoOptions, type Objective } from '../preference/objective.ts'
+import type { PairIds } from '../preference/pairs.ts'
+import { pairLogps, type PairLogps } from '../preference/reference.ts'
+import { trainableParams } from './microbatch.ts'
+
+export interface WorkerInit {
+  backend: string
+  config: Record<string, unknown>
+  params: { name: string; shape: number[]; data: Float32Array; trainable: boolean }[]
+  lora?: { r: number; alpha: number; dropout: number; targets: string[]; ordinal: [string, number][] }
+  stage: 'sft' | 'dpo'
+  dpo?: DpoOptions
+  padId: number
+}
+
+type Weights = { name: string; data: Float32Array }[]
+export type WorkerRequest =
+  | { kind: 'init'; init: WorkerInit }
+  | { kind: 'grads'; ga: number; weights?: Weights; jobs: { a: number; pairs: PairIds[]; ref?: PairLogps; dropoutSeed: number }[] }
+  | { kind: 'logps'; pairs: PairIds[]; batchSize: number; adapters: boolean }
+  | { kind: 'eval'; weights?: Weights; batches: { pairs: PairIds[]; ref?: PairLogps }[] }
+
+export interface RemoteGrads {
+  a: number
+  grads: { name: string; data: Float32Array }[]
+  stats: BatchStats
+}
+
+/** How many workers `--workers` means: `auto` is the cores Node reports on CPU backends, 1 on the tensorflow ones. */
+export function workerCount(requested: string | number | undefined, tfBackend: string): { n: number; why: string } {
+  if (requested !== undefined && requested !== 'auto') {
+    const n = Number(requested)
+    if (!Number.isInteger(n) || n < 1) throw new AlignError(`--workers ${requested}: a whole number >= 1, or auto`)
+    return { n, why: 'requested' }
+  }
+  if (tfBackend === 'tensorflow') return { n: 1, why: 'auto: the tensorflow backend runs one process per device' }
+  const cores = availableParallelism()
+  return { n: cores, why: `auto: ${cores} cores available (os.availableParallelism)` }
+}
+
+/** The replica a worker needs: config, every parameter (memory layout), LoRA state, the objective. */
+export function workerInit(model: Model, backend: string, objective: Objective, dpo: DpoOptions | undefined, padId: number): WorkerInit {
+  const l = model.lora
+  return {
+    backend, config: model.config.raw, stage: objective.stage, dpo, padId,
+    params: [...model.params].map(([name, v]) => ({ name, shape: [...v.shape], data: v.dataSync() as Float32Array, trainable: v.trainable })),
+    lora: l ? { r: l.r, alpha: l.alpha, dropout: l.dropout, targets: l.targets, ordinal: [...l.ordinal] } : undefined,
+  }
+}
+
+// a worker thread runs TypeScript through tsx, registered inside it (loader hooks do not reach worker threads)
+const BOOT = `import('tsx/esm/api').then((api) => { api.register(); return import(${JSON.stringify(new URL('./worker.ts', import.meta.url).href)}) })`
+
+export class WorkerPool {
+  private readonly pending = new Map<number, { resolve: (v: any) => void; reject: (e: Error) => void; worker: number }>()
+  private nextId = 0
+  /** per worker: the trainable weights changed since it last received them */
+  private stale: boolean[] = []
+
+  private constructor(private readonly threads: Worker[], private readonly model: Model) {
+    this.stale = threads.map(() => false)
+    threads.forEach((w, i) => {
+      const fail = (why: string) => {
+        for (const [id, p] of this.pending) if (p.worker === i) (this.pending.delete(id), p.reject(new AlignError(`worker ${i + 1} of ${threads.length + 1} ${why}; the run stops (the last checkpoint is intact)`)))
+      }
+      w.on('message', (m: { id: number; value?: unknown; error?: string }) => {
+        const p = this.pending.get(m.id)
+        if (!p) return
+        this.pending.delete(m.id)
+        if (m.error !== undefined) p.reject(new AlignError(`worker ${i + 1}: ${m.error}`))
+        else p.resolve(m.value)
+      })
+      w.on('error', (e) => fail(`failed: ${e.message.split('\n')[0]}`))
+      w.on('exit', (code) => fail(`exited (code ${code}: out of memory or killed)`))
+    })
+  }
+
+  /** Start n−1 threads beside the main one, each with a replica of `model`; undefined when n is 1. */
+  static async start(n: number, model: Model, init: WorkerInit): Promise<WorkerPool | undefined> {
+    if (n <= 1) return undefined
+    const pool = new WorkerPool(Array.from({ length: n - 1 }, () => new Worker(BOOT, { eval: true })), model)
+    await Promise.all(pool.threads.map((_, i) => pool.call(i, { kind: 'init', init })))
+    return pool
+  }
+
+  /** workers including the main thread */
+  get size(): number {
+    return this.threads.length + 1
+  }
+
+  private call<T>(worker: number, req: WorkerRequest): Promise<T> {
+    const id = this.nextId++
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, worker })
+      this.threads[worker]!.postMessage({ id, req })
+    })
+  }
+
+  /** Mark the trainable weights changed (after an update or a resume): the next request carries them. */
+  weightsChanged(): void {
+    this.stale.fill(true)
+  }
+
+  /** The weights to send with a request to each worker that will get one: only those it has not seen. */
+  private weightsFor(getsRequest: boolean[]): (i: number) => Weights | undefined {
+    let weights: Weights | undefined
+    return (i) => {
+      if (!getsRequest[i] || !this.stale[i]) return undefined
+      this.stale[i] = false
+      return (weights ??= trainableParams(this.model).map(([name, v]) => ({ name, data: v.dataSync() as Float32Array })))
+    }
+  }
+
+  /** Gradients of the micro-batches for workers 1..n−1 (job.worker), started now, resolved in any order. */
+  grads(ga: number, jobs: { a: number; worker: number; pairs: PairIds[]; ref?: PairLogps; dropoutSeed: number }[]): Promise<RemoteGrads[]> {
+    const mine = this.threads.map((_, i) => jobs.filter((j) => j.worker === i + 1))
+    const weights = this.weightsFor(mine.map((m) => m.length > 0))
+    const calls = mine.map((m, i) => (m.length ? this.call<RemoteGrads[]>(i, { kind: 'grads', ga, weights: weights(i), jobs: m.map(({ worker: _w, ...j }) => j) }) : Promise.resolve([])))
+    return Promise.all(calls).then((r) => r.flat())
+  }
+
+  /** Contiguous runs of whole batches: worker w gets batches [w·per, (w+1)·per). Returns [start, end) pair ranges. */
+  ranges(count: number, batchSize: number): [number, number][] {
+    const batches = Math.ceil(count / batchSize)
+    const per = Math.ceil(batches / this.size)
+    return Array.from({ length: this.size }, (_, w) => [Math.min(count, w * per * batchSize), Math.min(count, (w + 1) * per * batchSize)] as [number, number])
+  }
+
+  /** Summed completion log-probs of `pairs` (the reference precompute), batches spread over all workers. */
+  async logps(pairs: PairIds[], batchSize: number, adapters: boolean, onLocal?: (done: number) => void): Promise<PairLogps> {
+    const [mine, ...theirs] = this.ranges(pairs.length, batchSize)
+    const remote = theirs.map(([s, e], i) => (e > s ? this.call<PairLogps>(i, { kind: 'logps', pairs: pairs.slice(s, e), batchSize, adapters }) : Promise.resolve({ chosen: [], rejected: [] })))
+    const local = pairLogps(this.model, pairs.slice(mine![0], mine![1]), batchSize, adapters, onLocal)
+    const parts = [local, ...(await Promise.all(remote))]
+    return { chosen: parts.flatMap((p) => p.chosen), rejected: parts.flatMap((p) => p.rejected) }
+  }
+
+  /** Eval batches spread over all workers, the stats in batch order. */
+  async eval(objective: Objective, batches: { pairs: PairIds[]; ref?: PairLogps }[], padId: number): Promise<BatchStats[]> {
+    const per = Math.ceil(batches.length / this.size)
+    const mine = this.threads.map((_, i) => batches.slice((i + 1) * per, (i + 2) * per))
+    const weights = this.weightsFor(mine.map((m) => m.length > 0))
+    const remote = mine.map((m, i) => (m.length ? this.call<BatchStats[]>(i, { kind: 'eval', weights: weights(i), batches: m }) : Promise.resolve([])))
+    const local = batches.slice(0, per).map((b) => evalBatch(objective, this.model, b.pairs, b.ref, padId))
+    return [...local, ...(await Promise.all(remote)).flat()]
+  }
+
+  async close(): Promise<void> {
+    const threads = [...this.threads]
+    this.threads.length = 0
+    await Promise.all(threads.map((w) => w.terminate()))
+  }
+}

@@ -1,0 +1,68 @@
+// Data-parallel workers: every logged value and the final weights are bit-identical for 1 and 2 workers (full
+// fine-tuning and LoRA with dropout, gradient accumulation, eval, the reference precompute), a resume may change
+// the worker count, and a worker that dies ends the run with one line instead of a hang.
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { loadRecipe } from '../src/recipe.ts'
+import { TRAIN_SCHEMA } from '../src/train/schema.ts'
+import { train } from '../src/train/loop.ts'
+import { WorkerPool, workerCount, workerInit } from '../src/train/workers.ts'
+import { sftObjective } from '../src/preference/objective.ts'
+import { initModel } from '../src/model/weights.ts'
+import { parseConfig } from '../src/model/config.ts'
+import { Rng } from '../src/rng.ts'
+import { rejects } from './helpers.ts'
+import { TINY_CONFIG, tinyRun } from './tiny-run.ts'
+import { useBackend } from './tfjs-helpers.ts'
+
+test.before(async () => {
+  await useBackend('wasm')
+})
+await useBackend('wasm')
+const { work, base } = await tinyRun()
+const recipe = (...o: string[]) => loadRecipe('tiny', TRAIN_SCHEMA, o)
+const noTimes = (h: Record<string, number>[]) => h.map((r) => Object.fromEntries(Object.entries(r).filter(([k]) => !/runtime|per_second/.test(k))))
+const weights = (dir: string, f = 'model.safetensors') => readFileSync(join(dir, f))
+
+for (const [name, extra] of [['full fine-tuning', []], ['LoRA with dropout', ['lora.enabled=true', 'lora.r=4', 'lora.dropout=0.1', 'dpo.learning_rate=5e-2']]] as const) {
+  test(`${name}: 1 and 2 workers log the same values and save the same weights, bit for bit`, async () => {
+    const runs = []
+    for (const w of [1, 2]) {
+      const out = join(work, `${name.split(' ')[0]}-w${w}`)
+      runs.push({ out, r: await train({ stage: 'dpo', recipe: recipe(...base(out, 'dpo.max_steps=4', 'dpo.gradient_accumulation_steps=3', ...extra)), quiet: true, workers: w }) })
+    }
+    assert.equal(noTimes(runs[1]!.r.logHistory), noTimes(runs[0]!.r.logHistory))
+    assert.ok(runs[0]!.r.logHistory.some((x) => x.eval_loss !== undefined))
+    const f = name.startsWith('LoRA') ? 'adapter_model.safetensors' : 'model.safetensors'
+    assert.ok(weights(runs[1]!.out, f).equals(weights(runs[0]!.out, f)))
+  })
+}
+
+test('SFT and a resume that changes the worker count: still the uninterrupted numbers', async () => {
+  const a = await train({ stage: 'sft', recipe: recipe(...base(join(work, 'sft-w1'), 'sft.gradient_accumulation_steps=2', 'sft.per_device_train_batch_size=2')), quiet: true, workers: 1 })
+  const b = await train({ stage: 'sft', recipe: recipe(...base(join(work, 'sft-w2'), 'sft.gradient_accumulation_steps=2', 'sft.per_device_train_batch_size=2')), quiet: true, workers: 2 })
+  assert.equal(noTimes(b.logHistory), noTimes(a.logHistory))
+  const out = join(work, 'resume-w')
+  await train({ stage: 'dpo', recipe: recipe(...base(out, 'dpo.max_steps=4')), quiet: true, workers: 2, stopAfter: 2 })
+  const resumed = await train({ stage: 'dpo', recipe: recipe(...base(out, 'dpo.max_steps=4')), quiet: true, workers: 1, resume: 'latest' })
+  const full = await train({ stage: 'dpo', recipe: recipe(...base(join(work, 'resume-full'), 'dpo.max_steps=4')), quiet: true, workers: 1 })
+  assert.equal(noTimes(resumed.logHistory).filter((r) => r.loss !== undefined), noTimes(full.logHistory).filter((r) => r.loss !== undefined))
+})
+
+test('a worker that dies ends the request with one line naming it; --workers is checked', async () => {
+  const model = initModel(parseConfig(TINY_CONFIG), Rng.fromKey('w'))
+  const pool = (await WorkerPool.start(2, model, workerInit(model, 'wasm', sftObjective(), undefined, 2)))!
+  assert.is(pool.size, 2)
+  const big = Array.from({ length: 64 }, (_, i) => ({ promptIds: Array.from({ length: 60 }, (_, j) => 3 + ((i + j) % 500)), chosenIds: Array.from({ length: 60 }, (_, j) => 7 + j), rejectedIds: [7, 2] }))
+  const pending = pool.grads(1, [{ a: 0, worker: 1, pairs: big, dropoutSeed: 0 }]) // long enough to be running when the worker is killed
+  await (pool as unknown as { threads: { terminate(): Promise<number> }[] }).threads[0]!.terminate()
+  await rejects(() => pending, /worker 1 of 2 exited \(code \d+: out of memory or killed\); the run stops \(the last checkpoint is intact\)/)
+  await pool.close()
+  await rejects(() => workerCount('0', 'wasm'), /--workers 0: a whole number >= 1, or auto/)
+  assert.equal(workerCount('3', 'wasm').n, 3)
+  assert.equal(workerCount('auto', 'tensorflow').n, 1)
+})
+
+test.run()
