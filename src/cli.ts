@@ -50,21 +50,23 @@ const binarizeCmd = command({
 const demoCmd = command({
   name: 'demo',
   description: 'the main job on the shipped sample: binarize data/ultrafeedback -> SFT a tiny policy -> DPO -> inspect',
-  args: { out: option({ type: string, long: 'out', defaultValue: () => 'checkpoints/demo', defaultValueIsSerializable: true, description: 'run directory' }), backend: backendOpt },
-  handler: async (a) => (await import('./commands/demo.ts')).demo(a.out, a.backend),
+  args: { out: option({ type: string, long: 'out', defaultValue: () => 'checkpoints/demo', defaultValueIsSerializable: true, description: 'run directory' }), backend: backendOpt, workers: workersOpt },
+  handler: async (a) => (await import('./commands/demo.ts')).demo(a.out, a.backend, workersOf(a.workers)),
 })
 
 const infoCmd = command({
   name: 'info',
   description: 'which tfjs backend is active, and why each other one was skipped',
-  args: { backend: backendOpt, json: flag({ long: 'json', description: 'machine-readable output' }) },
+  args: { backend: backendOpt, workers: workersOpt, json: flag({ long: 'json', description: 'machine-readable output' }) },
   handler: async (a) => {
     const { initBackend, describeBackend } = await import('./model/backend.ts')
+    const { workerCount } = await import('./train/workers.ts')
     const tf = await import('@tensorflow/tfjs')
     const b = await initBackend(a.backend)
-    const versions = { align: (await import('../package.json', { with: { type: 'json' } })).default.version, node: process.version, tfjs: tf.version.tfjs }
-    if (a.json) process.stdout.write(JSON.stringify({ ...b, versions }, null, 2) + '\n')
-    else process.stdout.write(`align ${versions.align} · node ${versions.node} · tfjs ${versions.tfjs}\n${describeBackend(b)}\n`)
+    const workers = workerCount(workersOf(a.workers), b.tfBackend)
+    const versions = { align: VERSION, node: process.version, tfjs: tf.version.tfjs }
+    if (a.json) process.stdout.write(JSON.stringify({ ...b, workers, versions }, null, 2) + '\n')
+    else process.stdout.write(`align ${versions.align} · node ${versions.node} · tfjs ${versions.tfjs}\n${describeBackend(b)}\n  workers: ${workers.n} (${workers.why}); each holds a replica of the model and its own backend\n`)
   },
 })
 
@@ -129,11 +131,12 @@ const evalCmd = command({
     batchSize: option({ type: number, long: 'batch-size', defaultValue: () => 8, defaultValueIsSerializable: true, description: 'pairs per forward pass' }),
     out: option({ type: optional(string), long: 'out', description: 'per-pair JSONL output' }),
     json: flag({ long: 'json', description: 'metrics as JSON' }),
+    workers: workersOpt,
     backend: backendOpt,
   },
   handler: async (a) => {
     const { evaluatePairs } = await import('./commands/eval.ts')
-    const { metrics } = await evaluatePairs({ ...a, quiet: false })
+    const { metrics } = await evaluatePairs({ ...a, quiet: false, workers: workersOf(a.workers) })
     process.stdout.write(a.json ? JSON.stringify(metrics, null, 2) + '\n' : Object.entries(metrics).map(([k, v]) => `${k.padEnd(22)} ${Number.isInteger(v) ? v : v.toFixed(6)}`).join('\n') + '\n')
   },
 })
@@ -170,12 +173,13 @@ const benchCmd = subcommands({
         warmup: option({ type: number, long: 'warmup', defaultValue: () => 1, defaultValueIsSerializable: true, description: 'untimed steps first' }),
         layout: option({ type: oneOf(['auto', 'packed', 'concatenated'] as const), long: 'layout', defaultValue: () => 'auto' as const, defaultValueIsSerializable: true, description: "auto: whichever needs fewer FLOPs per batch, as align train does; packed: the prompt run once per pair; concatenated: TRL's 2n rows" }),
         profile: flag({ long: 'profile', description: 'one more, profiled step: matMul GFLOP/s inside the step against the best plain matMul' }),
+        workers: workersOpt,
         json: flag({ long: 'json', description: 'one JSON object' }),
         backend: backendOpt,
       },
       handler: async (a) => {
         const { benchDpo } = await import('./commands/bench.ts')
-        const r = await benchDpo(a)
+        const r = await benchDpo({ ...a, workers: workersOf(a.workers) })
         process.stdout.write(a.json ? JSON.stringify(r) + '\n' : Object.entries(r).map(([k, v]) => `${k.padEnd(18)} ${v}`).join('\n') + '\n')
       },
     }),

@@ -13,7 +13,7 @@ import { sftObjective } from '../src/preference/objective.ts'
 import { initModel } from '../src/model/weights.ts'
 import { parseConfig } from '../src/model/config.ts'
 import { Rng } from '../src/rng.ts'
-import { rejects } from './helpers.ts'
+import { FIXTURES, rejects } from './helpers.ts'
 import { TINY_CONFIG, tinyRun } from './tiny-run.ts'
 import { useBackend } from './tfjs-helpers.ts'
 
@@ -49,6 +49,19 @@ test('SFT and a resume that changes the worker count: still the uninterrupted nu
   const resumed = await train({ stage: 'dpo', recipe: recipe(...base(out, 'dpo.max_steps=4')), quiet: true, workers: 1, resume: 'latest' })
   const full = await train({ stage: 'dpo', recipe: recipe(...base(join(work, 'resume-full'), 'dpo.max_steps=4')), quiet: true, workers: 1 })
   assert.equal(noTimes(resumed.logHistory).filter((r) => r.loss !== undefined), noTimes(full.logHistory).filter((r) => r.loss !== undefined))
+})
+
+test('align eval: the same metrics and per-pair numbers with 1 and 2 workers', async () => {
+  const { evaluatePairs } = await import('../src/commands/eval.ts')
+  const { readFileSync: read, writeFileSync } = await import('node:fs')
+  const DIR = join(FIXTURES, 'tiny-mistral-random')
+  const golden = JSON.parse(read(join(DIR, 'expected', 'dpo.json'), 'utf8'))
+  const file = join(work, 'golden-pairs.jsonl')
+  writeFileSync(file, golden.pairs.map((p: any) => JSON.stringify({ prompt_ids: p.prompt_ids, chosen_ids: p.chosen_ids, rejected_ids: p.rejected_ids })).join('\n') + '\n')
+  const args = { policy: join(DIR, 'policy'), reference: join(DIR, 'reference'), pairs: file, beta: 0.1, loss: 'sigmoid' as const, labelSmoothing: 0, maxLength: 1024, maxPromptLength: 512, batchSize: 1, backend: 'wasm', quiet: true }
+  const [a, b] = [await evaluatePairs({ ...args, workers: 1 }), await evaluatePairs({ ...args, workers: 2 })]
+  assert.equal(noTimes([b.metrics]), noTimes([a.metrics]))
+  assert.equal(b.perPair, a.perPair)
 })
 
 test('a worker that dies ends the request with one line naming it; --workers is checked', async () => {

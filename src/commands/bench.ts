@@ -16,6 +16,8 @@ import { initModel } from '../model/weights.ts'
 import { dpoObjective, type Layout } from '../preference/objective.ts'
 import { isTokenized, pairTokens, tokenizedPair } from '../preference/pairs.ts'
 import { Optimizer } from '../train/optim.ts'
+import { microBatchGrads } from '../train/microbatch.ts'
+import { WorkerPool, workerCount, workerInit } from '../train/workers.ts'
 
 export interface BenchArgs {
   model: string
@@ -28,6 +30,8 @@ export interface BenchArgs {
   layout: Layout
   /** two extra, profiled steps: matMul GFLOP/s inside the step against the best plain matMul */
   profile?: boolean
+  /** data-parallel workers: the step's pairs split into one micro-batch per worker */
+  workers?: number | 'auto'
 }
 
 export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
@@ -43,24 +47,42 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   const refR = ref('reference_rejected_logp')
   const model = initModel(config, Rng.fromKey('bench'))
   const opt = new Optimizer({ optimizer: 'adamw', beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, rmspropAlpha: 0.99 })
-  const objective = dpoObjective({ beta: 0.1, lossType: 'sigmoid', labelSmoothing: 0 }, a.layout)
-  const vars = [...model.params.values()]
-  const names = new Map(vars.map((v, i) => [v.name, [...model.params.keys()][i]!]))
-  const step = (s: number) => {
-    const idx = Array.from({ length: a.batchPairs }, (_, j) => (s * a.batchPairs + j) % pairs.length)
-    const chunk = idx.map((i) => pairs[i]!)
-    let packed = false
-    const { value, grads } = tf.variableGrads(() => {
-      const r = objective.step(model, chunk, { chosen: idx.map((i) => refC[i]!), rejected: idx.map((i) => refR[i]!) }, 0)
-      packed = r.stats.packed ?? false
-      return r.loss
-    }, vars)
-    value.dataSync()
-    const byName = new Map(Object.entries(grads).map(([k, g]) => [names.get(k)!, g]))
-    opt.apply(model.params, byName, 1e-6)
-    tf.dispose([value, ...Object.values(grads)])
+  const dpo = { beta: 0.1, lossType: 'sigmoid' as const, labelSmoothing: 0 }
+  const objective = dpoObjective(dpo, a.layout)
+  const workers = workerCount(a.workers ?? 1, backend.tfBackend)
+  const pool = await WorkerPool.start(workers.n, model, workerInit(model, backend.active, objective, dpo, 0, a.layout))
+  const W = pool?.size ?? 1
+  const update = (grads: Map<string, tf.Tensor>) => {
+    opt.apply(model.params, grads, 1e-6)
+    pool?.weightsChanged()
+    tf.dispose([...grads.values()])
     tf.tidy(() => tf.sum(model.params.get('model.norm.weight')!).dataSync()) // wait for the update on async backends (a scalar readback)
-    return { chunk, packed }
+  }
+  const pairsOf = (s: number) => {
+    const idx = Array.from({ length: a.batchPairs }, (_, j) => (s * a.batchPairs + j) % pairs.length)
+    return { chunk: idx.map((i) => pairs[i]!), ref: { chosen: idx.map((i) => refC[i]!), rejected: idx.map((i) => refR[i]!) } }
+  }
+  // one optimizer step of batchPairs pairs: W micro-batches (one per worker), gradients summed in order
+  const step = async (s: number) => {
+    const { chunk, ref } = pairsOf(s)
+    const parts = Array.from({ length: W }, (_, w) => [Math.floor((w * chunk.length) / W), Math.floor(((w + 1) * chunk.length) / W)] as const)
+    const jobs = parts.map(([b, e], w) => ({ a: w, worker: w, pairs: chunk.slice(b, e), ref: { chosen: ref.chosen.slice(b, e), rejected: ref.rejected.slice(b, e) }, dropoutSeed: 0 }))
+    const remote = pool ? pool.grads(W, jobs.slice(1)) : Promise.resolve([])
+    const local = microBatchGrads(model, objective, jobs[0]!.pairs, jobs[0]!.ref, { padId: 0, ga: W, dropoutSeed: 0 })
+    const grads = local.grads
+    for (const r of await remote) for (const g of r.grads) {
+      const t = tf.tensor(g.data, model.params.get(g.name)!.shape, 'float32')
+      const sum = tf.add(grads.get(g.name)!, t)
+      tf.dispose([grads.get(g.name)!, t])
+      grads.set(g.name, sum)
+    }
+    update(grads)
+    return { chunk, packed: local.stats.packed ?? false }
+  }
+  // the profiled step runs here alone (tf.profile times this thread's kernels)
+  const localStep = (s: number) => {
+    const { chunk, ref } = pairsOf(s)
+    update(microBatchGrads(model, objective, chunk, ref, { padId: 0, ga: 1, dropoutSeed: 0 }).grads)
   }
   let timed = 0
   let packedSteps = 0
@@ -69,7 +91,7 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   const tensorsAfter: number[] = []
   for (let s = 0; s < a.warmup + a.steps; s++) {
     const t0 = performance.now()
-    const { chunk, packed } = step(s)
+    const { chunk, packed } = await step(s)
     if (s >= a.warmup) {
       packedSteps += packed ? 1 : 0
       timed += performance.now() - t0
@@ -78,12 +100,13 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
       tensorsAfter.push(tf.memory().numTensors)
     }
   }
-  const mm = a.profile ? await matMulThroughput((r) => void step(a.warmup + a.steps + r)) : undefined
+  const mm = a.profile ? await matMulThroughput((r) => localStep(a.warmup + a.steps + r)) : undefined
+  await pool?.close()
   disposeModel(model)
   opt.dispose()
   const secs = timed / 1000
   return {
-    bench: 'dpo', backend: backend.active, model: a.model, layout: a.layout, packed_steps: packedSteps, // of the timed steps
+    bench: 'dpo', backend: backend.active, workers: W, model: a.model, layout: a.layout, packed_steps: packedSteps, // of the timed steps
     batch_pairs: a.batchPairs, steps: a.steps,
     pairs_per_second: +(pairsDone / secs).toFixed(3), tokens_per_second: Math.round(tokens / secs), step_ms: Math.round(timed / a.steps),
     peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024), tensors_flat: new Set(tensorsAfter).size === 1, ...mm,

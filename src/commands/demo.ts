@@ -9,7 +9,7 @@ import { binarize, BINARIZE_SECTION, type BinarizeOptions } from '../binarize/in
 import { SHIPPED_SAMPLE } from '../paths.ts'
 import { loadRecipe } from '../recipe.ts'
 
-export async function demo(out = 'checkpoints/demo', backend?: string): Promise<void> {
+export async function demo(out = 'checkpoints/demo', backend?: string, workers: number | 'auto' = 'auto'): Promise<void> {
   const started = Date.now()
   const dir = resolve(out)
   const step = (s: string) => process.stderr.write(`\n== ${s}\n`)
@@ -22,10 +22,10 @@ export async function demo(out = 'checkpoints/demo', backend?: string): Promise<
   const { TRAIN_SCHEMA } = await import('../train/schema.ts')
   const { train } = await import('../train/loop.ts')
   step('2/4 SFT of a tiny Mistral-like policy on the chosen conversations')
-  const sft = await train({ stage: 'sft', backend, recipe: loadRecipe('tiny', TRAIN_SCHEMA, [`data.pairs=${dir}/data`, `sft.output_dir=${dir}/sft`]) })
+  const sft = await train({ stage: 'sft', backend, workers, recipe: loadRecipe('tiny', TRAIN_SCHEMA, [`data.pairs=${dir}/data`, `sft.output_dir=${dir}/sft`]) })
 
   step('3/4 DPO from the SFT policy')
-  const dpo = await train({ stage: 'dpo', backend, recipe: loadRecipe('tiny', TRAIN_SCHEMA, [`data.pairs=${dir}/data`, `model.policy=${sft.finalDir}`, `dpo.output_dir=${dir}/dpo`]) })
+  const dpo = await train({ stage: 'dpo', backend, workers, recipe: loadRecipe('tiny', TRAIN_SCHEMA, [`data.pairs=${dir}/data`, `model.policy=${sft.finalDir}`, `dpo.output_dir=${dir}/dpo`]) })
 
   step('4/4 inspect the DPO run')
   const { inspect } = await import('../inspect/index.ts')

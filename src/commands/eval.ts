@@ -12,7 +12,9 @@ import { describePolicy, resolvePolicy } from '../model/policy.ts'
 import { checkTemplate, checkVocabulary, loadTokenizer } from '../model/tokenizer.ts'
 import { dpoObjective, evaluate, type LossType } from '../preference/objective.ts'
 import { loadPairs } from '../preference/pairs.ts'
-import { liveReference, pairLogps, precomputedReference } from '../preference/reference.ts'
+import { liveReference, pairLogps, precomputedReference, type Reference } from '../preference/reference.ts'
+import type { Model } from '../model/mistral.ts'
+import { WorkerPool, workerCount, workerInit } from '../train/workers.ts'
 
 export interface EvalArgs {
   policy: string
@@ -27,6 +29,8 @@ export interface EvalArgs {
   batchSize: number
   backend?: string
   quiet?: boolean
+  /** data-parallel workers (train/workers.ts): the same numbers for any count */
+  workers?: number | 'auto'
 }
 
 export async function evaluatePairs(a: EvalArgs): Promise<{ metrics: Record<string, number>; perPair: Record<string, number>[] }> {
@@ -35,7 +39,8 @@ export async function evaluatePairs(a: EvalArgs): Promise<{ metrics: Record<stri
   if (!Number.isInteger(a.maxPromptLength) || a.maxPromptLength < 1 || a.maxPromptLength >= a.maxLength) throw new AlignError(`--max-prompt-length ${a.maxPromptLength}: needs a whole number from 1 to --max-length - 1 (${a.maxLength - 1}), or completions are truncated away`)
   if (!(a.beta > 0)) throw new AlignError(`--beta ${a.beta}: needs a number > 0`)
   if (!(a.labelSmoothing >= 0 && a.labelSmoothing <= 0.5)) throw new AlignError(`--label-smoothing ${a.labelSmoothing}: needs a number from 0 to 0.5`)
-  await initBackend(a.backend)
+  const backend = await initBackend(a.backend)
+  const n = workerCount(a.workers ?? 1, backend.tfBackend).n
   if (!a.reference && describePolicy(a.policy).kind !== 'adapter') throw new AlignError(`--reference is needed unless --policy is a LoRA adapter directory (whose base is then the reference)`)
   const described = describePolicy(a.policy)
   const tok = loadTokenizer(described.tokenizerDir)
@@ -45,14 +50,26 @@ export async function evaluatePairs(a: EvalArgs): Promise<{ metrics: Record<stri
   if (spec.tokenizerSource === 'shipped' && !a.quiet) process.stderr.write(`${a.policy} has no tokenizer.json (nor its base): using the shipped Mistral-7B tokenizer\n`)
   const { pairs } = await loadPairs(a.pairs, tok, { maxLength: a.maxLength, maxPromptLength: a.maxPromptLength })
   const progress = new Progress('eval', { quiet: a.quiet ?? true })
-  let reference = liveReference(policy, pairs, false) // an adapter's base: the policy with adapters off
+  const dpo = { beta: a.beta, lossType: a.loss, labelSmoothing: a.labelSmoothing }
+  const objective = dpoObjective(dpo)
+  // summed log-probs of a model over all pairs, spread over n workers (each holding a replica) when n > 1
+  const scoreAll = async (model: Model, adapters: boolean, label: string) => {
+    const pool = await WorkerPool.start(n, model, workerInit(model, backend.active, objective, dpo, tok.padId))
+    try {
+      const onBatch = (done: number) => progress.update(done, pairs.length, label)
+      return precomputedReference(pool ? await pool.logps(pairs, a.batchSize, adapters, onBatch) : pairLogps(model, pairs, a.batchSize, adapters, onBatch))
+    } finally {
+      await pool?.close()
+    }
+  }
+  let reference: Reference
   if (a.reference) {
     const ref = resolvePolicy(a.reference, { trainable: false }).model
-    reference = precomputedReference(pairLogps(ref, pairs, a.batchSize, true, (done) => progress.update(done, pairs.length, 'reference pairs')))
+    reference = await scoreAll(ref, true, 'reference pairs')
     disposeModel(ref)
-  }
-  const objective = dpoObjective({ beta: a.beta, lossType: a.loss, labelSmoothing: a.labelSmoothing })
-  const { metrics, batches } = await evaluate(objective, policy, pairs, reference, { batchSize: a.batchSize, padId: tok.padId, prefix: '', onBatch: (done) => progress.update(done, pairs.length, 'pairs') })
+  } else reference = n > 1 ? await scoreAll(policy, false, 'reference pairs') : liveReference(policy, pairs, false) // an adapter's base: the policy, adapters off
+  const pool = await WorkerPool.start(n, policy, workerInit(policy, backend.active, objective, dpo, tok.padId))
+  const { metrics, batches } = await evaluate(objective, policy, pairs, reference, { batchSize: a.batchSize, padId: tok.padId, prefix: '', onBatch: (done) => progress.update(done, pairs.length, 'pairs'), run: pool ? (b) => pool.eval(objective, b, tok.padId) : undefined }).finally(() => pool?.close())
   disposeModel(policy)
   const bad = Object.entries(metrics).find(([, x]) => !Number.isFinite(x))
   if (bad) throw new AlignError(`${a.policy}${a.reference ? ` / ${a.reference}` : ''}: ${bad[0]} is ${bad[1]}: the log-probs are not finite, so a checkpoint holds NaN/Inf weights (align inspect --stats shows which tensors)`)

@@ -25,7 +25,8 @@ import { filesSha256, loadPairs, resolveSplit, tokenizeRows, type DataStats, typ
 import { mixtureRows, splitRows } from '../preference/datasets.ts'
 import { liveReference, precompute, precomputedReference, type Reference } from '../preference/reference.ts'
 import { warmupSteps } from './optim.ts'
-import { formatPlan, memoryPlan } from './plan.ts'
+import { formatPlan, memoryPlan, type PlanRow } from './plan.ts'
+import { workerCount } from './workers.ts'
 import type { DataArgs, TRAIN_SCHEMA, TrainerArgs } from './schema.ts'
 
 export type Stage = 'sft' | 'dpo'
@@ -143,7 +144,15 @@ export function dryRunReport(run: Run): string {
     counts(`eval (${data.eval.file})`, data.eval.stats),
     `${schedule.maxSteps} optimizer steps (${schedule.microPerEpoch} micro-batches/epoch, global batch ${args.per_device_train_batch_size * args.gradient_accumulation_steps}), warmup ${schedule.warmup}`,
     formatPlan(plan),
+    workersLine(plan.rows.find((r) => r.mode === (v.lora.enabled ? 'lora' : 'full'))!, workerCount(o.workers ?? 1, run.backend.tfBackend)),
   ].join('\n')
+}
+
+/** Memory with data-parallel workers: the main thread holds the optimizer; each other worker a replica without it. */
+function workersLine(row: PlanRow, w: { n: number; why: string }): string {
+  const gb = (x: number) => `${(x / 1e9).toFixed(2)} GB`
+  const replica = row.weights + row.gradients + row.reference + row.activations
+  return `workers: ${w.n} (${w.why}) · main ${gb(row.total)}${w.n > 1 ? ` · each other worker ${gb(replica)} (a replica, no optimizer state) · total ${gb(row.total + (w.n - 1) * replica)}` : ''}`
 }
 
 /** The starting policy, with LoRA adapters added (base frozen) when the recipe enables them. */

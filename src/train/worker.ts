@@ -22,7 +22,7 @@ function build(init: WorkerInit): void {
   const params = new Map(init.params.map((p) => [p.name, tf.variable(tf.tensor(p.data, p.shape, 'float32'), p.trainable)]))
   model = { config: parseConfig(init.config), params }
   if (init.lora) model.lora = { ...init.lora, enabled: true, dropoutSeed: undefined, ordinal: new Map(init.lora.ordinal) } satisfies LoraState
-  objective = init.stage === 'dpo' ? dpoObjective(init.dpo!) : sftObjective()
+  objective = init.stage === 'dpo' ? dpoObjective(init.dpo!, init.layout) : sftObjective()
   padId = init.padId
 }
 
@@ -45,7 +45,7 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
       setWeights(req.weights)
       const out = req.jobs.map((j) => {
         const { grads, stats } = microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, dropoutSeed: j.dropoutSeed })
-        const arrays = [...grads].map(([name, g]) => ({ name, data: g.dataSync() as Float32Array }))
+        const arrays = [...grads].map(([name, g]) => ({ name, data: (g.dataSync() as Float32Array).slice() })) // ours to transfer
         tf.dispose([...grads.values()])
         return { a: j.a, grads: arrays, stats }
       })
