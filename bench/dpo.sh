@@ -3,16 +3,18 @@
 # the tiny-bench Mistral (vocab 32000, hidden 256, 4 layers, 8 heads / 2 KV heads, intermediate 688), pairs of
 # ~128 prompt + ~128 completion tokens, 4 pairs per step. Installs Debian's python3-torch and libopenblas0-pthread
 # (the strong peer: reference BLAS is ~10x slower) when missing; needs root for apt-get.
-# Usage: bash bench/dpo.sh [steps]     Target: align pairs/s >= 1.0x PyTorch.
+# Usage: bash bench/dpo.sh [steps]     Targets: align (default workers) pairs/s >= 1.3x PyTorch; 1 -> 2 workers >= 1.7x.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-5}
 mkdir -p bench/out
 [ -f bench/out/pairs-128.jsonl ] || npx tsx bench/make-pairs.ts bench/out/pairs-128.jsonl 64
 bench() { node --import tsx src/cli.ts bench dpo --model preset:tiny-bench --pairs bench/out/pairs-128.jsonl --batch-pairs 4 --steps "$steps" --json "$@"; }
-align=$(bench --layout packed --profile)   # what align train runs: the prompt once per pair
+align=$(bench --layout packed)                        # what align train runs: default workers (auto: every core)
 echo "$align"
-concat=$(bench --layout concatenated)      # TRL's layout, 2n rows: the packing's saving
+one=$(bench --layout packed --workers 1 --profile)    # one worker: the scaling, and matMul efficiency in the step
+echo "$one"
+concat=$(bench --layout concatenated)                 # TRL's layout, 2n rows: the packing's saving
 echo "$concat"
 if ! /usr/bin/python3 -c 'import torch' 2>/dev/null || ! dpkg -s libopenblas0-pthread >/dev/null 2>&1; then
   echo "installing python3-torch + libopenblas0-pthread (apt-get)" >&2
@@ -22,8 +24,8 @@ fi
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 avx512=$(grep -qw avx512f /proc/cpuinfo && echo yes || echo no)
 blas=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 -c "import ctypes; l = ctypes.CDLL('libopenblas.so.0'); l.openblas_get_corename.restype = ctypes.c_char_p; print(l.openblas_get_corename().decode())" 2>/dev/null || echo unknown)
-echo "machine: ${cpu} · AVX-512 ${avx512} · $(nproc) cores · OpenBLAS core ${blas} · align wasm (1 thread)"
+echo "machine: ${cpu} · AVX-512 ${avx512} · $(nproc) cores · OpenBLAS core ${blas} · align wasm, one thread per worker"
 # this machine sets OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for old numpy builds; they slow a current OpenBLAS
 torch=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 bench/dpo_torch.py bench/out/pairs-128.jsonl 4 "$steps")
 echo "$torch"
-node -e 'const [a, c, t] = process.argv.slice(1).map((s) => JSON.parse(s)); const r = (x) => (x.pairs_per_second / t.pairs_per_second).toFixed(2); console.log(`align/pytorch pairs/s: ${r(a)}x packed, ${r(c)}x concatenated (${a.backend} ${a.pairs_per_second} / ${c.pairs_per_second} vs ${t.pairs_per_second}); matMul in step ${a.matmul_gflops_in_step} GFLOP/s = ${a.matmul_efficiency} of plain; on ${new Date().toISOString().slice(0, 10)}`)' "$align" "$concat" "$torch"
+node -e 'const [a, o, c, t] = process.argv.slice(1).map((s) => JSON.parse(s)); const r = (x) => (x.pairs_per_second / t.pairs_per_second).toFixed(2); console.log(`align/pytorch pairs/s: ${r(a)}x packed with ${a.workers} workers, ${r(o)}x with 1, ${r(c)}x concatenated (${a.backend} ${a.pairs_per_second} / ${o.pairs_per_second} / ${c.pairs_per_second} vs ${t.pairs_per_second}); workers 1 -> ${a.workers}: ${(a.pairs_per_second / o.pairs_per_second).toFixed(2)}x; matMul in step ${o.matmul_gflops_in_step} GFLOP/s = ${o.matmul_efficiency} of plain; on ${new Date().toISOString().slice(0, 10)}`)' "$align" "$one" "$concat" "$torch"
