@@ -32,10 +32,12 @@ export function commitTemp(tmp: string, target: string): void {
 
 /**
  * Write `target` atomically: `write(tmp)` fills the temp path (a file, or a directory it creates), which then
- * replaces `target`. On any error the temp path is removed and the error rethrown; `target` is untouched.
+ * replaces `target` (its parent directory is created). On any error the temp path is removed and the error
+ * rethrown; `target` is untouched.
  */
 export function writeAtomic<T>(target: string, write: (tmp: string) => T): T {
   const tmp = tempPath(target)
+  mkdirSync(dirname(tmp), { recursive: true })
   rmSync(tmp, { recursive: true, force: true })
   try {
     const out = write(tmp)

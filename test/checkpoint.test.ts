@@ -155,4 +155,11 @@ test('saveCheckpoint -> resume restores LoRA adapters (PEFT layout on disk) and 
   assert.is(optB.m.size, 4) // A and B of two modules: only the adapters train
 })
 
+test('atomic writes create the parent directory and leave no temp file behind', async () => {
+  const { writeFileAtomic } = await import('../src/files.ts')
+  const dir = join(tmp(), 'a', 'b')
+  writeFileAtomic(join(dir, 'x.json'), '{}')
+  assert.equal(readdirSync(dir), ['x.json'])
+})
+
 test.run()
