@@ -108,11 +108,12 @@ const inspectCmd = command({
     json: flag({ long: 'json', description: 'everything as JSON on stdout' }),
     stats: flag({ long: 'stats', description: 'per-tensor mean/std/min/max and NaN/Inf counts (reads every tensor)' }),
     tensors: flag({ long: 'tensors', description: 'list every tensor' }),
-    plot: option({ type: optional(string), long: 'plot', description: 'write the curves as an SVG file' }),
+    plot: option({ type: optional(string), long: 'plot', description: 'write the curves to an .svg or .png file (with other-dir a run too: both overlaid)' }),
+    smooth: option({ type: optional(number), long: 'smooth', description: 'EMA smoothing of the training curves in the plot, in [0, 1) (0.6 as TensorBoard)' }),
   },
   handler: async (a) => {
     const { inspect } = await import('./inspect/index.ts')
-    process.stdout.write(inspect(a).text + '\n')
+    process.stdout.write((await inspect(a)).text + '\n')
   },
 })
 

@@ -129,7 +129,7 @@ test('align inspect reads a run directory written by the HF Trainer (trainer_sta
     logging_steps: 10, max_steps: 478, num_input_tokens_seen: 0, num_train_epochs: 1, save_steps: 100, stateful_callbacks: { TrainerControl: { args: { should_save: true }, attributes: {} } }, total_flos: 0.0, train_batch_size: 8, trial_name: null, trial_params: null }
   writeFileSync(join(run, 'checkpoint-200', 'trainer_state.json'), JSON.stringify(state))
   writeFileSync(join(run, 'trainer_state.json'), JSON.stringify(state))
-  const r = inspect({ dir: run, json: true })
+  const r = await inspect({ dir: run, json: true })
   assert.equal(r.report.run!.checkpoints.map((c) => c.step), [200])
   assert.is(r.report.last!.loss!.value, 0.6702)
   assert.is(r.report.last!['eval_rewards/accuracies']!.step, 100)

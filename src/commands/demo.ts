@@ -29,7 +29,7 @@ export async function demo(out = 'checkpoints/demo', backend?: string, workers: 
 
   step('4/4 inspect the DPO run')
   const { inspect } = await import('../inspect/index.ts')
-  process.stdout.write(inspect({ dir: `${dir}/dpo`, plot: `${dir}/dpo/curves.svg` }).text + '\n')
+  process.stdout.write((await inspect({ dir: `${dir}/dpo`, plot: `${dir}/dpo/curves.svg` })).text + '\n')
 
   const last = (k: string) => [...dpo.logHistory].reverse().find((r) => r[k] !== undefined)?.[k]
   const trainLoss = last('train_loss')!

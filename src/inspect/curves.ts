@@ -1,7 +1,6 @@
 /**
- * A run's curves: metrics.jsonl (or trainer_state.json's log_history) → the last values, terminal charts and an
- * SVG a person can open. The SVG is hand-written (a dozen <polyline>s): no charting library is worth its weight
- * for fixed small multiples.
+ * A run's curves: metrics.jsonl (or trainer_state.json's log_history) → the last values and terminal charts
+ * (plot.ts draws the picture).
  */
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -16,6 +15,7 @@ export const PANELS: { title: string; series: string[] }[] = [
   { title: 'rewards/accuracies', series: ['rewards/accuracies', 'eval_rewards/accuracies'] },
   { title: 'rewards/margins', series: ['rewards/margins', 'eval_rewards/margins'] },
   { title: 'rewards (chosen vs rejected)', series: ['rewards/chosen', 'rewards/rejected', 'eval_rewards/chosen', 'eval_rewards/rejected'] },
+  { title: 'logps (chosen vs rejected)', series: ['logps/chosen', 'logps/rejected'] },
   { title: 'learning_rate', series: ['learning_rate'] },
   { title: 'grad_norm', series: ['grad_norm'] },
 ]
@@ -68,45 +68,4 @@ export function asciiChart(points: [number, number][], width = 60, height = 6): 
   lines[lines.length - 1] += `  ${fmt(lo)}`
   lines.push(`step ${points[0]![0]} … ${points[points.length - 1]![0]}`)
   return lines
-}
-
-const COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728']
-
-/** Small multiples of PANELS as one SVG document. */
-export function svgPlot(rows: Row[], title: string): string {
-  const panels = PANELS.filter((p) => p.series.some((k) => series(rows, k).length > 0))
-  const W = 420
-  const H = 220
-  const cols = 2
-  const width = cols * W
-  const height = Math.ceil(panels.length / cols) * H + 40
-  const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;')
-  const parts = [`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">`, `<rect width="100%" height="100%" fill="white"/>`, `<text x="10" y="22" font-size="15">${esc(title)}</text>`]
-  panels.forEach((p, i) => {
-    const x0 = (i % cols) * W + 50
-    const y0 = Math.floor(i / cols) * H + 50
-    const pw = W - 70
-    const ph = H - 60
-    const all = p.series.flatMap((k) => series(rows, k))
-    const xs = all.map((q) => q[0])
-    const ys = all.map((q) => q[1])
-    const [xl, xh] = [Math.min(...xs), Math.max(...xs)]
-    const [yl, yh] = [Math.min(...ys), Math.max(...ys)]
-    const sx = (x: number) => x0 + (xh === xl ? pw / 2 : ((x - xl) / (xh - xl)) * pw)
-    const sy = (y: number) => y0 + ph - (yh === yl ? ph / 2 : ((y - yl) / (yh - yl)) * ph)
-    parts.push(`<text x="${x0}" y="${y0 - 8}" font-weight="bold">${esc(p.title)}</text>`)
-    parts.push(`<rect x="${x0}" y="${y0}" width="${pw}" height="${ph}" fill="none" stroke="#999"/>`)
-    parts.push(`<text x="${x0 - 4}" y="${y0 + 10}" text-anchor="end">${+yh.toPrecision(3)}</text><text x="${x0 - 4}" y="${y0 + ph}" text-anchor="end">${+yl.toPrecision(3)}</text>`)
-    parts.push(`<text x="${x0}" y="${y0 + ph + 14}">${xl}</text><text x="${x0 + pw}" y="${y0 + ph + 14}" text-anchor="end">step ${xh}</text>`)
-    p.series.forEach((k, j) => {
-      const pts = series(rows, k)
-      if (!pts.length) return
-      const c = COLORS[j % COLORS.length]
-      parts.push(`<polyline fill="none" stroke="${c}" stroke-width="1.5" points="${pts.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(' ')}"/>`)
-      if (pts.length === 1) parts.push(`<circle cx="${sx(pts[0]![0])}" cy="${sy(pts[0]![1])}" r="3" fill="${c}"/>`)
-      parts.push(`<text x="${x0 + pw - 4}" y="${y0 + 14 + 13 * j}" text-anchor="end" fill="${c}">${esc(k)}</text>`)
-    })
-  })
-  parts.push('</svg>')
-  return parts.join('\n') + '\n'
 }

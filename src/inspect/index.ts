@@ -3,12 +3,13 @@
  * Pure file reading: never loads tfjs.
  */
 import { existsSync, readdirSync, statSync } from 'node:fs'
-import { join } from 'node:path'
+import { basename, join, resolve } from 'node:path'
 import { AlignError } from '../errors.ts'
 import { writeFileAtomic } from '../files.ts'
 import { listCheckpoints } from '../checkpoint/runs.ts'
 import { compare, isCheckpoint, summarize, type CheckpointSummary } from './checkpoint.ts'
-import { PANELS, asciiChart, lastValues, readHistory, series, svgPlot, type Row } from './curves.ts'
+import { PANELS, asciiChart, lastValues, readHistory, series, type Row } from './curves.ts'
+import { svgPlot, svgToPng } from './plot.ts'
 
 export interface InspectArgs {
   dir: string
@@ -16,7 +17,10 @@ export interface InspectArgs {
   json?: boolean
   stats?: boolean
   tensors?: boolean
+  /** write the curves to this .svg or .png file (with `other` a run directory too, both runs overlaid) */
   plot?: string
+  /** EMA weight for the training curves of the plot, in [0, 1) */
+  smooth?: number
 }
 
 export interface InspectReport {
@@ -30,7 +34,7 @@ export interface InspectReport {
 
 const dirBytes = (d: string): number => readdirSync(d).reduce((a, f) => a + (statSync(join(d, f)).isFile() ? statSync(join(d, f)).size : 0), 0)
 
-export function inspect(a: InspectArgs): { report: InspectReport; text: string } {
+export async function inspect(a: InspectArgs): Promise<{ report: InspectReport; text: string }> {
   if (!existsSync(a.dir)) throw new AlignError(`${a.dir}: no such directory`)
   const report: InspectReport = { dir: a.dir }
   let ckptDir: string | undefined = isCheckpoint(a.dir) ? a.dir : undefined
@@ -48,13 +52,23 @@ export function inspect(a: InspectArgs): { report: InspectReport; text: string }
     report.history = history
     report.last = lastValues(history)
   }
-  if (a.other) report.compare = { other: a.other, tensors: compare(ckptDir ?? a.dir, a.other) }
-  if (a.plot) {
-    if (!history?.length) throw new AlignError(`--plot: ${a.dir} has no metrics.jsonl or trainer_state.json to plot`)
-    if (!a.plot.endsWith('.svg')) throw new AlignError(`--plot ${a.plot}: write an .svg file (PNG is not supported yet)`)
-    writeFileAtomic(a.plot, svgPlot(history, a.dir))
-  }
+  const otherHistory = a.other && a.plot ? readHistory(a.other) : undefined
+  if (a.other && (isCheckpoint(a.other) || !otherHistory) && (ckptDir ?? isCheckpoint(a.dir))) report.compare = { other: a.other, tensors: compare(ckptDir ?? a.dir, a.other) }
+  if (a.plot) await writePlot(a, history, otherHistory)
   return { report, text: a.json ? JSON.stringify(report, null, 2) : render(report, a) }
+}
+
+/** The curves of `a.dir` (and of `a.other`, overlaid) as SVG or PNG. */
+async function writePlot(a: InspectArgs, history: Row[] | undefined, otherHistory: Row[] | undefined): Promise<void> {
+  if (!history?.length) throw new AlignError(`--plot: ${a.dir} has no metrics.jsonl or trainer_state.json to plot`)
+  if (!/\.(svg|png)$/.test(a.plot!)) throw new AlignError(`--plot ${a.plot}: name an .svg or .png file`)
+  if (a.smooth !== undefined && !(a.smooth >= 0 && a.smooth < 1)) throw new AlignError(`--smooth ${a.smooth}: an EMA weight in [0, 1) (0.6 is TensorBoard's default)`)
+  const dirs = [a.dir, ...(otherHistory?.length ? [a.other!] : [])].map((d) => resolve(d))
+  // runs are named by their directory, with the parent's name too when two share a basename (demo/dpo, base/dpo)
+  const names = dirs.map((d) => (dirs.filter((e) => basename(e) === basename(d)).length > 1 ? `${basename(resolve(d, '..'))}/${basename(d)}` : basename(d)))
+  const runs = [{ name: names[0]!, rows: history }, ...(otherHistory?.length ? [{ name: names[1]!, rows: otherHistory }] : [])]
+  const svg = svgPlot(runs, { smooth: a.smooth })
+  writeFileAtomic(a.plot!, a.plot!.endsWith('.png') ? await svgToPng(svg) : svg)
 }
 
 function human(n: number): string {
