@@ -10,6 +10,7 @@ import { TRAIN_SCHEMA } from '../src/train/schema.ts'
 import { train } from '../src/train/loop.ts'
 import { WorkerPool, workerCount, workerInit } from '../src/train/workers.ts'
 import { sftObjective } from '../src/preference/objective.ts'
+import { ADAMW_DEFAULTS } from '../src/train/optim.ts'
 import { initModel } from '../src/model/weights.ts'
 import { parseConfig } from '../src/model/config.ts'
 import { Rng } from '../src/rng.ts'
@@ -49,6 +50,12 @@ test('SFT and a resume that changes the worker count: still the uninterrupted nu
   const resumed = await train({ stage: 'dpo', recipe: recipe(...base(out, 'dpo.max_steps=4')), quiet: true, workers: 1, resume: 'latest' })
   const full = await train({ stage: 'dpo', recipe: recipe(...base(join(work, 'resume-full'), 'dpo.max_steps=4')), quiet: true, workers: 1 })
   assert.equal(noTimes(resumed.logHistory).filter((r) => r.loss !== undefined), noTimes(full.logHistory).filter((r) => r.loss !== undefined))
+  // and into more workers: their optimizer replicas get the checkpoint's moments (all-reduce mode, GA 2)
+  const out2 = join(work, 'resume-into-w2')
+  await train({ stage: 'dpo', recipe: recipe(...base(out2, 'dpo.max_steps=4')), quiet: true, workers: 1, stopAfter: 2 })
+  const resumed2 = await train({ stage: 'dpo', recipe: recipe(...base(out2, 'dpo.max_steps=4')), quiet: true, workers: 2, resume: 'latest' })
+  assert.equal(noTimes(resumed2.logHistory).filter((r) => r.loss !== undefined), noTimes(full.logHistory).filter((r) => r.loss !== undefined))
+  assert.ok(weights(out2).equals(weights(join(work, 'resume-full'))))
 })
 
 test('align eval: the same metrics and per-pair numbers with 1 and 2 workers', async () => {
@@ -66,7 +73,7 @@ test('align eval: the same metrics and per-pair numbers with 1 and 2 workers', a
 
 test('a worker that dies ends the request with one line naming it; --workers is checked', async () => {
   const model = initModel(parseConfig(TINY_CONFIG), Rng.fromKey('w'))
-  const pool = (await WorkerPool.start(2, model, workerInit(model, 'wasm', sftObjective(), undefined, 2)))!
+  const pool = (await WorkerPool.start(2, model, workerInit(model, 'wasm', sftObjective(), undefined, 2, ADAMW_DEFAULTS)))!
   assert.is(pool.size, 2)
   const big = Array.from({ length: 64 }, (_, i) => ({ promptIds: Array.from({ length: 60 }, (_, j) => 3 + ((i + j) % 500)), chosenIds: Array.from({ length: 60 }, (_, j) => 7 + j), rejectedIds: [7, 2] }))
   const pending = pool.grads(1, [{ a: 0, worker: 1, pairs: big, dropoutSeed: 0 }]) // long enough to be running when the worker is killed

@@ -15,8 +15,8 @@ import { disposeModel } from '../model/mistral.ts'
 import { initModel } from '../model/weights.ts'
 import { dpoObjective, type Layout } from '../preference/objective.ts'
 import { isTokenized, pairTokens, tokenizedPair } from '../preference/pairs.ts'
-import { Optimizer } from '../train/optim.ts'
-import { microBatchGrads } from '../train/microbatch.ts'
+import { ADAMW_DEFAULTS, Optimizer } from '../train/optim.ts'
+import { applyUpdate, microBatchGrads, sumInOrder } from '../train/microbatch.ts'
 import { WorkerPool, workerCount, workerInit } from '../train/workers.ts'
 
 export interface BenchArgs {
@@ -46,16 +46,15 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   const refC = ref('reference_chosen_logp')
   const refR = ref('reference_rejected_logp')
   const model = initModel(config, Rng.fromKey('bench'))
-  const opt = new Optimizer({ optimizer: 'adamw', beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, rmspropAlpha: 0.99 })
+  const opt = new Optimizer(ADAMW_DEFAULTS)
   const dpo = { beta: 0.1, lossType: 'sigmoid' as const, labelSmoothing: 0 }
   const objective = dpoObjective(dpo, a.layout)
   const workers = workerCount(a.workers ?? 1, backend.tfBackend)
-  const pool = await WorkerPool.start(workers.n, model, workerInit(model, backend.active, objective, dpo, 0, a.layout))
+  const pool = await WorkerPool.start(workers.n, model, workerInit(model, backend.active, objective, dpo, 0, ADAMW_DEFAULTS, a.layout))
   const W = pool?.size ?? 1
+  const LR = 1e-6
   const update = (grads: Map<string, tf.Tensor>) => {
-    opt.apply(model.params, grads, 1e-6)
-    pool?.weightsChanged()
-    tf.dispose([...grads.values()])
+    applyUpdate(model, opt, grads, LR, 0) // every replica makes the same update (all-reduce), as align train with GA >= 2
     tf.tidy(() => tf.sum(model.params.get('model.norm.weight')!).dataSync()) // wait for the update on async backends (a scalar readback)
   }
   const pairsOf = (s: number) => {
@@ -67,22 +66,22 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     const { chunk, ref } = pairsOf(s)
     const parts = Array.from({ length: W }, (_, w) => [Math.floor((w * chunk.length) / W), Math.floor(((w + 1) * chunk.length) / W)] as const)
     const jobs = parts.map(([b, e], w) => ({ a: w, worker: w, pairs: chunk.slice(b, e), ref: { chosen: ref.chosen.slice(b, e), rejected: ref.rejected.slice(b, e) }, dropoutSeed: 0 }))
-    const remote = pool ? pool.grads(W, jobs.slice(1)) : Promise.resolve([])
+    const remote = pool ? pool.grads(W, jobs.slice(1), { lr: LR, maxNorm: 0 }) : Promise.resolve([])
     const local = microBatchGrads(model, objective, jobs[0]!.pairs, jobs[0]!.ref, { padId: 0, ga: W, dropoutSeed: 0 })
-    const grads = local.grads
-    for (const r of await remote) for (const g of r.grads) {
-      const t = tf.tensor(g.data, model.params.get(g.name)!.shape, 'float32')
-      const sum = tf.add(grads.get(g.name)!, t)
-      tf.dispose([grads.get(g.name)!, t])
-      grads.set(g.name, sum)
-    }
-    update(grads)
+    pool?.peers([{ a: 0, worker: 0, grads: [...local.grads].map(([name, g]) => ({ name, data: (g.dataSync() as Float32Array).slice() })) }])
+    const fromWorkers = await remote
+    if (pool && W > 2) pool.peers(fromWorkers.map((r) => ({ a: r.a, worker: r.a, grads: r.grads.map((g) => ({ name: g.name, data: g.data.slice() })) })))
+    const perMicroBatch = [local.grads, ...fromWorkers.sort((x, y) => x.a - y.a).map((r) => new Map(r.grads.map((g) => [g.name, tf.tensor(g.data, model.params.get(g.name)!.shape, 'float32')])))]
+    update(sumInOrder(model, perMicroBatch))
     return { chunk, packed: local.stats.packed ?? false }
   }
   // the profiled step runs here alone (tf.profile times this thread's kernels)
   const localStep = (s: number) => {
     const { chunk, ref } = pairsOf(s)
-    update(microBatchGrads(model, objective, chunk, ref, { padId: 0, ga: 1, dropoutSeed: 0 }).grads)
+    const g = microBatchGrads(model, objective, chunk, ref, { padId: 0, ga: 1, dropoutSeed: 0 }).grads
+    opt.apply(model.params, g, LR)
+    tf.dispose([...g.values()])
+    pool?.weightsChanged()
   }
   let timed = 0
   let packedSteps = 0

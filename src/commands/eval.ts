@@ -15,6 +15,7 @@ import { loadPairs } from '../preference/pairs.ts'
 import { liveReference, pairLogps, precomputedReference, type Reference } from '../preference/reference.ts'
 import type { Model } from '../model/mistral.ts'
 import { WorkerPool, workerCount, workerInit } from '../train/workers.ts'
+import { ADAMW_DEFAULTS } from '../train/optim.ts'
 
 export interface EvalArgs {
   policy: string
@@ -54,7 +55,7 @@ export async function evaluatePairs(a: EvalArgs): Promise<{ metrics: Record<stri
   const objective = dpoObjective(dpo)
   // summed log-probs of a model over all pairs, spread over n workers (each holding a replica) when n > 1
   const scoreAll = async (model: Model, adapters: boolean, label: string) => {
-    const pool = await WorkerPool.start(n, model, workerInit(model, backend.active, objective, dpo, tok.padId))
+    const pool = await WorkerPool.start(n, model, workerInit(model, backend.active, objective, dpo, tok.padId, ADAMW_DEFAULTS))
     try {
       const onBatch = (done: number) => progress.update(done, pairs.length, label)
       return precomputedReference(pool ? await pool.logps(pairs, a.batchSize, adapters, onBatch) : pairLogps(model, pairs, a.batchSize, adapters, onBatch))
@@ -68,7 +69,7 @@ export async function evaluatePairs(a: EvalArgs): Promise<{ metrics: Record<stri
     reference = await scoreAll(ref, true, 'reference pairs')
     disposeModel(ref)
   } else reference = n > 1 ? await scoreAll(policy, false, 'reference pairs') : liveReference(policy, pairs, false) // an adapter's base: the policy, adapters off
-  const pool = await WorkerPool.start(n, policy, workerInit(policy, backend.active, objective, dpo, tok.padId))
+  const pool = await WorkerPool.start(n, policy, workerInit(policy, backend.active, objective, dpo, tok.padId, ADAMW_DEFAULTS))
   const { metrics, batches } = await evaluate(objective, policy, pairs, reference, { batchSize: a.batchSize, padId: tok.padId, prefix: '', onBatch: (done) => progress.update(done, pairs.length, 'pairs'), run: pool ? (b) => pool.eval(objective, b, tok.padId) : undefined }).finally(() => pool?.close())
   disposeModel(policy)
   const bad = Object.entries(metrics).find(([, x]) => !Number.isFinite(x))

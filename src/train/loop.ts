@@ -22,10 +22,11 @@ import { buildPolicy, buildReference, dryRunReport, prepareRun, type Run, type T
 import { resolveResume, resume, saveFinal, saveStepCheckpoint, type TrainerState } from './checkpoint.ts'
 import { writeRunOutputs } from './outputs.ts'
 import { RunLog, Window, mean, round4, type Row } from './log.ts'
-import { Optimizer, clipByGlobalNorm, lrLambda } from './optim.ts'
+import { Optimizer, lrLambda, type OptimConfig } from './optim.ts'
+import type { TrainerArgs } from './schema.ts'
 import { microBatchStream } from './sampler.ts'
-import { dropoutSeed, microBatchGrads, trainableParams } from './microbatch.ts'
-import { WorkerPool, workerCount, workerInit } from './workers.ts'
+import { applyUpdate, dropoutSeed, microBatchGrads, sumInOrder } from './microbatch.ts'
+import { WorkerPool, workerCount, workerInit, type Update } from './workers.ts'
 import { claimRunDir, watchSignals } from './rundir.ts'
 
 export { runDirOf, type TrainOptions } from './setup.ts'
@@ -66,7 +67,7 @@ async function trainClaimed(run: Run, result: (r: Partial<TrainResult>) => Train
   run.log(`workers: ${workers.n} (${workers.why})`)
   const v = o.recipe.values
   const dpo = o.stage === 'dpo' ? { beta: v.dpo.beta, lossType: v.dpo.loss_type, labelSmoothing: v.dpo.label_smoothing } : undefined
-  const pool = await WorkerPool.start(workers.n, model, workerInit(model, run.backend.active, run.objective, dpo, run.tok.padId))
+  const pool = await WorkerPool.start(workers.n, model, workerInit(model, run.backend.active, run.objective, dpo, run.tok.padId, optimConfig(run.args)))
   try {
     return await trainLoop(run, model, pool, result)
   } finally {
@@ -78,10 +79,13 @@ async function trainClaimed(run: Run, result: (r: Partial<TrainResult>) => Train
 async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, result: (r: Partial<TrainResult>) => TrainResult): Promise<TrainResult> {
   const { o, args, runDir, schedule } = run
   const refs = o.stage === 'dpo' ? await buildReference(run, model, pool) : undefined
-  const opt = new Optimizer({ optimizer: args.optim, beta1: args.adam_beta1, beta2: args.adam_beta2, eps: args.adam_epsilon, weightDecay: args.weight_decay, rmspropAlpha: 0.99 })
+  const opt = new Optimizer(optimConfig(args))
   const resumed = o.resume ? resume(resolveResume(runDir, o.resume), o.stage, model, opt) : undefined
   if (resumed) run.log(`resumed at step ${resumed.global_step}`)
-  if (resumed) pool?.weightsChanged()
+  // all-reduce: with two or more micro-batches a step, every replica steps its own optimizer (no weight broadcast)
+  const allReduce = pool !== undefined && args.gradient_accumulation_steps >= 2
+  if (resumed && allReduce) await pool.sync(opt)
+  else if (resumed) pool?.weightsChanged()
   let step = resumed?.global_step ?? 0
   const log = new RunLog(runDir, resumed?.log_history)
   const resolved = { recipe: o.recipe.path, overrides: o.recipe.overrides, stage: o.stage, values: o.recipe.values }
@@ -100,16 +104,11 @@ async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, r
   try {
     while (step < schedule.maxSteps) {
       await new Promise((r) => setImmediate(r)) // let a pending Ctrl-C (SIGINT) handler run between steps
-      const { grads, batches } = await accumulate(run, model, refs, step, nextBatch, pool)
-      const { grads: clipped, norm } = clipByGlobalNorm(grads, args.max_grad_norm)
-      if (!Number.isFinite(norm)) {
-        tf.dispose([...clipped.values()])
-        throw new AlignError(`${o.stage}: grad_norm is ${norm} at step ${step + 1}; stopped before the update. The last good checkpoint is kept in ${runDir}; lower learning_rate or check the data`)
-      }
       const lr = args.learning_rate * lrLambda(args.lr_scheduler_type, step, schedule.maxSteps, schedule.warmup)
-      opt.apply(new Map(trainableParams(model)), clipped, lr)
-      pool?.weightsChanged()
-      tf.dispose([...clipped.values()])
+      const { grads, batches } = await accumulate(run, model, refs, step, nextBatch, pool, allReduce ? { lr, maxNorm: args.max_grad_norm } : undefined)
+      const norm = applyUpdate(model, opt, grads, lr, args.max_grad_norm)
+      if (!Number.isFinite(norm)) throw new AlignError(`${o.stage}: grad_norm is ${norm} at step ${step + 1}; stopped before the update. The last good checkpoint is kept in ${runDir}; lower learning_rate or check the data`)
+      if (!allReduce) pool?.weightsChanged()
       step++
       window.batches.push(...batches)
       window.gradNorms.push(norm)
@@ -153,7 +152,7 @@ async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, r
  * this thread), each loss scaled by 1/GA, summed by parameter name in micro-batch order — the same additions
  * whatever N is. A non-finite loss stops the run here, before any update.
  */
-async function accumulate(run: Run, model: Model, refs: References | undefined, step: number, nextBatch: (k: number) => number[], pool: WorkerPool | undefined): Promise<{ grads: Map<string, tf.Tensor>; batches: BatchStats[] }> {
+async function accumulate(run: Run, model: Model, refs: References | undefined, step: number, nextBatch: (k: number) => number[], pool: WorkerPool | undefined, update: Update | undefined): Promise<{ grads: Map<string, tf.Tensor>; batches: BatchStats[] }> {
   const ga = run.args.gradient_accumulation_steps
   const n = pool?.size ?? 1
   const jobs = Array.from({ length: ga }, (_, a) => {
@@ -161,21 +160,16 @@ async function accumulate(run: Run, model: Model, refs: References | undefined, 
     const idx = nextBatch(k)
     return { a, worker: a % n, pairs: idx.map((i) => run.data.train.pairs[i]!), ref: refs?.train.logps(idx), dropoutSeed: dropoutSeed(run.args.seed, k) }
   })
-  const remote = pool ? pool.grads(ga, jobs.filter((j) => j.worker !== 0)) : Promise.resolve([])
+  const remote = pool ? pool.grads(ga, jobs.filter((j) => j.worker !== 0), update) : Promise.resolve([])
   const results = new Map<number, { grads: Map<string, tf.Tensor>; stats: BatchStats }>()
   for (const j of jobs.filter((j) => j.worker === 0)) results.set(j.a, microBatchGrads(model, run.objective, j.pairs, j.ref, { padId: run.tok.padId, ga, dropoutSeed: j.dropoutSeed }))
-  for (const r of await remote) results.set(r.a, { grads: new Map(r.grads.map((g) => [g.name, tf.tensor(g.data, model.params.get(g.name)!.shape, 'float32')])), stats: r.stats })
-  const acc = new Map<string, tf.Tensor>()
-  const batches: BatchStats[] = []
-  for (let a = 0; a < ga; a++) {
-    const { grads, stats } = results.get(a)!
-    batches.push(stats)
-    for (const [name, g] of grads) {
-      const prev = acc.get(name)
-      acc.set(name, prev ? tf.add(prev, g) : g)
-      if (prev) tf.dispose([prev, g])
-    }
-  }
+  const copies = (grads: Map<string, tf.Tensor>) => [...grads].map(([name, g]) => ({ name, data: (g.dataSync() as Float32Array).slice() }))
+  if (update) pool!.peers([...results].map(([a, r]) => ({ a, worker: 0, grads: copies(r.grads) }))) // ours, to every worker now
+  const fromWorkers = await remote
+  if (update && pool!.size > 2) pool!.peers(fromWorkers.map((r) => ({ a: r.a, worker: r.a % n, grads: r.grads.map((g) => ({ name: g.name, data: g.data.slice() })) })))
+  for (const r of fromWorkers) results.set(r.a, { grads: new Map(r.grads.map((g) => [g.name, tf.tensor(g.data, model.params.get(g.name)!.shape, 'float32')])), stats: r.stats })
+  const batches = Array.from({ length: ga }, (_, a) => results.get(a)!.stats)
+  const acc = sumInOrder(model, Array.from({ length: ga }, (_, a) => results.get(a)!.grads))
   const bad = batches.findIndex((b) => !Number.isFinite(b.loss))
   if (bad >= 0) {
     tf.dispose([...acc.values()])
@@ -183,6 +177,8 @@ async function accumulate(run: Run, model: Model, refs: References | undefined, 
   }
   return { grads: acc, batches }
 }
+
+const optimConfig = (a: TrainerArgs): OptimConfig => ({ optimizer: a.optim, beta1: a.adam_beta1, beta2: a.adam_beta2, eps: a.adam_epsilon, weightDecay: a.weight_decay, rmspropAlpha: 0.99 })
 
 /** A training row: the objective's metrics over the window, and the step's learning rate, grad norm and speed. */
 function trainRow(run: Run, window: Window, step: number, epoch: number, lr: number): Row {

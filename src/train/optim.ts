@@ -23,6 +23,9 @@ export interface OptimConfig {
   rmspropAlpha: number
 }
 
+/** torch's AdamW defaults, for tools that need an optimizer config but never step it (eval, bench). */
+export const ADAMW_DEFAULTS: OptimConfig = { optimizer: 'adamw', beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, rmspropAlpha: 0.99 }
+
 /** Optimizer state: one or two moment tensors per parameter, keyed by HF name, and the step count. */
 export class Optimizer {
   step = 0

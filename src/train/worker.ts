@@ -11,12 +11,29 @@ import type { LoraState } from '../model/lora.ts'
 import type { Model } from '../model/mistral.ts'
 import { dpoObjective, evalBatch, sftObjective, type Objective } from '../preference/objective.ts'
 import { pairLogps } from '../preference/reference.ts'
-import type { WorkerInit, WorkerRequest } from './workers.ts'
-import { microBatchGrads } from './microbatch.ts'
+import type { Update, WorkerInit, WorkerRequest } from './workers.ts'
+import { applyUpdate, microBatchGrads, sumInOrder } from './microbatch.ts'
+import { Optimizer } from './optim.ts'
 
 let model: Model | undefined
 let objective: Objective | undefined
 let padId = 0
+let opt: Optimizer | undefined
+/** all-reduce mode: this step's micro-batch gradients by index, until all GA are here */
+const held = new Map<number, Map<string, tf.Tensor>>()
+let pending: { ga: number; update: Update } | undefined
+
+/** Once every micro-batch's gradients are here: sum in order, clip, step the optimizer replica (as the main thread). */
+function maybeUpdate(): number | undefined {
+  if (!pending || held.size < pending.ga) return undefined
+  const grads = sumInOrder(model!, Array.from({ length: pending.ga }, (_, a) => held.get(a)!))
+  held.clear()
+  const norm = applyUpdate(model!, opt!, grads, pending.update.lr, pending.update.maxNorm)
+  pending = undefined
+  return norm
+}
+
+const tensors = (ws: { name: string; data: Float32Array }[]) => new Map(ws.map((w) => [w.name, tf.tensor(w.data, model!.params.get(w.name)!.shape, 'float32')]))
 
 function build(init: WorkerInit): void {
   const params = new Map(init.params.map((p) => [p.name, tf.variable(tf.tensor(p.data, p.shape, 'float32'), p.trainable)]))
@@ -24,6 +41,7 @@ function build(init: WorkerInit): void {
   if (init.lora) model.lora = { ...init.lora, enabled: true, dropoutSeed: undefined, ordinal: new Map(init.lora.ordinal) } satisfies LoraState
   objective = init.stage === 'dpo' ? dpoObjective(init.dpo!, init.layout) : sftObjective()
   padId = init.padId
+  opt = new Optimizer(init.optim)
 }
 
 function setWeights(weights: { name: string; data: Float32Array }[] | undefined): void {
@@ -43,13 +61,25 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
       return { value: true, transfer: [] }
     case 'grads': {
       setWeights(req.weights)
+      if (req.update) pending = { ga: req.ga, update: req.update }
       const out = req.jobs.map((j) => {
         const { grads, stats } = microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, dropoutSeed: j.dropoutSeed })
         const arrays = [...grads].map(([name, g]) => ({ name, data: (g.dataSync() as Float32Array).slice() })) // ours to transfer
-        tf.dispose([...grads.values()])
+        if (req.update) held.set(j.a, grads)
+        else tf.dispose([...grads.values()])
         return { a: j.a, grads: arrays, stats }
       })
       return { value: out, transfer: out.flatMap((r) => r.grads.map((g) => g.data.buffer as ArrayBuffer)) }
+    }
+    case 'peers':
+      for (const g of req.grads) held.set(g.a, tensors(g.grads))
+      return { value: maybeUpdate() ?? null, transfer: [] }
+    case 'sync': {
+      setWeights(req.weights)
+      opt!.dispose()
+      for (const [map, ws] of [[opt!.m, req.m], [opt!.v, req.v]] as const) for (const [name, t] of tensors(ws)) map.set(name, tf.variable(t, false))
+      opt!.step = req.step
+      return { value: true, transfer: [] }
     }
     case 'logps':
       return { value: pairLogps(model!, req.pairs, req.batchSize, req.adapters), transfer: [] }

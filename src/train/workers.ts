@@ -17,6 +17,7 @@ import { evalBatch, type BatchStats, type DpoOptions, type Layout, type Objectiv
 import type { PairIds } from '../preference/pairs.ts'
 import { pairLogps, type PairLogps } from '../preference/reference.ts'
 import { trainableParams } from './microbatch.ts'
+import type { OptimConfig, Optimizer } from './optim.ts'
 
 export interface WorkerInit {
   backend: string
@@ -28,12 +29,18 @@ export interface WorkerInit {
   /** the DPO batch layout (bench: forced packed or concatenated) */
   layout?: Layout
   padId: number
+  /** the optimizer every replica runs in all-reduce mode */
+  optim: OptimConfig
 }
 
 type Weights = { name: string; data: Float32Array }[]
+/** `update`: all-reduce mode, the worker keeps its gradients and steps its own optimizer once `peers` completes them */
+export type Update = { lr: number; maxNorm: number }
 export type WorkerRequest =
   | { kind: 'init'; init: WorkerInit }
-  | { kind: 'grads'; ga: number; weights?: Weights; jobs: { a: number; pairs: PairIds[]; ref?: PairLogps; dropoutSeed: number }[] }
+  | { kind: 'grads'; ga: number; weights?: Weights; update?: Update; jobs: { a: number; pairs: PairIds[]; ref?: PairLogps; dropoutSeed: number }[] }
+  | { kind: 'peers'; grads: { a: number; grads: Weights }[] }
+  | { kind: 'sync'; weights: Weights; m: Weights; v: Weights; step: number }
   | { kind: 'logps'; pairs: PairIds[]; batchSize: number; adapters: boolean }
   | { kind: 'eval'; weights?: Weights; batches: { pairs: PairIds[]; ref?: PairLogps }[] }
 
@@ -56,10 +63,10 @@ export function workerCount(requested: string | number | undefined, tfBackend: s
 }
 
 /** The replica a worker needs: config, every parameter (memory layout), LoRA state, the objective. */
-export function workerInit(model: Model, backend: string, objective: Objective, dpo: DpoOptions | undefined, padId: number, layout?: Layout): WorkerInit {
+export function workerInit(model: Model, backend: string, objective: Objective, dpo: DpoOptions | undefined, padId: number, optim: OptimConfig, layout?: Layout): WorkerInit {
   const l = model.lora
   return {
-    backend, config: model.config.raw, stage: objective.stage, dpo, padId, layout,
+    backend, config: model.config.raw, stage: objective.stage, dpo, padId, layout, optim,
     params: [...model.params].map(([name, v]) => ({ name, shape: [...v.shape], data: v.dataSync() as Float32Array, trainable: v.trainable })),
     lora: l ? { r: l.r, alpha: l.alpha, dropout: l.dropout, targets: l.targets, ordinal: [...l.ordinal] } : undefined,
   }
@@ -108,7 +115,11 @@ export class WorkerPool {
   private call<T>(worker: number, req: WorkerRequest): Promise<T> {
     const id = this.nextId++
     // weights are fresh copies made for this worker: transferred, not cloned (cloning 76 MB takes ~0.4 s)
-    const transfer = 'weights' in req && req.weights ? req.weights.map((w) => w.data.buffer as ArrayBuffer) : []
+    const transfer = [
+      ...('weights' in req && req.weights ? req.weights : []),
+      ...(req.kind === 'sync' ? [...req.m, ...req.v] : []),
+      ...(req.kind === 'peers' ? req.grads.flatMap((g) => g.grads) : []),
+    ].map((w) => w.data.buffer as ArrayBuffer)
     return new Promise<T>((resolve, reject) => {
       this.pending.set(id, { resolve, reject, worker })
       this.threads[worker]!.postMessage({ id, req }, transfer)
@@ -130,12 +141,37 @@ export class WorkerPool {
     }
   }
 
-  /** Gradients of the micro-batches for workers 1..n−1 (job.worker), started now, resolved in any order. */
-  grads(ga: number, jobs: { a: number; worker: number; pairs: PairIds[]; ref?: PairLogps; dropoutSeed: number }[]): Promise<RemoteGrads[]> {
+  /** updates the workers are applying (all-reduce mode): awaited before the next request, so errors surface */
+  private updating: Promise<unknown>[] = []
+
+  /**
+   * Gradients of the micro-batches for workers 1..n−1 (job.worker), started now, resolved in any order. With
+   * `update` (all-reduce mode) every worker is asked, keeps its gradients and will step its own optimizer replica
+   * once `peers` brings it the rest; without, only workers with jobs are asked and stale weights go along.
+   */
+  grads(ga: number, jobs: { a: number; worker: number; pairs: PairIds[]; ref?: PairLogps; dropoutSeed: number }[], update?: Update): Promise<RemoteGrads[]> {
+    // posted now, before the caller computes its own share: a worker handles its messages in order, so earlier
+    // updates are done before this runs; they are awaited only so that their errors surface here
+    const earlier = Promise.all(this.updating.splice(0))
     const mine = this.threads.map((_, i) => jobs.filter((j) => j.worker === i + 1))
-    const weights = this.weightsFor(mine.map((m) => m.length > 0))
-    const calls = mine.map((m, i) => (m.length ? this.call<RemoteGrads[]>(i, { kind: 'grads', ga, weights: weights(i), jobs: m.map(({ worker: _w, ...j }) => j) }) : Promise.resolve([])))
-    return Promise.all(calls).then((r) => r.flat())
+    const weights = this.weightsFor(mine.map((m) => m.length > 0 && !update))
+    const calls = mine.map((m, i) => (m.length || update ? this.call<RemoteGrads[]>(i, { kind: 'grads', ga, update, weights: weights(i), jobs: m.map(({ worker: _w, ...j }) => j) }) : Promise.resolve([])))
+    return Promise.all([earlier, ...calls]).then(([, ...r]) => (r as RemoteGrads[][]).flat())
+  }
+
+  /** All-reduce mode: send each worker the micro-batch gradients it did not compute; it then steps its optimizer. */
+  peers(all: { a: number; worker: number; grads: Weights }[]): void {
+    this.threads.forEach((_, i) => {
+      const theirs = all.filter((g) => g.worker !== i + 1)
+      const copy = theirs.map((g) => ({ a: g.a, grads: g.grads.map((w) => ({ name: w.name, data: this.threads.length > 1 ? w.data.slice() : w.data })) }))
+      this.updating.push(this.call(i, { kind: 'peers', grads: copy }))
+    })
+  }
+
+  /** All-reduce mode, after a resume: every replica gets the weights and the optimizer state. */
+  async sync(opt: Optimizer): Promise<void> {
+    const take = (m: Map<string, { dataSync(): unknown }>) => [...m].map(([name, v]) => ({ name, data: (v.dataSync() as Float32Array).slice() }))
+    await Promise.all(this.threads.map((_, i) => this.call(i, { kind: 'sync', weights: take(new Map(trainableParams(this.model))), m: take(opt.m), v: take(opt.v), step: opt.step })))
   }
 
   /** Contiguous runs of whole batches: worker w gets batches [w·per, (w+1)·per). Returns [start, end) pair ranges. */
@@ -156,15 +192,18 @@ export class WorkerPool {
 
   /** Eval batches spread over all workers, the stats in batch order. */
   async eval(objective: Objective, batches: { pairs: PairIds[]; ref?: PairLogps }[], padId: number): Promise<BatchStats[]> {
+    const earlier = Promise.all(this.updating.splice(0))
     const per = Math.ceil(batches.length / this.size)
     const mine = this.threads.map((_, i) => batches.slice((i + 1) * per, (i + 2) * per))
     const weights = this.weightsFor(mine.map((m) => m.length > 0))
     const remote = mine.map((m, i) => (m.length ? this.call<BatchStats[]>(i, { kind: 'eval', weights: weights(i), batches: m }) : Promise.resolve([])))
     const local = batches.slice(0, per).map((b) => evalBatch(objective, this.model, b.pairs, b.ref, padId))
+    await earlier
     return [...local, ...(await Promise.all(remote)).flat()]
   }
 
   async close(): Promise<void> {
+    await Promise.allSettled(this.updating.splice(0)) // the last step's updates: let them finish (or fail) first
     const threads = [...this.threads]
     this.threads.length = 0
     await Promise.all(threads.map((w) => w.terminate()))
