@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 steps=${1:-5}
 mkdir -p bench/out
 [ -f bench/out/pairs-128.jsonl ] || npx tsx bench/make-pairs.ts bench/out/pairs-128.jsonl 64
-bench() { node --import tsx src/cli.ts bench dpo --model preset:tiny-bench --pairs bench/out/pairs-128.jsonl --batch-pairs 4 --steps "$steps" --json "$@"; }
+# two untimed steps first: each worker thread warms up its own wasm heap and JIT in them
+bench() { node --import tsx src/cli.ts bench dpo --model preset:tiny-bench --pairs bench/out/pairs-128.jsonl --batch-pairs 4 --steps "$steps" --warmup 2 --json "$@"; }
 align=$(bench --layout packed)                        # what align train runs: default workers (auto: every core)
 echo "$align"
 one=$(bench --layout packed --workers 1 --profile)    # one worker: the scaling, and matMul efficiency in the step

@@ -1,9 +1,12 @@
 /**
  * Data parallelism over the cores: the main thread is worker 0 and N−1 worker threads (worker.ts) each hold a
  * tfjs backend and a replica of the model. What is spread, and why the numbers never depend on N:
- *   - a training step's GA micro-batches: micro-batch a runs on worker a mod N with the weights of the step; the
- *     main thread sums the gradients in micro-batch order with the same additions a single worker makes, clips,
- *     and applies the one optimizer update; the new weights go out with the next request.
+ *   - a training step's GA micro-batches: micro-batch a runs on worker a mod N. With two or more micro-batches a
+ *     step (all-reduce), every replica also holds the optimizer: each gets the gradients it did not compute, sums
+ *     all of them in micro-batch order (microbatch.ts `sumInOrder`, the additions a single worker makes), clips and
+ *     steps — the same update on the same backend, so the replicas stay bit-identical without sending weights.
+ *     With one micro-batch a step, only the main thread trains and the weights go out lazily, when a worker is
+ *     next asked for something (eval).
  *   - the reference precompute and eval: contiguous runs of whole batches per worker, results in batch order.
  * A micro-batch or batch computes the same bits on any worker (same backend, same weights, same function), so
  * metrics and checkpoints are bit-identical for any N (test/workers.test.ts).
