@@ -16,7 +16,7 @@ import { initModel } from '../model/weights.ts'
 import { dpoObjective, type Layout } from '../preference/objective.ts'
 import { isTokenized, pairTokens, tokenizedPair } from '../preference/pairs.ts'
 import { ADAMW_DEFAULTS, Optimizer } from '../train/optim.ts'
-import { applyUpdate, microBatchGrads, sumInOrder } from '../train/microbatch.ts'
+import { applyUpdate, exportGrads, importGrads, microBatchGrads, sumInOrder, touchedRows } from '../train/microbatch.ts'
 import { WorkerPool, workerCount, workerInit } from '../train/workers.ts'
 
 export interface BenchArgs {
@@ -68,10 +68,10 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     const jobs = parts.map(([b, e], w) => ({ a: w, worker: w, pairs: chunk.slice(b, e), ref: { chosen: ref.chosen.slice(b, e), rejected: ref.rejected.slice(b, e) }, dropoutSeed: 0 }))
     const remote = pool ? pool.grads(W, jobs.slice(1), { lr: LR, maxNorm: 0 }) : Promise.resolve([])
     const local = microBatchGrads(model, objective, jobs[0]!.pairs, jobs[0]!.ref, { padId: 0, ga: W, dropoutSeed: 0 })
-    pool?.peers([{ a: 0, worker: 0, grads: [...local.grads].map(([name, g]) => ({ name, data: (g.dataSync() as Float32Array).slice() })) }])
+    pool?.peers([{ a: 0, worker: 0, grads: exportGrads(local.grads, touchedRows(model, jobs[0]!.pairs, 0)) }])
     const fromWorkers = await remote
-    if (pool && W > 2) pool.peers(fromWorkers.map((r) => ({ a: r.a, worker: r.a, grads: r.grads.map((g) => ({ name: g.name, data: g.data.slice() })) })))
-    const perMicroBatch = [local.grads, ...fromWorkers.sort((x, y) => x.a - y.a).map((r) => new Map(r.grads.map((g) => [g.name, tf.tensor(g.data, model.params.get(g.name)!.shape, 'float32')])))]
+    if (pool && W > 2) pool.peers(fromWorkers.map((r) => ({ a: r.a, worker: r.a, grads: r.grads.map((g) => ({ ...g, data: g.data.slice() })) })))
+    const perMicroBatch = [local.grads, ...fromWorkers.sort((x, y) => x.a - y.a).map((r) => importGrads(model, r.grads))]
     update(sumInOrder(model, perMicroBatch))
     return { chunk, packed: local.stats.packed ?? false }
   }

@@ -25,7 +25,7 @@ import { RunLog, Window, mean, round4, type Row } from './log.ts'
 import { Optimizer, lrLambda, type OptimConfig } from './optim.ts'
 import type { TrainerArgs } from './schema.ts'
 import { microBatchStream } from './sampler.ts'
-import { applyUpdate, dropoutSeed, microBatchGrads, sumInOrder } from './microbatch.ts'
+import { applyUpdate, dropoutSeed, exportGrads, importGrads, microBatchGrads, sumInOrder, touchedRows } from './microbatch.ts'
 import { WorkerPool, workerCount, workerInit, type Update } from './workers.ts'
 import { claimRunDir, watchSignals } from './rundir.ts'
 
@@ -163,11 +163,10 @@ async function accumulate(run: Run, model: Model, refs: References | undefined, 
   const remote = pool ? pool.grads(ga, jobs.filter((j) => j.worker !== 0), update) : Promise.resolve([])
   const results = new Map<number, { grads: Map<string, tf.Tensor>; stats: BatchStats }>()
   for (const j of jobs.filter((j) => j.worker === 0)) results.set(j.a, microBatchGrads(model, run.objective, j.pairs, j.ref, { padId: run.tok.padId, ga, dropoutSeed: j.dropoutSeed }))
-  const copies = (grads: Map<string, tf.Tensor>) => [...grads].map(([name, g]) => ({ name, data: (g.dataSync() as Float32Array).slice() }))
-  if (update) pool!.peers([...results].map(([a, r]) => ({ a, worker: 0, grads: copies(r.grads) }))) // ours, to every worker now
+  if (update) pool!.peers([...results].map(([a, r]) => ({ a, worker: 0, grads: exportGrads(r.grads, touchedRows(model, jobs[a]!.pairs, run.tok.padId)) }))) // ours, to every worker now
   const fromWorkers = await remote
-  if (update && pool!.size > 2) pool!.peers(fromWorkers.map((r) => ({ a: r.a, worker: r.a % n, grads: r.grads.map((g) => ({ name: g.name, data: g.data.slice() })) })))
-  for (const r of fromWorkers) results.set(r.a, { grads: new Map(r.grads.map((g) => [g.name, tf.tensor(g.data, model.params.get(g.name)!.shape, 'float32')])), stats: r.stats })
+  if (update && pool!.size > 2) pool!.peers(fromWorkers.map((r) => ({ a: r.a, worker: r.a % n, grads: r.grads.map((g) => ({ ...g, data: g.data.slice() })) })))
+  for (const r of fromWorkers) results.set(r.a, { grads: importGrads(model, r.grads), stats: r.stats })
   const batches = Array.from({ length: ga }, (_, a) => results.get(a)!.stats)
   const acc = sumInOrder(model, Array.from({ length: ga }, (_, a) => results.get(a)!.grads))
   const bad = batches.findIndex((b) => !Number.isFinite(b.loss))

@@ -56,3 +56,47 @@ export function applyUpdate(model: Model, opt: Optimizer, grads: Map<string, tf.
   tf.dispose([...clipped.values()])
   return norm
 }
+
+/** A gradient sent between replicas: the whole tensor, or (`rows`) only those rows of a 2-D one, the rest zero. */
+export interface SentGrad {
+  name: string
+  data: Float32Array
+  rows?: Int32Array
+}
+
+const EMBED = 'model.embed_tokens.weight'
+
+/**
+ * The embedding rows a micro-batch's gradient can touch: its token ids and the pad id. The embedding gradient is
+ * a scatter of those ids (autograd.ts `gatherRows`), so every other row is exactly zero and need not be sent —
+ * unless the table is tied to the LM head, whose gradient is dense.
+ */
+export function touchedRows(model: Model, pairs: PairIds[], padId: number): Int32Array | undefined {
+  if (model.config.tieWordEmbeddings || !model.params.get(EMBED)?.trainable) return undefined
+  const ids = new Set<number>([padId])
+  for (const p of pairs) for (const xs of [p.promptIds, p.chosenIds, p.rejectedIds]) for (const t of xs) ids.add(t)
+  return Int32Array.from([...ids].sort((a, b) => a - b))
+}
+
+/** Copies of gradients to send (ours to transfer), the embedding's as its touched rows only. */
+export function exportGrads(grads: Map<string, tf.Tensor>, rows: Int32Array | undefined): SentGrad[] {
+  return [...grads].map(([name, g]) => {
+    if (name !== EMBED || !rows) return { name, data: (g.dataSync() as Float32Array).slice() }
+    const picked = tf.tidy(() => tf.gather(g, tf.tensor1d(rows, 'int32')))
+    const data = (picked.dataSync() as Float32Array).slice()
+    picked.dispose()
+    return { name, data, rows }
+  })
+}
+
+/** Received gradients as tensors, sparse rows scattered back into zeros (bit-identical to the dense tensor). */
+export function importGrads(model: Model, sent: SentGrad[]): Map<string, tf.Tensor> {
+  return new Map(sent.map((s) => {
+    const shape = model.params.get(s.name)!.shape
+    if (!s.rows) return [s.name, tf.tensor(s.data, shape, 'float32')]
+    const width = shape[1]!
+    const dense = new Float32Array(shape[0]! * width)
+    s.rows.forEach((r, i) => dense.set(s.data.subarray(i * width, (i + 1) * width), r * width))
+    return [s.name, tf.tensor(dense, shape, 'float32')]
+  }))
+}

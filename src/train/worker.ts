@@ -12,7 +12,7 @@ import type { Model } from '../model/mistral.ts'
 import { dpoObjective, evalBatch, sftObjective, type Objective } from '../preference/objective.ts'
 import { pairLogps } from '../preference/reference.ts'
 import type { Update, WorkerInit, WorkerRequest } from './workers.ts'
-import { applyUpdate, microBatchGrads, sumInOrder } from './microbatch.ts'
+import { applyUpdate, exportGrads, importGrads, microBatchGrads, sumInOrder, touchedRows } from './microbatch.ts'
 import { Optimizer } from './optim.ts'
 
 let model: Model | undefined
@@ -33,7 +33,6 @@ function maybeUpdate(): number | undefined {
   return norm
 }
 
-const tensors = (ws: { name: string; data: Float32Array }[]) => new Map(ws.map((w) => [w.name, tf.tensor(w.data, model!.params.get(w.name)!.shape, 'float32')]))
 
 function build(init: WorkerInit): void {
   const params = new Map(init.params.map((p) => [p.name, tf.variable(tf.tensor(p.data, p.shape, 'float32'), p.trainable)]))
@@ -64,7 +63,7 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
       if (req.update) pending = { ga: req.ga, update: req.update }
       const out = req.jobs.map((j) => {
         const { grads, stats } = microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, dropoutSeed: j.dropoutSeed })
-        const arrays = [...grads].map(([name, g]) => ({ name, data: (g.dataSync() as Float32Array).slice() })) // ours to transfer
+        const arrays = exportGrads(grads, touchedRows(model!, j.pairs, padId)) // ours to transfer
         if (req.update) held.set(j.a, grads)
         else tf.dispose([...grads.values()])
         return { a: j.a, grads: arrays, stats }
@@ -72,12 +71,12 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
       return { value: out, transfer: out.flatMap((r) => r.grads.map((g) => g.data.buffer as ArrayBuffer)) }
     }
     case 'peers':
-      for (const g of req.grads) held.set(g.a, tensors(g.grads))
+      for (const g of req.grads) held.set(g.a, importGrads(model!, g.grads))
       return { value: maybeUpdate() ?? null, transfer: [] }
     case 'sync': {
       setWeights(req.weights)
       opt!.dispose()
-      for (const [map, ws] of [[opt!.m, req.m], [opt!.v, req.v]] as const) for (const [name, t] of tensors(ws)) map.set(name, tf.variable(t, false))
+      for (const [map, ws] of [[opt!.m, req.m], [opt!.v, req.v]] as const) for (const [name, t] of importGrads(model!, ws)) map.set(name, tf.variable(t, false))
       opt!.step = req.step
       return { value: true, transfer: [] }
     }

@@ -19,7 +19,7 @@ import type { Model } from '../model/mistral.ts'
 import { evalBatch, type BatchStats, type DpoOptions, type Layout, type Objective } from '../preference/objective.ts'
 import type { PairIds } from '../preference/pairs.ts'
 import { pairLogps, type PairLogps } from '../preference/reference.ts'
-import { trainableParams } from './microbatch.ts'
+import { trainableParams, type SentGrad } from './microbatch.ts'
 import type { OptimConfig, Optimizer } from './optim.ts'
 
 export interface WorkerInit {
@@ -42,14 +42,14 @@ export type Update = { lr: number; maxNorm: number }
 export type WorkerRequest =
   | { kind: 'init'; init: WorkerInit }
   | { kind: 'grads'; ga: number; weights?: Weights; update?: Update; jobs: { a: number; pairs: PairIds[]; ref?: PairLogps; dropoutSeed: number }[] }
-  | { kind: 'peers'; grads: { a: number; grads: Weights }[] }
+  | { kind: 'peers'; grads: { a: number; grads: SentGrad[] }[] }
   | { kind: 'sync'; weights: Weights; m: Weights; v: Weights; step: number }
   | { kind: 'logps'; pairs: PairIds[]; batchSize: number; adapters: boolean }
   | { kind: 'eval'; weights?: Weights; batches: { pairs: PairIds[]; ref?: PairLogps }[] }
 
 export interface RemoteGrads {
   a: number
-  grads: { name: string; data: Float32Array }[]
+  grads: SentGrad[]
   stats: BatchStats
 }
 
@@ -163,10 +163,10 @@ export class WorkerPool {
   }
 
   /** All-reduce mode: send each worker the micro-batch gradients it did not compute; it then steps its optimizer. */
-  peers(all: { a: number; worker: number; grads: Weights }[]): void {
+  peers(all: { a: number; worker: number; grads: SentGrad[] }[]): void {
     this.threads.forEach((_, i) => {
       const theirs = all.filter((g) => g.worker !== i + 1)
-      const copy = theirs.map((g) => ({ a: g.a, grads: g.grads.map((w) => ({ name: w.name, data: this.threads.length > 1 ? w.data.slice() : w.data })) }))
+      const copy = theirs.map((g) => ({ a: g.a, grads: g.grads.map((w) => ({ ...w, data: this.threads.length > 1 ? w.data.slice() : w.data })) }))
       this.updating.push(this.call(i, { kind: 'peers', grads: copy }))
     })
   }
