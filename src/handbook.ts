@@ -9,13 +9,14 @@
 import { AlignError, describe } from './errors.ts'
 
 type Out = Record<string, Record<string, unknown>>
-type Setter = (v: unknown, out: Out, notes: string[]) => void
+/** Puts one handbook key's value where align reads it; `root` is the whole recipe (keys that read others). */
+type Setter = (v: unknown, out: Out, notes: string[], root: Record<string, unknown>) => void
 
-const set = (section: string, key: string): Setter => (v, out) => void ((out[section] ??= {})[key] = v)
-const both = (key: string): Setter => (v, out) => {
-  set('sft', key)(v, out, [])
-  set('dpo', key)(v, out, [])
-}
+const put = (out: Out, section: string, key: string, v: unknown) => void ((out[section] ??= {})[key] = v)
+/** trainer keys go to both stages' sections (the command picks one) */
+const putBoth = (out: Out, key: string, v: unknown) => ['sft', 'dpo'].forEach((section) => put(out, section, key, v))
+const set = (section: string, key: string): Setter => (v, out) => put(out, section, key, v)
+const both = (key: string): Setter => (v, out) => putBoth(out, key, v)
 
 const OPTIM: Record<string, string> = { adamw_torch: 'adamw', adamw_hf: 'adamw', adamw_torch_fused: 'adamw', paged_adamw_32bit: 'adamw', adamw_apex_fused: 'adamw', rmsprop: 'rmsprop' }
 const DTYPE: Record<string, string> = { bfloat16: 'bfloat16', float16: 'float16', float32: 'float32' }
@@ -27,7 +28,7 @@ const KEYS: Record<string, Setter> = {
   tokenizer_name_or_path: set('model', 'tokenizer'),
   chat_template: set('model', 'chat_template'),
   torch_dtype: (v, out, notes) => {
-    if (typeof v === 'string' && DTYPE[v]) set('model', 'save_dtype')(DTYPE[v], out, notes)
+    if (typeof v === 'string' && DTYPE[v]) put(out, 'model', 'save_dtype', DTYPE[v])
     else notes.push(`torch_dtype ${describe(v)}: weights are saved as model.save_dtype (float32 by default); tfjs computes in float32`)
   },
   use_peft: set('lora', 'enabled'),
@@ -38,47 +39,47 @@ const KEYS: Record<string, Setter> = {
   auto_insert_empty_system_msg: set('data', 'auto_insert_empty_system_msg'),
   dataset_mixture: (v, out) => {
     const m = (v ?? {}) as { datasets?: unknown; test_split_size?: unknown; seed?: unknown }
-    set('data', 'datasets')(m.datasets, out, [])
-    set('data', 'mixture_style')('mixture', out, [])
-    if (m.test_split_size !== undefined && m.test_split_size !== null) set('data', 'test_split_size')(m.test_split_size, out, [])
-    if (m.seed !== undefined) set('data', 'mixture_seed')(m.seed, out, [])
+    put(out, 'data', 'datasets', m.datasets)
+    put(out, 'data', 'mixture_style', 'mixture')
+    if (m.test_split_size !== undefined && m.test_split_size !== null) put(out, 'data', 'test_split_size', m.test_split_size)
+    if (m.seed !== undefined) put(out, 'data', 'mixture_seed', m.seed)
   },
-  dataset_mixer: (v, out) => {
+  dataset_mixer: (v, out, _notes, root) => {
     if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new AlignError(`dataset_mixer: expected a mapping of dataset id: fraction, got ${describe(v)}`)
-    const splits = (out.data?.['__splits'] as string[] | undefined) ?? ['train', 'test']
-    set('data', 'datasets')(Object.entries(v).flatMap(([id, weight]) => splits.map((split) => ({ id, split, weight }))), out, [])
-    set('data', 'mixture_style')('mixer', out, [])
+    const splits = Array.isArray(root.dataset_splits) ? (root.dataset_splits as string[]) : ['train', 'test']
+    put(out, 'data', 'datasets', Object.entries(v).flatMap(([id, weight]) => splits.map((split) => ({ id, split, weight }))))
+    put(out, 'data', 'mixture_style', 'mixer')
   },
-  dataset_name: (v, out) => {
-    const [train, test] = (out.data?.['__name_splits'] as [string, string] | undefined) ?? ['train', 'test']
-    set('data', 'datasets')([{ id: v, split: train }, { id: v, split: test }], out, [])
-    set('data', 'mixture_style')('mixer', out, [])
+  dataset_name: (v, out, _notes, root) => {
+    const [train, test] = [root.dataset_train_split ?? 'train', root.dataset_test_split ?? 'test']
+    put(out, 'data', 'datasets', [{ id: v, split: train }, { id: v, split: test }])
+    put(out, 'data', 'mixture_style', 'mixer')
   },
   max_seq_length: set('sft', 'max_length'),
   max_prompt_length: set('dpo', 'max_prompt_length'),
   beta: set('dpo', 'beta'),
   loss_type: set('dpo', 'loss_type'),
   label_smoothing: set('dpo', 'label_smoothing'),
-  precompute_ref_log_probs: (v, out) => set('dpo', 'reference_mode')(v === true ? 'precompute' : 'frozen', out, []),
+  precompute_ref_log_probs: (v, out) => put(out, 'dpo', 'reference_mode', v === true ? 'precompute' : 'frozen'),
   optim: (v, out, notes) => {
     const o = typeof v === 'string' ? OPTIM[v] : undefined
     if (!o) throw new AlignError(`optim ${describe(v)}: align has adamw (adamw_torch and its variants) and rmsprop`)
     if (v !== 'adamw_torch' && v !== 'rmsprop') notes.push(`optim ${v}: runs as torch AdamW (same update; no paging, fusing or 8-bit states here)`)
-    both('optim')(o, out, notes)
+    putBoth(out, 'optim', o)
   },
   lr_scheduler_type: (v, out) => {
     if (typeof v !== 'string' || !SCHEDULE[v]) throw new AlignError(`lr_scheduler_type ${describe(v)}: align has ${Object.keys(SCHEDULE).join(', ')}`)
-    both('lr_scheduler_type')(SCHEDULE[v], out, [])
+    putBoth(out, 'lr_scheduler_type', SCHEDULE[v])
   },
   eval_strategy: (v, out, notes) => {
-    if (v === 'no') both('do_eval')(false, out, notes)
+    if (v === 'no') putBoth(out, 'do_eval', false)
     else if (v === 'epoch') {
-      both('eval_steps')(0, out, notes)
+      putBoth(out, 'eval_steps', 0)
       notes.push('eval_strategy epoch: align evaluates at the end of training (eval_steps 0)')
     }
   },
   save_strategy: (v, out) => {
-    if (v === 'no' || v === 'epoch') both('save_steps')(0, out, [])
+    if (v === 'no' || v === 'epoch') putBoth(out, 'save_steps', 0)
   },
   do_eval: both('do_eval'),
   warmup_steps: (v, _out, notes) => {
@@ -120,21 +121,15 @@ export function isHandbookRecipe(root: Record<string, unknown>, sections: string
 export function translateHandbook(root: Record<string, unknown>, nearest: (key: string, names: string[]) => string | undefined): { sections: Out; notes: string[] } {
   const out: Out = {}
   const notes: string[] = []
-  if (Array.isArray(root.dataset_splits)) (out.data ??= {})['__splits'] = root.dataset_splits
-  ;(out.data ??= {})['__name_splits'] = [root.dataset_train_split ?? 'train', root.dataset_test_split ?? 'test']
   for (const [key, value] of Object.entries(root)) {
-    if (['dataset_splits', 'dataset_train_split', 'dataset_test_split'].includes(key)) continue
+    if (['dataset_splits', 'dataset_train_split', 'dataset_test_split'].includes(key)) continue // read by dataset_mixer / dataset_name
     const setter = KEYS[key]
-    if (setter) setter(value, out, notes)
+    if (setter) setter(value, out, notes, root)
     else if (key in IGNORED) notes.push(`${key}: not applied (${IGNORED[key]})`)
     else {
       const near = nearest(key, [...Object.keys(KEYS), ...Object.keys(IGNORED)])
       throw new AlignError(`unknown key ${key}${near ? `; did you mean ${near}?` : ''} (not a handbook ModelConfig/ScriptArguments/SFTConfig/DPOConfig key align knows)`)
     }
-  }
-  if (out.data) {
-    delete out.data['__splits']
-    delete out.data['__name_splits']
   }
   return { sections: out, notes: [...new Set(notes)] }
 }

@@ -18,8 +18,7 @@ import { sample } from '../src/commands/sample.ts'
 import { TRAIN_SCHEMA } from '../src/train/schema.ts'
 import { train } from '../src/train/loop.ts'
 import { FIXTURES, ROOT, rejects, tmp } from './helpers.ts'
-import { TINY_CONFIG, tinyRun } from './tiny-run.ts'
-import { useBackend } from './tfjs-helpers.ts'
+import { TINY_CONFIG, tinyRun, useBackend } from './tfjs-helpers.ts'
 
 test.before(async () => {
   await useBackend('wasm')

@@ -11,8 +11,7 @@ import { BINARIZE_SECTION } from '../src/binarize/index.ts'
 import { tokenizeRows } from '../src/preference/pairs.ts'
 import { loadTokenizer } from '../src/model/tokenizer.ts'
 import { FIXTURES, ROOT, rejects, tmp } from './helpers.ts'
-import { tinyRun } from './tiny-run.ts'
-import { useBackend } from './tfjs-helpers.ts'
+import { tinyRun, useBackend } from './tfjs-helpers.ts'
 
 test.before(async () => {
   await useBackend('wasm')

@@ -12,8 +12,7 @@ import { train } from '../src/train/loop.ts'
 import { readEvents } from '../src/train/tfevents.ts'
 import { readHeader } from '../src/checkpoint/safetensors.ts'
 import { ROOT, rejects } from './helpers.ts'
-import { tinyRun } from './tiny-run.ts'
-import { useBackend } from './tfjs-helpers.ts'
+import { tinyRun, useBackend } from './tfjs-helpers.ts'
 
 // wasm: the fast CPU backend (cpu and wasm agree on gradients: gradients.test.ts)
 test.before(async () => {

@@ -15,8 +15,7 @@ import { initModel } from '../src/model/weights.ts'
 import { parseConfig } from '../src/model/config.ts'
 import { Rng } from '../src/rng.ts'
 import { FIXTURES, rejects } from './helpers.ts'
-import { TINY_CONFIG, tinyRun } from './tiny-run.ts'
-import { useBackend } from './tfjs-helpers.ts'
+import { TINY_CONFIG, tinyRun, useBackend } from './tfjs-helpers.ts'
 
 test.before(async () => {
   await useBackend('wasm')

@@ -16,8 +16,8 @@ import { initModel } from '../model/weights.ts'
 import { dpoObjective, type Layout } from '../preference/objective.ts'
 import { isTokenized, pairTokens, tokenizedPair } from '../preference/pairs.ts'
 import { ADAMW_DEFAULTS, Optimizer } from '../train/optim.ts'
-import { applyUpdate, exportGrads, importGrads, microBatchGrads, sumInOrder, touchedRows } from '../train/microbatch.ts'
-import { WorkerPool, workerCount, workerInit } from '../train/workers.ts'
+import { applyUpdate, microBatchGrads, sumInOrder } from '../train/microbatch.ts'
+import { WorkerPool, stepGradients, workerCount, workerInit } from '../train/workers.ts'
 
 export interface BenchArgs {
   model: string
@@ -66,14 +66,9 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     const { chunk, ref } = pairsOf(s)
     const parts = Array.from({ length: W }, (_, w) => [Math.floor((w * chunk.length) / W), Math.floor(((w + 1) * chunk.length) / W)] as const)
     const jobs = parts.map(([b, e], w) => ({ a: w, worker: w, pairs: chunk.slice(b, e), ref: { chosen: ref.chosen.slice(b, e), rejected: ref.rejected.slice(b, e) }, dropoutSeed: 0 }))
-    const remote = pool ? pool.grads(W, jobs.slice(1), { lr: LR, maxNorm: 0 }) : Promise.resolve([])
-    const local = microBatchGrads(model, objective, jobs[0]!.pairs, jobs[0]!.ref, { padId: 0, ga: W, dropoutSeed: 0 })
-    pool?.peers([{ a: 0, worker: 0, grads: exportGrads(local.grads, touchedRows(model, jobs[0]!.pairs, 0)) }])
-    const fromWorkers = await remote
-    if (pool && W > 2) pool.peers(fromWorkers.map((r) => ({ a: r.a, worker: r.a, grads: r.grads.map((g) => ({ ...g, data: g.data.slice() })) })))
-    const perMicroBatch = [local.grads, ...fromWorkers.sort((x, y) => x.a - y.a).map((r) => importGrads(model, r.grads))]
-    update(sumInOrder(model, perMicroBatch))
-    return { chunk, packed: local.stats.packed ?? false }
+    const { grads, stats } = await stepGradients(model, objective, pool, jobs, { padId: 0, ga: W, update: pool ? { lr: LR, maxNorm: 0 } : undefined })
+    update(sumInOrder(model, grads))
+    return { chunk, packed: stats[0]!.packed ?? false }
   }
   // the profiled step runs here alone (tf.profile times this thread's kernels)
   const localStep = (s: number) => {
@@ -81,7 +76,6 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     const g = microBatchGrads(model, objective, chunk, ref, { padId: 0, ga: 1, dropoutSeed: 0 }).grads
     opt.apply(model.params, g, LR)
     tf.dispose([...g.values()])
-    pool?.weightsChanged()
   }
   let timed = 0
   let packedSteps = 0

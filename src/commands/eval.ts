@@ -53,24 +53,24 @@ export async function evaluatePairs(a: EvalArgs): Promise<{ metrics: Record<stri
   const progress = new Progress('eval', { quiet: a.quiet ?? true })
   const dpo = { beta: a.beta, lossType: a.loss, labelSmoothing: a.labelSmoothing }
   const objective = dpoObjective(dpo)
-  // summed log-probs of a model over all pairs, spread over n workers (each holding a replica) when n > 1
-  const scoreAll = async (model: Model, adapters: boolean, label: string) => {
-    const pool = await WorkerPool.start(n, model, workerInit(model, backend.active, objective, dpo, tok.padId, ADAMW_DEFAULTS))
-    try {
-      const onBatch = (done: number) => progress.update(done, pairs.length, label)
-      return precomputedReference(pool ? await pool.logps(pairs, a.batchSize, adapters, onBatch) : pairLogps(model, pairs, a.batchSize, adapters, onBatch))
-    } finally {
-      await pool?.close()
-    }
-  }
-  let reference: Reference
+  const onBatch = (label: string) => (done: number) => progress.update(done, pairs.length, label)
+  const replicas = (model: Model) => WorkerPool.start(n, model, workerInit(model, backend.active, objective, dpo, tok.padId, ADAMW_DEFAULTS))
+  let reference: Reference | undefined
   if (a.reference) {
+    // a separate reference: scored over its own replicas and released before the policy's start
     const ref = resolvePolicy(a.reference, { trainable: false }).model
-    reference = await scoreAll(ref, true, 'reference pairs')
+    const refPool = await replicas(ref)
+    reference = precomputedReference(refPool ? await refPool.logps(pairs, a.batchSize, true, onBatch('reference pairs')) : pairLogps(ref, pairs, a.batchSize, true, onBatch('reference pairs')))
+    await refPool?.close()
     disposeModel(ref)
-  } else reference = n > 1 ? await scoreAll(policy, false, 'reference pairs') : liveReference(policy, pairs, false) // an adapter's base: the policy, adapters off
-  const pool = await WorkerPool.start(n, policy, workerInit(policy, backend.active, objective, dpo, tok.padId, ADAMW_DEFAULTS))
-  const { metrics, batches } = await evaluate(objective, policy, pairs, reference, { batchSize: a.batchSize, padId: tok.padId, prefix: '', onBatch: (done) => progress.update(done, pairs.length, 'pairs'), run: pool ? (b) => pool.eval(objective, b, tok.padId) : undefined }).finally(() => pool?.close())
+  }
+  const pool = await replicas(policy)
+  const run = async () => {
+    // an adapter's base is the reference: the policy with adapters off, scored over the same replicas
+    reference ??= pool ? precomputedReference(await pool.logps(pairs, a.batchSize, false, onBatch('reference pairs'))) : liveReference(policy, pairs, false)
+    return evaluate(objective, policy, pairs, reference, { batchSize: a.batchSize, padId: tok.padId, prefix: '', onBatch: onBatch('pairs'), run: pool ? (bs) => pool.eval(objective, bs, tok.padId) : undefined })
+  }
+  const { metrics, batches } = await run().finally(() => pool?.close())
   disposeModel(policy)
   const bad = Object.entries(metrics).find(([, x]) => !Number.isFinite(x))
   if (bad) throw new AlignError(`${a.policy}${a.reference ? ` / ${a.reference}` : ''}: ${bad[0]} is ${bad[1]}: the log-probs are not finite, so a checkpoint holds NaN/Inf weights (align inspect --stats shows which tensors)`)

@@ -96,10 +96,11 @@ export function exportHandbook(r: LoadedRecipe<typeof TRAIN_SCHEMA>, o: { out: s
   const dataKeys = { dataset_name: data.dir, dataset_config: 'default', dataset_train_split: data.train, dataset_test_split: data.test, ...(v.model.chat_template ? { chat_template: v.model.chat_template } : {}) }
   const header = (stage: 'sft' | 'dpo') => {
     const a = stage === 'dpo' ? v.dpo : v.sft
+    const acc = accumulationFor(a, o.gpus)
     const lines = [
       `# ${stage} config for alignment-handbook's scripts/${stage}.py, written by \`align export\` from ${r.path}${r.overrides.length ? ` + ${r.overrides.join(' ')}` : ''}.`,
       `# Every value is the align recipe's; bf16, gradient checkpointing and ZeRO-3 are the engine's own choices.`,
-      `# Global batch ${a.per_device_train_batch_size * a.gradient_accumulation_steps} kept on ${o.gpus} GPUs: gradient_accumulation_steps ${accumulationFor(a, o.gpus).ga}.${accumulationFor(a, o.gpus).note ? ` NOTE: ${accumulationFor(a, o.gpus).note}` : ''}`,
+      `# Global batch ${a.per_device_train_batch_size * a.gradient_accumulation_steps} kept on ${o.gpus} GPUs: gradient_accumulation_steps ${acc.ga}.${acc.note ? ` NOTE: ${acc.note}` : ''}`,
       ...(v.data.auto_insert_empty_system_msg ? ['# The recipe inserts an empty system turn before each prompt (auto_insert_empty_system_msg); this handbook version has no such key.'] : []),
     ]
     return lines.join('\n') + '\n'

@@ -96,7 +96,9 @@ export function svgPlot(runs: PlotRun[], o: { smooth?: number; title?: string } 
     parts.push(`<rect x="${x0}" y="${y0}" width="${pw}" height="${plotH}" fill="none" stroke="#888"/>`)
     parts.push(`<text x="${x0 + pw}" y="${y0 + plotH + 28}" text-anchor="end" fill="#444">step</text>`)
     lines.forEach((l, j) => {
-      const color = COLORS[(runs.length > 1 ? l.r * 2 + (p.train.indexOf(l.key) >= 0 ? p.train.indexOf(l.key) : p.eval.indexOf(l.key)) : j) % COLORS.length]
+      // one color per (run, quantity): a quantity's train and eval series share it, eval dashed with markers
+      const quantity = Math.max(p.train.indexOf(l.key), p.eval.indexOf(l.key))
+      const color = COLORS[(l.r * 2 + quantity) % COLORS.length]
       const pts = (q: [number, number][]) => q.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(' ')
       if (l.isEval) {
         parts.push(`<polyline fill="none" stroke="${color}" stroke-width="1.5" stroke-dasharray="5,3" points="${pts(l.raw)}"/>`)

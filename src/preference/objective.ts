@@ -198,7 +198,11 @@ export async function evaluate(objective: Objective, model: Model, pairs: PairId
     const idx = Array.from({ length: Math.min(o.batchSize, pairs.length - i) }, (_, j) => i + j)
     work.push({ pairs: idx.map((j) => pairs[j]!), ref: ref?.logps(idx) })
   }
-  const local: EvalBatches = async (bs) => bs.map((b, i) => (o.onBatch?.(i * o.batchSize), evalBatch(objective, model, b.pairs, b.ref, o.padId)))
+  const local: EvalBatches = async (bs) =>
+    bs.map((b, i) => {
+      o.onBatch?.(i * o.batchSize)
+      return evalBatch(objective, model, b.pairs, b.ref, o.padId)
+    })
   const batches = await (o.run ?? local)(work)
   const secs = (performance.now() - t0) / 1000
   const prefix = o.prefix ?? 'eval_'

@@ -28,11 +28,6 @@ export class RunLog {
     appendFileSync(this.metricsPath, JSON.stringify(row) + '\n')
     this.events.scalars(row.step!, Object.fromEntries(Object.entries(row).filter(([k]) => k !== 'step')))
   }
-
-  /** The last value of `key` in the history. */
-  last(key: string): number | undefined {
-    return [...this.history].reverse().find((r) => r[key] !== undefined)?.[key]
-  }
 }
 
 /** What the loop accumulates between two logged rows. */

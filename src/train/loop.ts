@@ -14,7 +14,7 @@ import { AlignError } from '../errors.ts'
 import { Progress } from '../progress.ts'
 import type { BackendInfo } from '../model/backend.ts'
 import { disposeModel, type Model } from '../model/mistral.ts'
-import { evaluate, type BatchStats } from '../preference/objective.ts'
+import { evaluate, type BatchStats, type EvalBatches } from '../preference/objective.ts'
 import type { DataStats } from '../preference/pairs.ts'
 import { pairTokens } from '../preference/pairs.ts'
 import type { References } from './setup.ts'
@@ -25,8 +25,8 @@ import { RunLog, Window, mean, round4, type Row } from './log.ts'
 import { Optimizer, lrLambda, type OptimConfig } from './optim.ts'
 import type { TrainerArgs } from './schema.ts'
 import { microBatchStream } from './sampler.ts'
-import { applyUpdate, dropoutSeed, exportGrads, importGrads, microBatchGrads, sumInOrder, touchedRows } from './microbatch.ts'
-import { WorkerPool, workerCount, workerInit, type Update } from './workers.ts'
+import { applyUpdate, dropoutSeed, sumInOrder } from './microbatch.ts'
+import { WorkerPool, stepGradients, workerCount, workerInit, type Update } from './workers.ts'
 import { claimRunDir, watchSignals } from './rundir.ts'
 
 export { runDirOf, type TrainOptions } from './setup.ts'
@@ -122,8 +122,8 @@ async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, r
       }
       const last = step === schedule.maxSteps
       if (args.do_eval && run.data.eval.pairs.length && ((args.eval_steps > 0 && step % args.eval_steps === 0) || last)) {
-        const run_ = pool ? (b: Parameters<NonNullable<Parameters<typeof evaluate>[4]['run']>>[0]) => pool.eval(run.objective, b, run.tok.padId) : undefined
-        log.record({ step, epoch, ...(await evaluate(run.objective, model, run.data.eval.pairs, refs?.eval, { batchSize: args.per_device_eval_batch_size, padId: run.tok.padId, run: run_ })).metrics })
+        const spread: EvalBatches | undefined = pool ? (b) => pool.eval(run.objective, b, run.tok.padId) : undefined
+        log.record({ step, epoch, ...(await evaluate(run.objective, model, run.data.eval.pairs, refs?.eval, { batchSize: args.per_device_eval_batch_size, padId: run.tok.padId, run: spread })).metrics })
       }
       const stopping = signals.signal() !== undefined || (o.stopAfter !== undefined && step - startStep >= o.stopAfter)
       const saved = (args.save_steps > 0 && step % args.save_steps === 0) || last || stopping ? save(false) : undefined
@@ -160,15 +160,8 @@ async function accumulate(run: Run, model: Model, refs: References | undefined, 
     const idx = nextBatch(k)
     return { a, worker: a % n, pairs: idx.map((i) => run.data.train.pairs[i]!), ref: refs?.train.logps(idx), dropoutSeed: dropoutSeed(run.args.seed, k) }
   })
-  const remote = pool ? pool.grads(ga, jobs.filter((j) => j.worker !== 0), update) : Promise.resolve([])
-  const results = new Map<number, { grads: Map<string, tf.Tensor>; stats: BatchStats }>()
-  for (const j of jobs.filter((j) => j.worker === 0)) results.set(j.a, microBatchGrads(model, run.objective, j.pairs, j.ref, { padId: run.tok.padId, ga, dropoutSeed: j.dropoutSeed }))
-  if (update) pool!.peers([...results].map(([a, r]) => ({ a, worker: 0, grads: exportGrads(r.grads, touchedRows(model, jobs[a]!.pairs, run.tok.padId)) }))) // ours, to every worker now
-  const fromWorkers = await remote
-  if (update && pool!.size > 2) pool!.peers(fromWorkers.map((r) => ({ a: r.a, worker: r.a % n, grads: r.grads.map((g) => ({ ...g, data: g.data.slice() })) })))
-  for (const r of fromWorkers) results.set(r.a, { grads: importGrads(model, r.grads), stats: r.stats })
-  const batches = Array.from({ length: ga }, (_, a) => results.get(a)!.stats)
-  const acc = sumInOrder(model, Array.from({ length: ga }, (_, a) => results.get(a)!.grads))
+  const { grads, stats: batches } = await stepGradients(model, run.objective, pool, jobs, { padId: run.tok.padId, ga, update })
+  const acc = sumInOrder(model, grads)
   const bad = batches.findIndex((b) => !Number.isFinite(b.loss))
   if (bad >= 0) {
     tf.dispose([...acc.values()])

@@ -35,8 +35,9 @@ export function microBatchGrads(model: Model, objective: Objective, pairs: PairI
  */
 export function sumInOrder(model: Model, perMicroBatch: Map<string, tf.Tensor>[]): Map<string, tf.Tensor> {
   const acc = new Map<string, tf.Tensor>()
+  const names = trainableParams(model).map(([name]) => name)
   for (const grads of perMicroBatch) {
-    for (const [name] of trainableParams(model)) {
+    for (const name of names) {
       const g = grads.get(name)!
       const prev = acc.get(name)
       acc.set(name, prev ? tf.add(prev, g) : g)

@@ -85,8 +85,6 @@ export const LORA_SECTION = {
 
 export const TRAIN_SCHEMA = { model: MODEL_SECTION, data: DATA_SECTION, sft: SFT_SECTION, dpo: DPO_SECTION, lora: LORA_SECTION }
 
-export type ModelArgs = Values<typeof MODEL_SECTION>
 export type DataArgs = Values<typeof DATA_SECTION>
 export type TrainerArgs = Values<typeof SFT_SECTION>
 export type DpoArgs = Values<typeof DPO_SECTION>
-export type LoraArgs = Values<typeof LORA_SECTION>

@@ -17,7 +17,7 @@ import type { ModelConfig } from '../model/config.ts'
 import { addLora } from '../model/lora.ts'
 import { disposeModel, type Model } from '../model/mistral.ts'
 import { describePolicy, resolvePolicy, type PolicySpec } from '../model/policy.ts'
-import { checkTemplate, checkVocabulary as checkTokenizer, loadTokenizer, type ChatTokenizer } from '../model/tokenizer.ts'
+import { checkTemplate, checkVocabulary, loadTokenizer, type ChatTokenizer } from '../model/tokenizer.ts'
 import { dpoObjective, sftObjective, type Objective } from '../preference/objective.ts'
 import type { PairIds } from '../preference/pairs.ts'
 import type { WorkerPool } from './workers.ts'
@@ -66,8 +66,8 @@ export function runDirOf(outputDir: string): string {
 }
 
 /** Every token id must index the model's embedding table; the tokenizer must fit the vocabulary. */
-function checkVocabulary(config: ModelConfig, tok: ChatTokenizer, sets: PairSet[]): void {
-  checkTokenizer(tok, config.vocabSize)
+function checkTokenIds(config: ModelConfig, tok: ChatTokenizer, sets: PairSet[]): void {
+  checkVocabulary(tok, config.vocabSize)
   for (const set of sets) {
     const i = set.pairs.findIndex((p) => [p.promptIds, p.chosenIds, p.rejectedIds].some((ids) => ids.some((t) => t < 0 || t >= config.vocabSize)))
     if (i >= 0) throw new AlignError(`${set.file} pair ${i + 1}: token id outside the model's vocabulary (vocab_size ${config.vocabSize}); the data was tokenized for another model`)
@@ -94,7 +94,7 @@ export async function prepareRun(o: TrainOptions): Promise<Run> {
   const data = await loadData(v.data, tok, { maxLength: args.max_length, maxPromptLength: maxPrompt, insertEmptySystem: v.data.auto_insert_empty_system_msg, sft: o.stage === 'sft' }, log)
   log(`data: ${data.train.stats.pairs} train / ${data.eval.stats.pairs} eval pairs · truncated prompts ${data.train.stats.prompt_truncated}, completions ${data.train.stats.completion_truncated} (max_length ${args.max_length}${o.stage === 'dpo' ? `, max_prompt_length ${maxPrompt}` : ''})`)
   if (data.train.stats.pairs === 0) throw new AlignError(`${data.train.file}: no training pairs`)
-  checkVocabulary(policy.config, tok, [data.train, data.eval])
+  checkTokenIds(policy.config, tok, [data.train, data.eval])
   const microPerEpoch = Math.ceil(data.train.pairs.length / args.per_device_train_batch_size)
   const maxSteps = args.max_steps > 0 ? args.max_steps : Math.ceil((args.num_train_epochs * microPerEpoch) / args.gradient_accumulation_steps)
   const objective = o.stage === 'dpo' ? dpoObjective({ beta: v.dpo.beta, lossType: v.dpo.loss_type, labelSmoothing: v.dpo.label_smoothing }) : sftObjective()

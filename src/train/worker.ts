@@ -81,6 +81,7 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
       return { value: true, transfer: [] }
     }
     case 'logps':
+      setWeights(req.weights)
       return { value: pairLogps(model!, req.pairs, req.batchSize, req.adapters), transfer: [] }
     case 'eval':
       setWeights(req.weights)

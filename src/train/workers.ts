@@ -19,7 +19,8 @@ import type { Model } from '../model/mistral.ts'
 import { evalBatch, type BatchStats, type DpoOptions, type Layout, type Objective } from '../preference/objective.ts'
 import type { PairIds } from '../preference/pairs.ts'
 import { pairLogps, type PairLogps } from '../preference/reference.ts'
-import { trainableParams, type SentGrad } from './microbatch.ts'
+import * as tf from '@tensorflow/tfjs'
+import { exportGrads, importGrads, microBatchGrads, touchedRows, trainableParams, type SentGrad } from './microbatch.ts'
 import type { OptimConfig, Optimizer } from './optim.ts'
 
 export interface WorkerInit {
@@ -44,7 +45,7 @@ export type WorkerRequest =
   | { kind: 'grads'; ga: number; weights?: Weights; update?: Update; jobs: { a: number; pairs: PairIds[]; ref?: PairLogps; dropoutSeed: number }[] }
   | { kind: 'peers'; grads: { a: number; grads: SentGrad[] }[] }
   | { kind: 'sync'; weights: Weights; m: Weights; v: Weights; step: number }
-  | { kind: 'logps'; pairs: PairIds[]; batchSize: number; adapters: boolean }
+  | { kind: 'logps'; weights?: Weights; pairs: PairIds[]; batchSize: number; adapters: boolean }
   | { kind: 'eval'; weights?: Weights; batches: { pairs: PairIds[]; ref?: PairLogps }[] }
 
 export interface RemoteGrads {
@@ -152,7 +153,7 @@ export class WorkerPool {
    * `update` (all-reduce mode) every worker is asked, keeps its gradients and will step its own optimizer replica
    * once `peers` brings it the rest; without, only workers with jobs are asked and stale weights go along.
    */
-  grads(ga: number, jobs: { a: number; worker: number; pairs: PairIds[]; ref?: PairLogps; dropoutSeed: number }[], update?: Update): Promise<RemoteGrads[]> {
+  grads(ga: number, jobs: Job[], update?: Update): Promise<RemoteGrads[]> {
     // posted now, before the caller computes its own share: a worker handles its messages in order, so earlier
     // updates are done before this runs; they are awaited only so that their errors surface here
     const earlier = Promise.all(this.updating.splice(0))
@@ -174,11 +175,11 @@ export class WorkerPool {
   /** All-reduce mode, after a resume: every replica gets the weights and the optimizer state. */
   async sync(opt: Optimizer): Promise<void> {
     const take = (m: Map<string, { dataSync(): unknown }>) => [...m].map(([name, v]) => ({ name, data: (v.dataSync() as Float32Array).slice() }))
-    await Promise.all(this.threads.map((_, i) => this.call(i, { kind: 'sync', weights: take(new Map(trainableParams(this.model))), m: take(opt.m), v: take(opt.v), step: opt.step })))
+    await Promise.all(this.threads.map((_, i) => this.call(i, { kind: 'sync', weights: take(new Map(trainableParams(this.model))), m: take(opt.m), v: take(opt.v), step: opt.step }))) // a fresh copy per worker: each is transferred
   }
 
   /** Contiguous runs of whole batches: worker w gets batches [w·per, (w+1)·per). Returns [start, end) pair ranges. */
-  ranges(count: number, batchSize: number): [number, number][] {
+  private ranges(count: number, batchSize: number): [number, number][] {
     const batches = Math.ceil(count / batchSize)
     const per = Math.ceil(batches / this.size)
     return Array.from({ length: this.size }, (_, w) => [Math.min(count, w * per * batchSize), Math.min(count, (w + 1) * per * batchSize)] as [number, number])
@@ -187,7 +188,8 @@ export class WorkerPool {
   /** Summed completion log-probs of `pairs` (the reference precompute), batches spread over all workers. */
   async logps(pairs: PairIds[], batchSize: number, adapters: boolean, onLocal?: (done: number) => void): Promise<PairLogps> {
     const [mine, ...theirs] = this.ranges(pairs.length, batchSize)
-    const remote = theirs.map(([s, e], i) => (e > s ? this.call<PairLogps>(i, { kind: 'logps', pairs: pairs.slice(s, e), batchSize, adapters }) : Promise.resolve({ chosen: [], rejected: [] })))
+    const weights = this.weightsFor(theirs.map(([s, e]) => e > s))
+    const remote = theirs.map(([s, e], i) => (e > s ? this.call<PairLogps>(i, { kind: 'logps', weights: weights(i), pairs: pairs.slice(s, e), batchSize, adapters }) : Promise.resolve({ chosen: [], rejected: [] })))
     const local = pairLogps(this.model, pairs.slice(mine![0], mine![1]), batchSize, adapters, onLocal)
     const parts = [local, ...(await Promise.all(remote))]
     return { chosen: parts.flatMap((p) => p.chosen), rejected: parts.flatMap((p) => p.rejected) }
@@ -211,4 +213,32 @@ export class WorkerPool {
     this.threads.length = 0
     await Promise.all(threads.map((w) => w.terminate()))
   }
+}
+
+export interface Job {
+  /** the micro-batch's place in the step */
+  a: number
+  /** 0 = this thread */
+  worker: number
+  pairs: PairIds[]
+  ref?: PairLogps
+  dropoutSeed: number
+}
+
+/**
+ * The gradients of one optimizer step's micro-batches, each computed where `job.worker` says, returned in
+ * micro-batch order (sum them with microbatch.ts `sumInOrder`). With `update` (all-reduce) every worker also gets
+ * the micro-batch gradients it did not compute, and steps its own optimizer once it has them all.
+ */
+export async function stepGradients(model: Model, objective: Objective, pool: WorkerPool | undefined, jobs: Job[], o: { padId: number; ga: number; update?: Update }): Promise<{ grads: Map<string, tf.Tensor>[]; stats: BatchStats[] }> {
+  const remote = pool ? pool.grads(o.ga, jobs.filter((j) => j.worker !== 0), o.update) : Promise.resolve([])
+  const results = new Map<number, { grads: Map<string, tf.Tensor>; stats: BatchStats }>()
+  for (const j of jobs.filter((j) => j.worker === 0)) results.set(j.a, microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, dropoutSeed: j.dropoutSeed }))
+  const job = (a: number) => jobs.find((j) => j.a === a)!
+  if (o.update) pool!.peers([...results].map(([a, r]) => ({ a, worker: 0, grads: exportGrads(r.grads, touchedRows(model, job(a).pairs, o.padId)) }))) // ours, to every worker now
+  const fromWorkers = await remote
+  if (o.update && pool!.size > 2) pool!.peers(fromWorkers.map((r) => ({ a: r.a, worker: job(r.a).worker, grads: r.grads.map((g) => ({ ...g, data: g.data.slice() })) })))
+  for (const r of fromWorkers) results.set(r.a, { grads: importGrads(model, r.grads), stats: r.stats })
+  const inOrder = jobs.map((j) => results.get(j.a)!)
+  return { grads: inOrder.map((r) => r.grads), stats: inOrder.map((r) => r.stats) }
 }
