@@ -8,8 +8,7 @@ import { writeFileAtomic } from '../files.ts'
 import { Progress } from '../progress.ts'
 import { initBackend } from '../model/backend.ts'
 import { disposeModel } from '../model/mistral.ts'
-import { describePolicy, resolvePolicy } from '../model/policy.ts'
-import { checkTemplate, checkVocabulary, loadTokenizer } from '../model/tokenizer.ts'
+import { describePolicy, policyTokenizer, resolvePolicy } from '../model/policy.ts'
 import { dpoObjective, evaluate, type LossType } from '../preference/objective.ts'
 import { loadPairs } from '../preference/pairs.ts'
 import { liveReference, pairLogps, precomputedReference, type Reference } from '../preference/reference.ts'
@@ -42,13 +41,10 @@ export async function evaluatePairs(a: EvalArgs): Promise<{ metrics: Record<stri
   if (!(a.labelSmoothing >= 0 && a.labelSmoothing <= 0.5)) throw new AlignError(`--label-smoothing ${a.labelSmoothing}: needs a number from 0 to 0.5`)
   const backend = await initBackend(a.backend)
   const n = workerCount(a.workers ?? 1, backend.tfBackend).n
-  if (!a.reference && describePolicy(a.policy).kind !== 'adapter') throw new AlignError(`--reference is needed unless --policy is a LoRA adapter directory (whose base is then the reference)`)
   const described = describePolicy(a.policy)
-  const tok = loadTokenizer(described.tokenizerDir)
-  checkVocabulary(tok, described.config.vocabSize)
-  await checkTemplate(tok)
-  const { model: policy, spec } = resolvePolicy(a.policy, { trainable: false })
-  if (spec.tokenizerSource === 'shipped' && !a.quiet) process.stderr.write(`${a.policy} has no tokenizer.json (nor its base): using the shipped Mistral-7B tokenizer\n`)
+  if (!a.reference && described.kind !== 'adapter') throw new AlignError(`--reference is needed unless --policy is a LoRA adapter directory (whose base is then the reference)`)
+  const tok = await policyTokenizer(described, { note: a.quiet ? undefined : (s) => void process.stderr.write(s + '\n') })
+  const { model: policy } = resolvePolicy(a.policy, { trainable: false })
   const { pairs } = await loadPairs(a.pairs, tok, { maxLength: a.maxLength, maxPromptLength: a.maxPromptLength })
   const progress = new Progress('eval', { quiet: a.quiet ?? true })
   const dpo = { beta: a.beta, lossType: a.loss, labelSmoothing: a.labelSmoothing }

@@ -5,8 +5,8 @@
 import { initBackend } from '../model/backend.ts'
 import { generate } from '../model/generate.ts'
 import { disposeModel } from '../model/mistral.ts'
-import { describePolicy, resolvePolicy } from '../model/policy.ts'
-import { checkTemplate, checkVocabulary, encodeChat, loadTokenizer } from '../model/tokenizer.ts'
+import { describePolicy, policyTokenizer, resolvePolicy } from '../model/policy.ts'
+import { encodeChat } from '../model/tokenizer.ts'
 import { AlignError } from '../errors.ts'
 
 export interface SampleArgs {
@@ -27,12 +27,8 @@ export async function sample(a: SampleArgs, write: (text: string) => void = (t) 
   if (!(a.temperature >= 0)) throw new AlignError(`--temperature ${a.temperature}: needs a number >= 0 (0 = greedy)`)
   if (!(a.topP > 0 && a.topP <= 1)) throw new AlignError(`--top-p ${a.topP}: needs a number in (0, 1]`)
   await initBackend(a.backend)
-  const spec = describePolicy(a.dir)
-  const tok = loadTokenizer(spec.tokenizerDir)
-  checkVocabulary(tok, spec.config.vocabSize)
-  if (!a.raw) await checkTemplate(tok)
+  const tok = await policyTokenizer(describePolicy(a.dir), { probeTemplate: !a.raw, note: (s) => void process.stderr.write(s + '\n') })
   const { model } = resolvePolicy(a.dir, { trainable: false })
-  if (spec.tokenizerSource === 'shipped') process.stderr.write(`${a.dir} has no tokenizer.json (nor its base): using the shipped Mistral-7B tokenizer\n`)
   const messages = [...(a.system !== undefined ? [{ role: 'system' as const, content: a.system }] : []), { role: 'user' as const, content: a.prompt }]
   const ids = a.raw ? tok.encode(a.prompt) : encodeChat(tok, tok.render(messages, true))
   let shown = ''

@@ -16,6 +16,7 @@ import { Rng } from '../rng.ts'
 import { PRESETS, parameterCount, parseConfig, type ModelConfig } from './config.ts'
 import { addLora } from './lora.ts'
 import type { Model } from './mistral.ts'
+import { checkTemplate, checkVocabulary, loadTokenizer, type ChatTokenizer } from './tokenizer.ts'
 import { initModel, loadAdaptersInto, loadConfig, loadModel } from './weights.ts'
 
 export interface PolicySpec {
@@ -72,4 +73,18 @@ export function resolvePolicy(spec: string, o: { initSeed?: number; trainable?: 
     loadAdaptersInto(model, spec)
   }
   return { model, spec: p }
+}
+
+/**
+ * The tokenizer a policy runs with — `dir` (a recipe's model.tokenizer) or the one that goes with the policy —
+ * checked to fit its vocabulary, its chat template (`chatTemplate` replaces it) probed for runaway rendering,
+ * and a note when the shipped tokenizer stands in for a directory that has none.
+ */
+export async function policyTokenizer(spec: PolicySpec, o: { dir?: string | null; chatTemplate?: string | null; probeTemplate?: boolean; note?: (s: string) => void } = {}): Promise<ChatTokenizer> {
+  const dir = o.dir ?? spec.tokenizerDir
+  if (!o.dir && spec.tokenizerSource === 'shipped' && spec.kind !== 'preset') o.note?.(`${spec.id} has no tokenizer.json (nor its base): using the shipped Mistral-7B tokenizer (${dir})`)
+  const tok = loadTokenizer(dir, o.chatTemplate)
+  checkVocabulary(tok, spec.config.vocabSize)
+  if (o.probeTemplate ?? true) await checkTemplate(tok)
+  return tok
 }

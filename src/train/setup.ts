@@ -16,8 +16,8 @@ import { initBackend, type BackendInfo } from '../model/backend.ts'
 import type { ModelConfig } from '../model/config.ts'
 import { addLora } from '../model/lora.ts'
 import { disposeModel, type Model } from '../model/mistral.ts'
-import { describePolicy, resolvePolicy, type PolicySpec } from '../model/policy.ts'
-import { checkTemplate, checkVocabulary, loadTokenizer, type ChatTokenizer } from '../model/tokenizer.ts'
+import { describePolicy, policyTokenizer, resolvePolicy, type PolicySpec } from '../model/policy.ts'
+import type { ChatTokenizer } from '../model/tokenizer.ts'
 import { dpoObjective, sftObjective, type Objective } from '../preference/objective.ts'
 import type { PairIds } from '../preference/pairs.ts'
 import type { WorkerPool } from './workers.ts'
@@ -65,9 +65,8 @@ export function runDirOf(outputDir: string): string {
   return isAbsolute(outputDir) || outputDir.startsWith('.') ? outputDir : join('checkpoints', outputDir)
 }
 
-/** Every token id must index the model's embedding table; the tokenizer must fit the vocabulary. */
-function checkTokenIds(config: ModelConfig, tok: ChatTokenizer, sets: PairSet[]): void {
-  checkVocabulary(tok, config.vocabSize)
+/** Every token id must index the model's embedding table (policyTokenizer checked the tokenizer itself). */
+function checkTokenIds(config: ModelConfig, sets: PairSet[]): void {
   for (const set of sets) {
     const i = set.pairs.findIndex((p) => [p.promptIds, p.chosenIds, p.rejectedIds].some((ids) => ids.some((t) => t < 0 || t >= config.vocabSize)))
     if (i >= 0) throw new AlignError(`${set.file} pair ${i + 1}: token id outside the model's vocabulary (vocab_size ${config.vocabSize}); the data was tokenized for another model`)
@@ -85,16 +84,14 @@ export async function prepareRun(o: TrainOptions): Promise<Run> {
   const policy = describePolicy(v.model.policy, v.model.init_seed)
   if (policy.kind === 'adapter') throw new AlignError(`model.policy ${v.model.policy} is a LoRA adapter directory; train from its base (model.policy=${policy.baseDir}) or from a merged checkpoint`)
   const tokenizerDir = v.model.tokenizer ?? policy.tokenizerDir
-  if (v.model.tokenizer === null && policy.tokenizerSource === 'shipped' && policy.kind !== 'preset') log(`${v.model.policy} has no tokenizer.json: using the shipped Mistral-7B tokenizer (${tokenizerDir}); set model.tokenizer to choose another`)
-  const tok = loadTokenizer(tokenizerDir, v.model.chat_template)
-  await checkTemplate(tok)
+  const tok = await policyTokenizer(policy, { dir: v.model.tokenizer, chatTemplate: v.model.chat_template, note: log })
   // SFT keeps at most half of max_length for the prompt, so every row keeps completion tokens to learn from
   const maxPrompt = o.stage === 'dpo' ? v.dpo.max_prompt_length : Math.floor(args.max_length / 2)
   if (maxPrompt >= args.max_length) throw new AlignError(`dpo.max_prompt_length ${maxPrompt} must be below dpo.max_length ${args.max_length}, or completions are truncated away`)
   const data = await loadData(v.data, tok, { maxLength: args.max_length, maxPromptLength: maxPrompt, insertEmptySystem: v.data.auto_insert_empty_system_msg, sft: o.stage === 'sft' }, log)
   log(`data: ${data.train.stats.pairs} train / ${data.eval.stats.pairs} eval pairs · truncated prompts ${data.train.stats.prompt_truncated}, completions ${data.train.stats.completion_truncated} (max_length ${args.max_length}${o.stage === 'dpo' ? `, max_prompt_length ${maxPrompt}` : ''})`)
   if (data.train.stats.pairs === 0) throw new AlignError(`${data.train.file}: no training pairs`)
-  checkTokenIds(policy.config, tok, [data.train, data.eval])
+  checkTokenIds(policy.config, [data.train, data.eval])
   const microPerEpoch = Math.ceil(data.train.pairs.length / args.per_device_train_batch_size)
   const maxSteps = args.max_steps > 0 ? args.max_steps : Math.ceil((args.num_train_epochs * microPerEpoch) / args.gradient_accumulation_steps)
   const objective = o.stage === 'dpo' ? dpoObjective({ beta: v.dpo.beta, lossType: v.dpo.loss_type, labelSmoothing: v.dpo.label_smoothing }) : sftObjective()
