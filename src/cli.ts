@@ -63,7 +63,7 @@ const infoCmd = command({
     const { workerCount } = await import('./train/workers.ts')
     const tf = await import('@tensorflow/tfjs')
     const b = await initBackend(a.backend)
-    const workers = workerCount(workersOf(a.workers), b.tfBackend)
+    const workers = workerCount(workersOf(a.workers), b)
     const versions = { align: VERSION, node: process.version, tfjs: tf.version.tfjs }
     if (a.json) process.stdout.write(JSON.stringify({ ...b, workers, versions }, null, 2) + '\n')
     else process.stdout.write(`align ${versions.align} · node ${versions.node} · tfjs ${versions.tfjs}\n${describeBackend(b)}\n  workers: ${workers.n} (${workers.why}); each holds a replica of the model and its own backend\n`)

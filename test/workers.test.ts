@@ -2,6 +2,7 @@
 // fine-tuning and LoRA with dropout, gradient accumulation, eval, the reference precompute), a resume may change
 // the worker count, and a worker that dies ends the run with one line instead of a hang.
 import { readFileSync } from 'node:fs'
+import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
@@ -79,9 +80,10 @@ test('a worker that dies ends the request with one line naming it; --workers is 
   await (pool as unknown as { threads: { terminate(): Promise<number> }[] }).threads[0]!.terminate()
   await rejects(() => pending, /worker 1 of 2 exited \(code \d+: out of memory or killed\); the run stops \(the last checkpoint is intact\)/)
   await pool.close()
-  await rejects(() => workerCount('0', 'wasm'), /--workers 0: a whole number >= 1, or auto/)
-  assert.equal(workerCount('3', 'wasm').n, 3)
-  assert.equal(workerCount('auto', 'tensorflow').n, 1)
+  await rejects(() => workerCount('0', {}), /--workers 0: a whole number >= 1, or auto/)
+  assert.equal(workerCount('3', {}).n, 3)
+  assert.equal(workerCount('auto', {}).n, availableParallelism())
+  assert.equal(workerCount('auto', { oneWorker: 'auto: the webgpu backend runs one process per device' }).n, 1)
 })
 
 test.run()

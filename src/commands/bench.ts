@@ -49,7 +49,7 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   const opt = new Optimizer(ADAMW_DEFAULTS)
   const dpo = { beta: 0.1, lossType: 'sigmoid' as const, labelSmoothing: 0 }
   const objective = dpoObjective(dpo, a.layout)
-  const workers = workerCount(a.workers ?? 1, backend.tfBackend)
+  const workers = workerCount(a.workers ?? 1, backend)
   const pool = await WorkerPool.start(workers.n, model, workerInit(model, backend.active, objective, dpo, 0, ADAMW_DEFAULTS, a.layout))
   const W = pool?.size ?? 1
   const LR = 1e-6

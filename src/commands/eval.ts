@@ -40,7 +40,7 @@ export async function evaluatePairs(a: EvalArgs): Promise<{ metrics: Record<stri
   if (!(a.beta > 0)) throw new AlignError(`--beta ${a.beta}: needs a number > 0`)
   if (!(a.labelSmoothing >= 0 && a.labelSmoothing <= 0.5)) throw new AlignError(`--label-smoothing ${a.labelSmoothing}: needs a number from 0 to 0.5`)
   const backend = await initBackend(a.backend)
-  const n = workerCount(a.workers ?? 1, backend.tfBackend).n
+  const n = workerCount(a.workers ?? 1, backend).n
   const described = describePolicy(a.policy)
   if (!a.reference && described.kind !== 'adapter') throw new AlignError(`--reference is needed unless --policy is a LoRA adapter directory (whose base is then the reference)`)
   const tok = await policyTokenizer(described, { note: a.quiet ? undefined : (s) => void process.stderr.write(s + '\n') })

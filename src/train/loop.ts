@@ -63,7 +63,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
 async function trainClaimed(run: Run, result: (r: Partial<TrainResult>) => TrainResult): Promise<TrainResult> {
   const { o } = run
   const model = buildPolicy(run)
-  const workers = workerCount(o.workers ?? 1, run.backend.tfBackend)
+  const workers = workerCount(o.workers ?? 1, run.backend)
   run.log(`workers: ${workers.n} (${workers.why})`)
   const v = o.recipe.values
   const dpo = o.stage === 'dpo' ? { beta: v.dpo.beta, lossType: v.dpo.loss_type, labelSmoothing: v.dpo.label_smoothing } : undefined

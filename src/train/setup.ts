@@ -141,7 +141,7 @@ export function dryRunReport(run: Run): string {
     counts(`eval (${data.eval.file})`, data.eval.stats),
     `${schedule.maxSteps} optimizer steps (${schedule.microPerEpoch} micro-batches/epoch, global batch ${args.per_device_train_batch_size * args.gradient_accumulation_steps}), warmup ${schedule.warmup}`,
     formatPlan(plan),
-    workersLine(plan.rows.find((r) => r.mode === (v.lora.enabled ? 'lora' : 'full'))!, workerCount(o.workers ?? 1, run.backend.tfBackend)),
+    workersLine(plan.rows.find((r) => r.mode === (v.lora.enabled ? 'lora' : 'full'))!, workerCount(o.workers ?? 1, run.backend)),
   ].join('\n')
 }
 

@@ -54,14 +54,14 @@ export interface RemoteGrads {
   stats: BatchStats
 }
 
-/** How many workers `--workers` means: `auto` is the cores Node reports on CPU backends, 1 on the tensorflow ones. */
-export function workerCount(requested: string | number | undefined, tfBackend: string): { n: number; why: string } {
+/** How many workers `--workers` means: `auto` is the cores Node reports on CPU backends, 1 on device backends. */
+export function workerCount(requested: string | number | undefined, backend: { oneWorker?: string }): { n: number; why: string } {
   if (requested !== undefined && requested !== 'auto') {
     const n = Number(requested)
     if (!Number.isInteger(n) || n < 1) throw new AlignError(`--workers ${requested}: a whole number >= 1, or auto`)
     return { n, why: 'requested' }
   }
-  if (tfBackend === 'tensorflow') return { n: 1, why: 'auto: the tensorflow backend runs one process per device' }
+  if (backend.oneWorker) return { n: 1, why: backend.oneWorker }
   const cores = availableParallelism()
   return { n: cores, why: `auto: ${cores} cores available (os.availableParallelism)` }
 }
