@@ -39,13 +39,18 @@ export function writeAtomic<T>(target: string, write: (tmp: string) => T): T {
   const tmp = tempPath(target)
   mkdirSync(dirname(tmp), { recursive: true })
   rmSync(tmp, { recursive: true, force: true })
+  const fail = (e: unknown): never => {
+    rmSync(tmp, { recursive: true, force: true })
+    throw e
+  }
   try {
     const out = write(tmp)
+    // an async writer (tensor data read back from a device) commits when it has finished
+    if (out instanceof Promise) return out.then((v) => (commitTemp(tmp, target), v), fail) as T
     commitTemp(tmp, target)
     return out
   } catch (e) {
-    rmSync(tmp, { recursive: true, force: true })
-    throw e
+    return fail(e)
   }
 }
 

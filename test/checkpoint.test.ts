@@ -45,13 +45,13 @@ test('bf16 and f16 rounding: round to nearest even, NaN and Inf kept', () => {
   assert.is(floatToHalf(1e6), 0x7c00)
 })
 
-test('save -> load gives identical tensors (bf16 weights stay bit-exact); sharded save works', () => {
+test('save -> load gives identical tensors (bf16 weights stay bit-exact); sharded save works', async () => {
   const model = loadModel(LLAMA)
   const dir = join(tmp(), 'ckpt')
-  savePretrained(dir, model, { dtype: 'BF16', tokenizerDir: LLAMA, maxShardBytes: 200_000 })
+  await savePretrained(dir, model, { dtype: 'BF16', tokenizerDir: LLAMA, maxShardBytes: 200_000 })
   assert.ok(existsSync(join(dir, 'model.safetensors.index.json')), 'sharded at 200 kB')
   const back = loadModel(dir)
-  for (const name of parameterShapes(model.config).keys()) assert.equal(diskData(back, name), diskData(model, name), name)
+  for (const name of parameterShapes(model.config).keys()) assert.equal(await diskData(back, name), await diskData(model, name), name)
   const h = readHeader(join(dir, readdirSync(dir).find((f) => f.startsWith('model-00001'))!))
   assert.equal(h.metadata, { format: 'pt' })
   const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'))
@@ -61,10 +61,10 @@ test('save -> load gives identical tensors (bf16 weights stay bit-exact); sharde
   disposeModel(back)
 })
 
-test('a file we write is read by an independent reader (Python stdlib: struct + json)', () => {
+test('a file we write is read by an independent reader (Python stdlib: struct + json)', async () => {
   const dir = tmp()
   const p = join(dir, 'x.safetensors')
-  writeSafetensors(p, [{ name: 'b', shape: [2, 3], data: Float32Array.from([1, -2, 3.5, 0.1, 1e-3, -7]) }, { name: 'a', shape: [1], data: Float32Array.from([42]) }], 'BF16')
+  await writeSafetensors(p, [{ name: 'b', shape: [2, 3], data: Float32Array.from([1, -2, 3.5, 0.1, 1e-3, -7]) }, { name: 'a', shape: [1], data: Float32Array.from([42]) }], 'BF16')
   const py = `
 import json, struct, sys
 raw = open(sys.argv[1], 'rb').read()
@@ -123,11 +123,11 @@ function stepOnce(model: ReturnType<typeof initModel>, opt: Optimizer, seed: str
 }
 const newOpt = () => new Optimizer({ optimizer: 'adamw', beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, rmspropAlpha: 0.99 })
 
-test('saveCheckpoint -> resume restores full weights and optimizer moments bit for bit', () => {
+test('saveCheckpoint -> resume restores full weights and optimizer moments bit for bit', async () => {
   const dir = join(tmp(), 'checkpoint-3')
   const [a, optA] = [initModel(tinyConfig, Rng.fromKey('a')), newOpt()]
   stepOnce(a, optA, 'g')
-  saveCheckpoint({ dir, model: a, dtype: 'F32', tokenizerDir: LLAMA, base: 'x', state: state(3), optimizer: optA, ...saveArgs })
+  await saveCheckpoint({ dir, model: a, dtype: 'F32', tokenizerDir: LLAMA, base: 'x', state: state(3), optimizer: optA, ...saveArgs })
   const [b, optB] = [initModel(tinyConfig, Rng.fromKey('b')), newOpt()]
   const st = resume(dir, 'dpo', b, optB)
   assert.is(st.global_step, 3)
@@ -138,13 +138,13 @@ test('saveCheckpoint -> resume restores full weights and optimizer moments bit f
   assert.throws(() => resume(dir, 'sft', b, optB), /a dpo checkpoint cannot resume sft/)
 })
 
-test('saveCheckpoint -> resume restores LoRA adapters (PEFT layout on disk) and their moments; the base stays', () => {
+test('saveCheckpoint -> resume restores LoRA adapters (PEFT layout on disk) and their moments; the base stays', async () => {
   const dir = join(tmp(), 'checkpoint-1')
   const lora = { r: 2, alpha: 4, dropout: 0, targets: ['q_proj', 'down_proj'] }
   const [a, optA] = [initModel(tinyConfig, Rng.fromKey('base')), newOpt()]
   addLora(a, lora, Rng.fromKey('la'))
   stepOnce(a, optA, 'g') // moves lora_B off zero
-  saveCheckpoint({ dir, model: a, dtype: 'F32', tokenizerDir: LLAMA, base: '/models/base', state: state(1), optimizer: optA, ...saveArgs })
+  await saveCheckpoint({ dir, model: a, dtype: 'F32', tokenizerDir: LLAMA, base: '/models/base', state: state(1), optimizer: optA, ...saveArgs })
   assert.ok(existsSync(join(dir, 'adapter_model.safetensors')) && !existsSync(join(dir, 'model.safetensors')))
   assert.is(JSON.parse(readFileSync(join(dir, 'adapter_config.json'), 'utf8')).base_model_name_or_path, '/models/base')
   const [b, optB] = [initModel(tinyConfig, Rng.fromKey('base')), newOpt()]

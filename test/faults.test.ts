@@ -164,7 +164,7 @@ test('bad flags and inputs of eval, sample, train --dry-run and binarize: one li
   await rejects(() => sample({ ...smp, topP: 0 }), /--top-p 0: needs a number in \(0, 1\]/)
   // a tokenizer larger than the model's vocabulary, in eval too (not only in train)
   const small = join(tmp(), 'small-vocab')
-  savePretrained(small, initModel(parseConfig({ ...TINY_CONFIG, vocab_size: 1000 }), Rng.fromKey('v')), { dtype: 'F32', tokenizerDir: policyDir })
+  await savePretrained(small, initModel(parseConfig({ ...TINY_CONFIG, vocab_size: 1000 }), Rng.fromKey('v')), { dtype: 'F32', tokenizerDir: policyDir })
   await rejects(() => evaluatePairs({ ...ev, policy: small, reference: small }), /has 32000 tokens but the model's vocab_size is 1000/)
   // NaN weights: eval fails naming the cause instead of printing null metrics
   const nan = tmp()

@@ -16,10 +16,10 @@ test.before(async () => {
 const LLAMA = join(FIXTURES, 'tiny-llama-random')
 const golden = JSON.parse(readFileSync(join(LLAMA, 'expected', 'generate.json'), 'utf8'))
 
-test('greedy continuations of tiny Llama equal HF generate for every case (40 tokens, EOS suppressed)', () => {
+test('greedy continuations of tiny Llama equal HF generate for every case (40 tokens, EOS suppressed)', async () => {
   const model = loadModel(LLAMA)
   for (const c of golden.cases) {
-    const got = generate(model, c.prompt_ids, { maxNewTokens: golden.max_new_tokens, temperature: 0, topP: 1, seed: 0, eosIds: [] })
+    const got = await generate(model, c.prompt_ids, { maxNewTokens: golden.max_new_tokens, temperature: 0, topP: 1, seed: 0, eosIds: [] })
     assert.equal(got, c.generated_ids, c.name)
   }
 })
@@ -28,7 +28,7 @@ test('the cached decode equals a full forward pass over the whole sequence', asy
   const tf = await useBackend(process.env.ALIGN_TEST_BACKEND ?? 'wasm')
   const model = loadModel(join(FIXTURES, 'tiny-mistral-random', 'policy')) // sliding window 8: the cache must respect it
   const prompt = [1, 523, 28766, 1838, 28766, 28767, 13, 3195, 349]
-  const gen = generate(model, prompt, { maxNewTokens: 12, temperature: 0, topP: 1, seed: 0, eosIds: [] })
+  const gen = await generate(model, prompt, { maxNewTokens: 12, temperature: 0, topP: 1, seed: 0, eosIds: [] })
   const all = [...prompt, ...gen]
   const logits = tf.tidy(() => forward(model, tf.tensor2d(all, [1, all.length], 'int32')).arraySync() as number[][])
   for (let n = 0; n < gen.length; n++) {

@@ -27,14 +27,14 @@ const batch = packPairs(pairs, 0, 1)
 const ref = { chosen: [-10.5, -16.1], rejected: [-7.9, -11.2] }
 const opts = { beta: 0.5, lossType: 'sigmoid' as const, labelSmoothing: 0 }
 
-function weights(): Map<string, Float32Array> {
+async function weights(): Promise<Map<string, Float32Array>> {
   const m = initModel(config, Rng.fromKey('grad-test'), 0.3)
-  const out = new Map([...parameterShapes(config).keys()].map((n) => [n, diskData(m, n)]))
+  const out = new Map(await Promise.all([...parameterShapes(config).keys()].map(async (n) => [n, await diskData(m, n)] as const)))
   disposeModel(m)
   return out
 }
 await initBackend('cpu')
-const W = weights()
+const W = await weights()
 const build = (w: Map<string, Float32Array>) => modelFromTensors(config, (name) => w.get(name)!.slice())
 let chunkTokens = 0 // > 0 forces the chunked LM head
 const lossOf = (m: Model, b: SeqBatch = batch) => tf.tidy(() => dpoBatchLoss(m, b, ref, opts, chunkTokens).loss.dataSync()[0]!)

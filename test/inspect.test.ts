@@ -29,7 +29,7 @@ test('a real HF checkpoint: architecture, parameter count, dtypes, shards — fr
 
 test('--stats: per-tensor mean/std/min/max and NaN/Inf counts', async () => {
   const dir = tmp()
-  writeSafetensors(join(dir, 'model.safetensors'), [{ name: 'a', shape: [4], data: Float32Array.from([1, 2, NaN, Infinity]) }, { name: 'b', shape: [2], data: Float32Array.from([-1, 3]) }], 'F32')
+  await writeSafetensors(join(dir, 'model.safetensors'), [{ name: 'a', shape: [4], data: Float32Array.from([1, 2, NaN, Infinity]) }, { name: 'b', shape: [2], data: Float32Array.from([-1, 3]) }], 'F32')
   const t = await (await inspect({ dir, stats: true })).report.checkpoint!.tensors
   assert.equal(t[0]!.stats, { mean: 1.5, std: 0.5, min: 1, max: 2, nan: 1, inf: 1 })
   assert.equal(t[1]!.stats, { mean: 1, std: 2, min: -1, max: 3, nan: 0, inf: 0 })
@@ -38,7 +38,7 @@ test('--stats: per-tensor mean/std/min/max and NaN/Inf counts', async () => {
 test('a PEFT adapter directory: rank, alpha, targets, adapter parameters', async () => {
   const dir = tmp()
   const key = (m: string, ab: string) => `base_model.model.model.layers.0.self_attn.${m}.lora_${ab}.weight`
-  writeSafetensors(join(dir, 'adapter_model.safetensors'), [
+  await writeSafetensors(join(dir, 'adapter_model.safetensors'), [
     { name: key('q_proj', 'A'), shape: [8, 64], data: new Float32Array(512) }, { name: key('q_proj', 'B'), shape: [64, 8], data: new Float32Array(512) },
   ], 'F32')
   writeFileSync(join(dir, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 8, lora_alpha: 16, lora_dropout: 0.05, target_modules: ['q_proj'], base_model_name_or_path: 'x/base' }))

@@ -33,7 +33,7 @@ export async function tinyRun(): Promise<{ work: string; policyDir: string; data
   const policyDir = join(work, 'policy')
   const dataDir = join(work, 'data')
   const m = initModel(parseConfig(TINY_CONFIG), Rng.fromKey('train-test'))
-  savePretrained(policyDir, m, { dtype: 'F32', tokenizerDir: join(ROOT, 'data', 'tokenizer') })
+  await savePretrained(policyDir, m, { dtype: 'F32', tokenizerDir: join(ROOT, 'data', 'tokenizer') })
   disposeModel(m)
   const o = loadRecipe('zephyr', { binarize: BINARIZE_SECTION }, ['test_size=8']).values.binarize as unknown as BinarizeOptions
   await binarize({ inputs: [join(FIXTURES, 'ultrafeedback', 'head200.zstd.parquet')], out: dataDir, formats: ['jsonl'], recipeName: 'zephyr', options: o, quiet: true })

@@ -73,10 +73,10 @@ test('align eval: the same metrics and per-pair numbers with 1 and 2 workers', a
 
 test('a worker that dies ends the request with one line naming it; --workers is checked', async () => {
   const model = initModel(parseConfig(TINY_CONFIG), Rng.fromKey('w'))
-  const pool = (await WorkerPool.start(2, model, workerInit(model, 'wasm', sftObjective(), undefined, 2, ADAMW_DEFAULTS)))!
+  const pool = (await WorkerPool.start(2, model, () => workerInit(model, 'wasm', sftObjective(), undefined, 2, ADAMW_DEFAULTS)))!
   assert.is(pool.size, 2)
   const big = Array.from({ length: 64 }, (_, i) => ({ promptIds: Array.from({ length: 60 }, (_, j) => 3 + ((i + j) % 500)), chosenIds: Array.from({ length: 60 }, (_, j) => 7 + j), rejectedIds: [7, 2] }))
-  const pending = pool.grads(1, [{ a: 0, worker: 1, pairs: big, dropoutSeed: 0 }]) // long enough to be running when the worker is killed
+  const { results: pending } = await pool.grads(1, [{ a: 0, worker: 1, pairs: big, dropoutSeed: 0 }]) // long enough to be running when the worker is killed
   await (pool as unknown as { threads: { terminate(): Promise<number> }[] }).threads[0]!.terminate()
   await rejects(() => pending, /worker 1 of 2 exited \(code \d+: out of memory or killed\); the run stops \(the last checkpoint is intact\)/)
   await pool.close()

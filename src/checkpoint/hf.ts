@@ -101,8 +101,8 @@ export interface SaveOptions {
 }
 
 /** Write an HF directory atomically (files.ts `writeAtomic`): a directory that exists is complete. */
-export function saveHfDir(dir: string, o: SaveOptions): void {
-  writeAtomic(dir, (tmp) => {
+export async function saveHfDir(dir: string, o: SaveOptions): Promise<void> {
+  await writeAtomic(dir, async (tmp) => {
     mkdirSync(tmp, { recursive: true })
     if (o.copyFrom) {
       for (const f of [...TOKENIZER_FILES, 'generation_config.json']) if (existsSync(join(o.copyFrom, f))) copyFileSync(join(o.copyFrom, f), join(tmp, f))
@@ -114,12 +114,12 @@ export function saveHfDir(dir: string, o: SaveOptions): void {
     const torchDtype = { F32: 'float32', BF16: 'bfloat16', F16: 'float16' }[o.dtype]
     if (o.config) writeFileSync(join(tmp, 'config.json'), JSON.stringify({ ...o.config, torch_dtype: torchDtype }, null, 2) + '\n')
     for (const [name, v] of Object.entries(o.files ?? {})) writeFileSync(join(tmp, name), typeof v === 'string' ? v : JSON.stringify(v, null, 2) + '\n')
-    writeWeights(tmp, o)
-    for (const [name, tensors] of Object.entries(o.extraTensors ?? {})) writeSafetensors(join(tmp, name), tensors, 'F32')
+    await writeWeights(tmp, o)
+    for (const [name, tensors] of Object.entries(o.extraTensors ?? {})) await writeSafetensors(join(tmp, name), tensors, 'F32')
   })
 }
 
-function writeWeights(dir: string, o: SaveOptions): void {
+async function writeWeights(dir: string, o: SaveOptions): Promise<void> {
   const bytesPer = o.dtype === 'F32' ? 4 : 2
   const max = o.maxShardBytes ?? 5e9
   const shards: TensorToWrite[][] = [[]]
@@ -134,16 +134,16 @@ function writeWeights(dir: string, o: SaveOptions): void {
     size += bytes
   }
   if (shards.length === 1) {
-    writeSafetensors(join(dir, o.weightsName ?? 'model.safetensors'), shards[0]!, o.dtype)
+    await writeSafetensors(join(dir, o.weightsName ?? 'model.safetensors'), shards[0]!, o.dtype)
     return
   }
   const n = shards.length
   const weightMap: Record<string, string> = {}
   let total = 0
-  shards.forEach((ts, i) => {
+  for (const [i, ts] of shards.entries()) {
     const name = `model-${String(i + 1).padStart(5, '0')}-of-${String(n).padStart(5, '0')}.safetensors`
-    total += writeSafetensors(join(dir, name), ts, o.dtype)
+    total += await writeSafetensors(join(dir, name), ts, o.dtype)
     for (const t of ts) weightMap[t.name] = name
-  })
+  }
   writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n')
 }

@@ -194,8 +194,8 @@ export function floatToHalf(x: number): number {
 export interface TensorToWrite {
   name: string
   shape: number[]
-  /** float data, or a function producing it, called once when the tensor is written */
-  data: Float32Array | (() => Float32Array)
+  /** float data, or a function producing it (a read back from the backend), called once when the tensor is written */
+  data: Float32Array | (() => Float32Array | Promise<Float32Array>)
 }
 
 function encode(data: Float32Array, dtype: 'F32' | 'F16' | 'BF16'): Buffer {
@@ -210,7 +210,7 @@ function encode(data: Float32Array, dtype: 'F32' | 'F16' | 'BF16'): Buffer {
  * Write tensors (sorted by name, as the reference writer orders equal-dtype tensors) to `path`, through a
  * temp file renamed into place. Tensor data is produced and written one tensor at a time.
  */
-export function writeSafetensors(path: string, tensors: TensorToWrite[], dtype: 'F32' | 'F16' | 'BF16', metadata: Record<string, string> = {}): number {
+export async function writeSafetensors(path: string, tensors: TensorToWrite[], dtype: 'F32' | 'F16' | 'BF16', metadata: Record<string, string> = {}): Promise<number> {
   const sorted = [...tensors].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
   const header: Record<string, unknown> = { __metadata__: { format: 'pt', ...metadata } }
   let off = 0
@@ -221,7 +221,7 @@ export function writeSafetensors(path: string, tensors: TensorToWrite[], dtype: 
   }
   let json = JSON.stringify(header)
   json += ' '.repeat((8 - ((8 + Buffer.byteLength(json)) % 8)) % 8) // data buffer 8-byte aligned
-  writeAtomic(path, (tmp) => {
+  await writeAtomic(path, async (tmp) => {
     const fd = openSync(tmp, 'w')
     try {
       const len = Buffer.alloc(8)
@@ -229,7 +229,7 @@ export function writeSafetensors(path: string, tensors: TensorToWrite[], dtype: 
       writeSync(fd, len)
       writeSync(fd, json)
       for (const t of sorted) {
-        const data = typeof t.data === 'function' ? t.data() : t.data
+        const data = typeof t.data === 'function' ? await t.data() : t.data
         const want = t.shape.reduce((a, d) => a * d, 1)
         if (data.length !== want) throw new AlignError(`writing ${path}: tensor ${t.name} has ${data.length} values for shape [${t.shape}]`)
         writeSync(fd, encode(data, dtype))

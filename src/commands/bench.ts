@@ -50,12 +50,14 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   const dpo = { beta: 0.1, lossType: 'sigmoid' as const, labelSmoothing: 0 }
   const objective = dpoObjective(dpo, a.layout)
   const workers = workerCount(a.workers ?? 1, backend)
-  const pool = await WorkerPool.start(workers.n, model, workerInit(model, backend.active, objective, dpo, 0, ADAMW_DEFAULTS, a.layout))
+  const pool = await WorkerPool.start(workers.n, model, () => workerInit(model, backend.active, objective, dpo, 0, ADAMW_DEFAULTS, a.layout))
   const W = pool?.size ?? 1
   const LR = 1e-6
-  const update = (grads: Map<string, tf.Tensor>) => {
-    applyUpdate(model, opt, grads, LR, 0) // every replica makes the same update (all-reduce), as align train with GA >= 2
-    tf.tidy(() => tf.sum(model.params.get('model.norm.weight')!).dataSync()) // wait for the update on async backends (a scalar readback)
+  const update = async (grads: Map<string, tf.Tensor>) => {
+    await applyUpdate(model, opt, grads, LR, 0) // every replica makes the same update (all-reduce), as align train with GA >= 2
+    const done = tf.tidy(() => tf.sum(model.params.get('model.norm.weight')!))
+    await done.data() // wait for the update on async backends (a scalar readback)
+    done.dispose()
   }
   const pairsOf = (s: number) => {
     const idx = Array.from({ length: a.batchPairs }, (_, j) => (s * a.batchPairs + j) % pairs.length)
@@ -67,13 +69,13 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     const parts = Array.from({ length: W }, (_, w) => [Math.floor((w * chunk.length) / W), Math.floor(((w + 1) * chunk.length) / W)] as const)
     const jobs = parts.map(([b, e], w) => ({ a: w, worker: w, pairs: chunk.slice(b, e), ref: { chosen: ref.chosen.slice(b, e), rejected: ref.rejected.slice(b, e) }, dropoutSeed: 0 }))
     const { grads, stats } = await stepGradients(model, objective, pool, jobs, { padId: 0, ga: W, update: pool ? { lr: LR, maxNorm: 0 } : undefined })
-    update(sumInOrder(model, grads))
+    await update(sumInOrder(model, grads))
     return { chunk, packed: stats[0]!.packed ?? false }
   }
   // the profiled step runs here alone (tf.profile times this thread's kernels)
-  const localStep = (s: number) => {
+  const localStep = async (s: number) => {
     const { chunk, ref } = pairsOf(s)
-    const g = microBatchGrads(model, objective, chunk, ref, { padId: 0, ga: 1, dropoutSeed: 0 }).grads
+    const g = (await microBatchGrads(model, objective, chunk, ref, { padId: 0, ga: 1, dropoutSeed: 0 })).grads
     opt.apply(model.params, g, LR)
     tf.dispose([...g.values()])
   }
@@ -111,7 +113,7 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
  * whatever the transposes) against the best plain 2-D matMul of the same backend on two large shapes. Both are
  * the best of a few runs: on a shared 2-core machine single timings swing by ±30 %.
  */
-export async function matMulThroughput(runStep: (repeat: number) => void): Promise<Record<string, number>> {
+export async function matMulThroughput(runStep: (repeat: number) => Promise<void>): Promise<Record<string, number>> {
   let inStep = 0
   let share = 0
   for (let r = 0; r < 2; r++) {
@@ -124,7 +126,9 @@ export async function matMulThroughput(runStep: (repeat: number) => void): Promi
     tf.matMul(x, w).dispose()
     for (let r = 0; r < 5; r++) {
       const t0 = performance.now()
-      tf.matMul(x, w).dataSync()
+      const y = tf.matMul(x, w)
+      await y.data()
+      y.dispose()
       best = Math.max(best, (2 * m * k * n) / ((performance.now() - t0) / 1000) / 1e9)
     }
     tf.dispose([x, w])
@@ -135,7 +139,7 @@ export async function matMulThroughput(runStep: (repeat: number) => void): Promi
   }
 }
 
-async function profiledMatMuls(runStep: () => void): Promise<{ gflops: number; share: number }> {
+async function profiledMatMuls(runStep: () => Promise<void>): Promise<{ gflops: number; share: number }> {
   const info = await tf.profile(runStep)
   let flops = 0
   let ms = 0

@@ -50,13 +50,13 @@ export async function evaluatePairs(a: EvalArgs): Promise<{ metrics: Record<stri
   const dpo = { beta: a.beta, lossType: a.loss, labelSmoothing: a.labelSmoothing }
   const objective = dpoObjective(dpo)
   const onBatch = (label: string) => (done: number) => progress.update(done, pairs.length, label)
-  const replicas = (model: Model) => WorkerPool.start(n, model, workerInit(model, backend.active, objective, dpo, tok.padId, ADAMW_DEFAULTS))
+  const replicas = (model: Model) => WorkerPool.start(n, model, () => workerInit(model, backend.active, objective, dpo, tok.padId, ADAMW_DEFAULTS))
   let reference: Reference | undefined
   if (a.reference) {
     // a separate reference: scored over its own replicas and released before the policy's start
     const ref = resolvePolicy(a.reference, { trainable: false }).model
     const refPool = await replicas(ref)
-    reference = precomputedReference(refPool ? await refPool.logps(pairs, a.batchSize, true, onBatch('reference pairs')) : pairLogps(ref, pairs, a.batchSize, true, onBatch('reference pairs')))
+    reference = precomputedReference(refPool ? await refPool.logps(pairs, a.batchSize, true, onBatch('reference pairs')) : await pairLogps(ref, pairs, a.batchSize, true, onBatch('reference pairs')))
     await refPool?.close()
     disposeModel(ref)
   }

@@ -34,7 +34,7 @@ export async function sample(a: SampleArgs, write: (text: string) => void = (t) 
   let shown = ''
   const out: number[] = []
   try {
-    generate(model, ids, {
+    await generate(model, ids, {
       maxNewTokens: a.maxNewTokens, temperature: a.temperature, topP: a.topP, seed: a.seed, eosIds: [tok.eosId],
       onToken: (id) => {
         out.push(id)

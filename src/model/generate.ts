@@ -10,8 +10,8 @@ import { Rng } from '../rng.ts'
 import { attentionMask, block, embed, lmHead, param, rmsNorm, ropeTables, rotateHalfMatrix, type Ctx, type KvCache, type Model } from './mistral.ts'
 
 /** Logits [V] of the last of `ids`, which sit at positions pos.., appending their keys/values to `caches`. */
-function step(model: Model, ids: number[], pos: number, caches: KvCache[], rope: { cos: tf.Tensor2D; sin: tf.Tensor2D; rot: tf.Tensor2D }): Float32Array {
-  return tf.tidy(() => {
+async function step(model: Model, ids: number[], pos: number, caches: KvCache[], rope: { cos: tf.Tensor2D; sin: tf.Tensor2D; rot: tf.Tensor2D }): Promise<Float32Array> {
+  const logits = tf.tidy(() => {
     const c = model.config
     const t = ids.length
     const ctx: Ctx = {
@@ -25,8 +25,11 @@ function step(model: Model, ids: number[], pos: number, caches: KvCache[], rope:
     let x = embed(model, tf.tensor1d(ids, 'int32')) // [t, D]
     for (let l = 0; l < c.numLayers; l++) x = block(model, l, x, ctx, caches[l])
     const last = tf.slice(x, [t - 1, 0], [1, c.hiddenSize]) as tf.Tensor2D // [1, D]
-    return lmHead(model, rmsNorm(last, param<tf.Rank.R1>(model, 'model.norm.weight'), c.rmsNormEps)).dataSync() as Float32Array
+    return lmHead(model, rmsNorm(last, param<tf.Rank.R1>(model, 'model.norm.weight'), c.rmsNormEps)) // [1, V]
   })
+  const values = (await logits.data()) as Float32Array
+  logits.dispose()
+  return values
 }
 
 export interface SampleOptions {
@@ -68,20 +71,20 @@ export function pick(logits: Float32Array, o: SampleOptions, rng: Rng): number {
 }
 
 /** Continue `promptIds`; returns the new ids (EOS excluded). */
-export function generate(model: Model, promptIds: number[], o: SampleOptions): number[] {
+export async function generate(model: Model, promptIds: number[], o: SampleOptions): Promise<number[]> {
   const total = promptIds.length + o.maxNewTokens
   const rope = { rot: rotateHalfMatrix(model.config.headDim), ...ropeTables(total, model.config.headDim, model.config.ropeTheta) }
   const caches: KvCache[] = Array.from({ length: model.config.numLayers }, () => ({}))
   const rng = Rng.fromKey(`sample:${o.seed}`)
   const out: number[] = []
   try {
-    let logits = step(model, promptIds, 0, caches, rope)
+    let logits = await step(model, promptIds, 0, caches, rope)
     for (let n = 0; n < o.maxNewTokens; n++) {
       const id = pick(logits, o, rng)
       if (o.eosIds.includes(id)) break
       out.push(id)
       o.onToken?.(id)
-      if (n + 1 < o.maxNewTokens) logits = step(model, [id], promptIds.length + n, caches, rope)
+      if (n + 1 < o.maxNewTokens) logits = await step(model, [id], promptIds.length + n, caches, rope)
     }
   } finally {
     for (const c of caches) tf.dispose([c.k, c.v].filter((t): t is tf.Tensor4D => t !== undefined))

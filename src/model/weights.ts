@@ -36,8 +36,8 @@ export function toDisk(name: string, t: tf.Tensor, writeAs = name): TensorToWrit
   return {
     name: writeAs,
     shape: linear ? [t.shape[1]!, t.shape[0]!] : [...t.shape],
-    data: () => {
-      const d = t.dataSync() as Float32Array
+    data: async () => {
+      const d = (await t.data()) as Float32Array
       return linear ? transpose2d(d, t.shape[0]!, t.shape[1]!) : d.slice()
     },
   }
@@ -50,8 +50,8 @@ export function fromDisk(name: string, data: Float32Array, shape: number[]): tf.
 }
 
 /** The HF-layout data of one parameter. */
-export function diskData(model: Model, name: string): Float32Array {
-  return (toDisk(name, model.params.get(name)!).data as () => Float32Array)()
+export function diskData(model: Model, name: string): Promise<Float32Array> {
+  return (toDisk(name, model.params.get(name)!).data as () => Promise<Float32Array>)()
 }
 
 /** Build a model from HF-layout tensors (`read(name)` gives the on-disk [out, in] data). */
@@ -147,13 +147,13 @@ export interface SaveOptions {
  * Save a model as transformers and PEFT read it: a LoRA model as its adapters only (PEFT layout), any other as
  * config.json + weights (sharded past `maxShardBytes`). The directory is written atomically.
  */
-export function savePretrained(dir: string, model: Model, o: SaveOptions): void {
+export async function savePretrained(dir: string, model: Model, o: SaveOptions): Promise<void> {
   const names = [...model.params.keys()]
   const common = { dtype: o.dtype, copyFrom: o.tokenizerDir, extraTensors: o.extraTensors, maxShardBytes: o.maxShardBytes, tokenizerConfig: o.chatTemplate === undefined ? undefined : { chat_template: o.chatTemplate } }
   if (model.lora) {
     const tensors = names.filter((n) => n.includes('.lora_')).map((n) => toDisk(n, model.params.get(n)!, `base_model.model.${n}`))
-    saveHfDir(dir, { ...common, tensors, weightsName: ADAPTER_WEIGHTS, files: { ...o.files, [ADAPTER_CONFIG]: adapterConfig(model, o.base ?? '') } })
+    await saveHfDir(dir, { ...common, tensors, weightsName: ADAPTER_WEIGHTS, files: { ...o.files, [ADAPTER_CONFIG]: adapterConfig(model, o.base ?? '') } })
   } else {
-    saveHfDir(dir, { ...common, tensors: names.map((n) => toDisk(n, model.params.get(n)!)), config: model.config.raw, files: o.files })
+    await saveHfDir(dir, { ...common, tensors: names.map((n) => toDisk(n, model.params.get(n)!)), config: model.config.raw, files: o.files })
   }
 }

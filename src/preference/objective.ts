@@ -107,10 +107,11 @@ export type Layout = 'auto' | 'packed' | 'concatenated'
 export interface Objective {
   stage: 'sft' | 'dpo'
   /**
-   * The loss of one batch divided by `scale` (gradient accumulation), differentiable, and the batch's numbers
-   * (read inside, so it works within tf.variableGrads). The stats' `loss` is the unscaled value, filled by the caller.
+   * The loss of one batch divided by `scale` (gradient accumulation), differentiable, and `stats` to read the
+   * batch's numbers once the pass is done (reads are async on some backends, so not inside tf.variableGrads; the
+   * tensors it reads are kept until then). The stats' `loss` is the unscaled value, filled by the caller.
    */
-  step(model: Model, pairs: PairIds[], ref: PairLogps | undefined, padId: number, scale?: number): { loss: tf.Scalar; stats: Omit<BatchStats, 'loss'> }
+  step(model: Model, pairs: PairIds[], ref: PairLogps | undefined, padId: number, scale?: number): { loss: tf.Scalar; stats: () => Promise<Omit<BatchStats, 'loss'>> }
   /** A logged row from the batches since the last one; keys get `prefix` (TRL: `eval_` for eval rows). */
   metrics(batches: BatchStats[], mode: 'train' | 'eval', prefix?: string): Record<string, number>
 }
@@ -132,17 +133,21 @@ export function dpoObjective(o: DpoOptions, layout: Layout = 'auto'): Objective 
       const n = pairs.length
       const batch = layout === 'auto' ? pairBatch(pairs, padId, model.config) : layout === 'packed' ? packPairs(pairs, padId) : padBatch(pairSequences(pairs), padId)
       const { loss, losses, logps, logitSums } = dpoBatchLoss(model, batch, ref!, o)
-      const lp = Array.from(logps.dataSync())
-      const ls = Array.from(logitSums.dataSync())
-      const counts = rowCounts(batch)
-      const pairStats: PairStats = {
-        policy: { chosen: lp.slice(0, n), rejected: lp.slice(n, 2 * n) },
-        reference: ref!,
-        losses: Array.from(losses.dataSync()),
-        logitSum: { chosen: sum(ls.slice(0, n)), rejected: sum(ls.slice(n, 2 * n)) },
-        tokens: { chosen: sum(counts.slice(0, n)), rejected: sum(counts.slice(n, 2 * n)) },
+      const kept = [logps, logitSums, losses].map((t) => tf.keep(t))
+      const stats = async () => {
+        const [lp, ls, ll] = (await Promise.all(kept.map((t) => t.data()))).map((d) => Array.from(d))
+        tf.dispose(kept)
+        const counts = rowCounts(batch)
+        const pairStats: PairStats = {
+          policy: { chosen: lp!.slice(0, n), rejected: lp!.slice(n, 2 * n) },
+          reference: ref!,
+          losses: ll!,
+          logitSum: { chosen: sum(ls!.slice(0, n)), rejected: sum(ls!.slice(n, 2 * n)) },
+          tokens: { chosen: sum(counts.slice(0, n)), rejected: sum(counts.slice(n, 2 * n)) },
+        }
+        return { weight: n, tokens: sum(pairs.map(pairTokens)), pairs: pairStats, packed: batch.packing !== undefined }
       }
-      return { loss: tf.div(loss, scale) as tf.Scalar, stats: { weight: n, tokens: sum(pairs.map(pairTokens)), pairs: pairStats, packed: batch.packing !== undefined } }
+      return { loss: tf.div(loss, scale) as tf.Scalar, stats }
     },
     metrics(batches, mode, prefix = mode === 'eval' ? 'eval_' : '') {
       const stats = batches.flatMap((b) => (b.pairs ? [b.pairs] : []))
@@ -166,7 +171,7 @@ export function sftObjective(): Objective {
       const batch = sftBatch(pairs, padId)
       const scoredTokens = Math.max(1, batch.scored.index.length)
       const loss = tf.div(tf.neg(tf.sum(rowLogps(model, batch).logps)), scoredTokens * scale) as tf.Scalar
-      return { loss, stats: { weight: scoredTokens, tokens: batch.tokens } }
+      return { loss, stats: async () => ({ weight: scoredTokens, tokens: batch.tokens }) }
     },
     metrics(batches, mode, prefix = mode === 'eval' ? 'eval_' : '') {
       return withPrefix({ loss: lossOf(batches, mode) }, prefix)
@@ -175,13 +180,16 @@ export function sftObjective(): Objective {
 }
 
 /** One eval batch, no gradients, adapters on and no dropout. */
-export function evalBatch(objective: Objective, model: Model, pairs: PairIds[], ref: PairLogps | undefined, padId: number): BatchStats {
-  let out: BatchStats | undefined
-  tf.tidy(() => {
-    const { loss, stats } = withAdapters(model, true, () => objective.step(model, pairs, ref, padId))
-    out = { ...stats, loss: loss.dataSync()[0]! }
-  })
-  return out!
+export async function evalBatch(objective: Objective, model: Model, pairs: PairIds[], ref: PairLogps | undefined, padId: number): Promise<BatchStats> {
+  let stats: (() => Promise<Omit<BatchStats, 'loss'>>) | undefined
+  const loss = tf.tidy(() => withAdapters(model, true, () => {
+    const r = objective.step(model, pairs, ref, padId)
+    stats = r.stats
+    return r.loss
+  }))
+  const [value] = await loss.data()
+  loss.dispose()
+  return { ...(await stats!()), loss: value! }
 }
 
 export type EvalBatches = (batches: { pairs: PairIds[]; ref?: PairLogps }[]) => Promise<BatchStats[]>
@@ -196,13 +204,16 @@ export async function evaluate(objective: Objective, model: Model, pairs: PairId
   const work: { pairs: PairIds[]; ref?: PairLogps }[] = []
   for (let i = 0; i < pairs.length; i += o.batchSize) {
     const idx = Array.from({ length: Math.min(o.batchSize, pairs.length - i) }, (_, j) => i + j)
-    work.push({ pairs: idx.map((j) => pairs[j]!), ref: ref?.logps(idx) })
+    work.push({ pairs: idx.map((j) => pairs[j]!), ref: await ref?.logps(idx) })
   }
-  const local: EvalBatches = async (bs) =>
-    bs.map((b, i) => {
+  const local: EvalBatches = async (bs) => {
+    const out: BatchStats[] = []
+    for (const [i, b] of bs.entries()) {
       o.onBatch?.(i * o.batchSize)
-      return evalBatch(objective, model, b.pairs, b.ref, o.padId)
-    })
+      out.push(await evalBatch(objective, model, b.pairs, b.ref, o.padId))
+    }
+    return out
+  }
   const batches = await (o.run ?? local)(work)
   const secs = (performance.now() - t0) / 1000
   const prefix = o.prefix ?? 'eval_'

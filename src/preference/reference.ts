@@ -29,7 +29,7 @@ export interface PairLogps {
 
 export interface Reference {
   /** log-probs of the split's pairs at these indices */
-  logps(indices: number[]): PairLogps
+  logps(indices: number[]): Promise<PairLogps>
 }
 
 export const CACHE_DIR = join('checkpoints', '.cache')
@@ -38,12 +38,14 @@ export const CACHE_DIR = join('checkpoints', '.cache')
  * Summed completion log-probs of pairs, `batchSize` pairs per forward pass, no gradient. `adapters` false
  * runs a LoRA model as its base. `onBatch(done)` reports progress.
  */
-export function pairLogps(model: Model, pairs: PairIds[], batchSize: number, adapters: boolean, onBatch?: (done: number) => void): PairLogps {
+export async function pairLogps(model: Model, pairs: PairIds[], batchSize: number, adapters: boolean, onBatch?: (done: number) => void): Promise<PairLogps> {
   const out: PairLogps = { chosen: [], rejected: [] }
   for (let i = 0; i < pairs.length; i += batchSize) {
     onBatch?.(i)
     const chunk = pairs.slice(i, i + batchSize)
-    const lp = withAdapters(model, adapters, () => tf.tidy(() => Array.from(rowLogps(model, pairBatch(chunk, 0, model.config)).logps.dataSync())))
+    const t = withAdapters(model, adapters, () => tf.tidy(() => rowLogps(model, pairBatch(chunk, 0, model.config)).logps))
+    const lp = Array.from(await t.data())
+    t.dispose()
     out.chosen.push(...lp.slice(0, chunk.length))
     out.rejected.push(...lp.slice(chunk.length))
   }
@@ -52,7 +54,7 @@ export function pairLogps(model: Model, pairs: PairIds[], batchSize: number, ada
 
 /** A reference whose values were computed once. */
 export function precomputedReference(values: PairLogps): Reference {
-  return { logps: (idx) => ({ chosen: idx.map((i) => values.chosen[i]!), rejected: idx.map((i) => values.rejected[i]!) }) }
+  return { logps: async (idx) => ({ chosen: idx.map((i) => values.chosen[i]!), rejected: idx.map((i) => values.rejected[i]!) }) }
 }
 
 /** A reference model run on each batch (a frozen copy; or the policy itself with `adapters` false). */
@@ -90,7 +92,7 @@ export async function precompute(model: () => Model, pairs: PairIds[], o: { refe
   const t0 = performance.now()
   const progress = new Progress(`reference log-probs (${o.label})`, { quiet: o.quiet })
   const onBatch = (done: number) => progress.update(done, pairs.length, 'pairs')
-  const { chosen, rejected } = o.compute ? await o.compute(pairs, onBatch) : pairLogps(model(), pairs, o.batchSize, false, onBatch)
+  const { chosen, rejected } = await (o.compute ? o.compute(pairs, onBatch) : pairLogps(model(), pairs, o.batchSize, false, onBatch))
   writeFileAtomic(path, JSON.stringify({ reference: o.referenceId, chosen, rejected }))
   progress.succeed(`reference log-probs (${o.label}): ${pairs.length} pairs in ${((performance.now() - t0) / 1000).toFixed(1)} s -> ${path}`)
   return { chosen, rejected }

@@ -63,19 +63,23 @@ function optimizerFiles(opt: Optimizer): { tensors: ReturnType<typeof toDisk>[];
 }
 
 /** Whether every value of these tensors is finite: sum(t · 0) is NaN exactly when t holds a NaN or ±Inf. */
-export function allFinite(tensors: tf.Tensor[]): boolean {
-  return tensors.length === 0 || Number.isFinite(tf.tidy(() => tf.addN(tensors.map((t) => tf.sum(tf.mul(t, 0)))).dataSync()[0]!))
+export async function allFinite(tensors: tf.Tensor[]): Promise<boolean> {
+  if (tensors.length === 0) return true
+  const probe = tf.tidy(() => tf.addN(tensors.map((t) => tf.sum(tf.mul(t, 0)))))
+  const [v] = await probe.data()
+  probe.dispose()
+  return Number.isFinite(v)
 }
 
 /** Save a checkpoint; weights or optimizer moments that are not all finite are refused, never written. */
-export function saveCheckpoint(a: SaveArgs): void {
+export async function saveCheckpoint(a: SaveArgs): Promise<void> {
   const moments = a.optimizer ? [...a.optimizer.m.values(), ...a.optimizer.v.values()] : []
-  if (!allFinite([...a.model.params.values(), ...moments])) {
+  if (!(await allFinite([...a.model.params.values(), ...moments]))) {
     throw new AlignError(`${a.alignState.stage}: the weights or optimizer state hold NaN/Inf after step ${a.state.global_step}; nothing was saved for it. The last good checkpoint is kept; lower learning_rate or check the optimizer settings`)
   }
   const opt = a.optimizer ? optimizerFiles(a.optimizer) : undefined
   const files = { 'trainer_state.json': a.state, 'align_state.json': a.alignState, ...a.files, ...(opt ? { 'optimizer.json': opt.meta } : {}) }
-  savePretrained(a.dir, a.model, { dtype: a.dtype, tokenizerDir: a.tokenizerDir, base: a.base, files, chatTemplate: a.chatTemplate, extraTensors: opt ? { 'optimizer.safetensors': opt.tensors } : undefined })
+  await savePretrained(a.dir, a.model, { dtype: a.dtype, tokenizerDir: a.tokenizerDir, base: a.base, files, chatTemplate: a.chatTemplate, extraTensors: opt ? { 'optimizer.safetensors': opt.tensors } : undefined })
 }
 
 /** Weight files a save may leave at a directory's top level (all replaced by the next final save). */
@@ -86,19 +90,19 @@ const WEIGHT_FILE = /^(model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.inde
  * HF Trainer put them: written whole to a temp directory first, then moved in file by file, so checkpoints,
  * metrics and logs beside them stay.
  */
-export function saveFinal(runDir: string, a: Omit<SaveArgs, 'dir' | 'optimizer'>): void {
+export async function saveFinal(runDir: string, a: Omit<SaveArgs, 'dir' | 'optimizer'>): Promise<void> {
   const tmp = tempPath(join(runDir, 'final'))
   rmSync(tmp, { recursive: true, force: true })
-  saveCheckpoint({ ...a, dir: tmp })
+  await saveCheckpoint({ ...a, dir: tmp })
   for (const f of readdirSync(runDir)) if (WEIGHT_FILE.test(f)) rmSync(join(runDir, f))
   for (const f of readdirSync(tmp)) renameSync(join(tmp, f), join(runDir, f))
   rmSync(tmp, { recursive: true, force: true })
 }
 
 /** Save `checkpoint-<step>` in `runDir` with the optimizer, then keep only the last `keep`. */
-export function saveStepCheckpoint(runDir: string, keep: number, a: Omit<SaveArgs, 'dir'>): string {
+export async function saveStepCheckpoint(runDir: string, keep: number, a: Omit<SaveArgs, 'dir'>): Promise<string> {
   const dir = join(runDir, checkpointName(a.state.global_step))
-  saveCheckpoint({ ...a, dir })
+  await saveCheckpoint({ ...a, dir })
   pruneCheckpoints(runDir, keep)
   return dir
 }

@@ -67,7 +67,7 @@ async function trainClaimed(run: Run, result: (r: Partial<TrainResult>) => Train
   run.log(`workers: ${workers.n} (${workers.why})`)
   const v = o.recipe.values
   const dpo = o.stage === 'dpo' ? { beta: v.dpo.beta, lossType: v.dpo.loss_type, labelSmoothing: v.dpo.label_smoothing } : undefined
-  const pool = await WorkerPool.start(workers.n, model, workerInit(model, run.backend.active, run.objective, dpo, run.tok.padId, optimConfig(run.args)))
+  const pool = await WorkerPool.start(workers.n, model, () => workerInit(model, run.backend.active, run.objective, dpo, run.tok.padId, optimConfig(run.args)))
   try {
     return await trainLoop(run, model, pool, result)
   } finally {
@@ -106,7 +106,7 @@ async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, r
       await new Promise((r) => setImmediate(r)) // let a pending Ctrl-C (SIGINT) handler run between steps
       const lr = args.learning_rate * lrLambda(args.lr_scheduler_type, step, schedule.maxSteps, schedule.warmup)
       const { grads, batches } = await accumulate(run, model, refs, step, nextBatch, pool, allReduce ? { lr, maxNorm: args.max_grad_norm } : undefined)
-      const norm = applyUpdate(model, opt, grads, lr, args.max_grad_norm)
+      const norm = await applyUpdate(model, opt, grads, lr, args.max_grad_norm)
       if (!Number.isFinite(norm)) throw new AlignError(`${o.stage}: grad_norm is ${norm} at step ${step + 1}; stopped before the update. The last good checkpoint is kept in ${runDir}; lower learning_rate or check the data`)
       if (!allReduce) pool?.weightsChanged()
       step++
@@ -126,7 +126,7 @@ async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, r
         log.record({ step, epoch, ...(await evaluate(run.objective, model, run.data.eval.pairs, refs?.eval, { batchSize: args.per_device_eval_batch_size, padId: run.tok.padId, run: spread })).metrics })
       }
       const stopping = signals.signal() !== undefined || (o.stopAfter !== undefined && step - startStep >= o.stopAfter)
-      const saved = (args.save_steps > 0 && step % args.save_steps === 0) || last || stopping ? save(false) : undefined
+      const saved = (args.save_steps > 0 && step % args.save_steps === 0) || last || stopping ? await save(false) : undefined
       if (stopping) {
         progress.fail(`${o.stage}: stopped at step ${step}/${schedule.maxSteps}, saved ${saved}; resume with --resume latest`)
         return result({ interrupted: true, signal: signals.signal(), logHistory: log.history })
@@ -135,7 +135,7 @@ async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, r
     const [steps, secs] = [step - startStep, (performance.now() - tStart) / 1000]
     const trainLoss = lossSum / Math.max(1, steps)
     log.record({ step, epoch: round4((step * args.gradient_accumulation_steps) / schedule.microPerEpoch), train_loss: trainLoss, train_runtime: round4(secs), train_samples_per_second: round4((steps * args.gradient_accumulation_steps * args.per_device_train_batch_size) / secs), train_steps_per_second: round4(steps / secs) })
-    save(true)
+    await save(true)
     writeRunOutputs(run, log.history)
     progress.succeed(`${o.stage}: ${schedule.maxSteps} steps · train_loss ${trainLoss.toFixed(4)} (mean of this run) · saved ${runDir} (weights, tokenizer, model card, results)`)
     return result({ finalDir: runDir, logHistory: log.history })
@@ -155,11 +155,11 @@ async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, r
 async function accumulate(run: Run, model: Model, refs: References | undefined, step: number, nextBatch: (k: number) => number[], pool: WorkerPool | undefined, update: Update | undefined): Promise<{ grads: Map<string, tf.Tensor>; batches: BatchStats[] }> {
   const ga = run.args.gradient_accumulation_steps
   const n = pool?.size ?? 1
-  const jobs = Array.from({ length: ga }, (_, a) => {
+  const jobs = await Promise.all(Array.from({ length: ga }, async (_, a) => {
     const k = step * ga + a
     const idx = nextBatch(k)
-    return { a, worker: a % n, pairs: idx.map((i) => run.data.train.pairs[i]!), ref: refs?.train.logps(idx), dropoutSeed: dropoutSeed(run.args.seed, k) }
-  })
+    return { a, worker: a % n, pairs: idx.map((i) => run.data.train.pairs[i]!), ref: await refs?.train.logps(idx), dropoutSeed: dropoutSeed(run.args.seed, k) }
+  }))
   const { grads, stats: batches } = await stepGradients(model, run.objective, pool, jobs, { padId: run.tok.padId, ga, update })
   const acc = sumInOrder(model, grads)
   const bad = batches.findIndex((b) => !Number.isFinite(b.loss))

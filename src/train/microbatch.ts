@@ -16,17 +16,17 @@ export const trainableParams = (model: Model): [string, tf.Variable][] => [...mo
 /** LoRA dropout seed of micro-batch k of the stream (the same on every worker and after a resume). */
 export const dropoutSeed = (seed: number, k: number) => seed * 1_000_003 + k
 
-export function microBatchGrads(model: Model, objective: Objective, pairs: PairIds[], ref: PairLogps | undefined, o: { padId: number; ga: number; dropoutSeed: number }): { grads: Map<string, tf.Tensor>; stats: BatchStats } {
+export async function microBatchGrads(model: Model, objective: Objective, pairs: PairIds[], ref: PairLogps | undefined, o: { padId: number; ga: number; dropoutSeed: number }): Promise<{ grads: Map<string, tf.Tensor>; stats: BatchStats }> {
   const trainable = trainableParams(model)
-  let stats: Omit<BatchStats, 'loss'> | undefined
+  let stats: (() => Promise<Omit<BatchStats, 'loss'>>) | undefined
   const { value, grads } = withAdapters(model, true, () => tf.variableGrads(() => {
     const r = objective.step(model, pairs, ref, o.padId, o.ga)
     stats = r.stats
     return r.loss
   }, trainable.map(([, p]) => p)), o.dropoutSeed)
-  const loss = value.dataSync()[0]! * o.ga
+  const loss = (await value.data())[0]! * o.ga
   value.dispose()
-  return { grads: new Map(trainable.map(([name, p]) => [name, grads[p.name]!])), stats: { ...stats!, loss } }
+  return { grads: new Map(trainable.map(([name, p]) => [name, grads[p.name]!])), stats: { ...(await stats!()), loss } }
 }
 
 /**
@@ -51,8 +51,8 @@ export function sumInOrder(model: Model, perMicroBatch: Map<string, tf.Tensor>[]
  * One optimizer update from summed gradients: global-norm clip, then the optimizer's step at `lr`. A non-finite
  * norm applies nothing (the main thread stops the run there). Returns the norm before clipping.
  */
-export function applyUpdate(model: Model, opt: Optimizer, grads: Map<string, tf.Tensor>, lr: number, maxNorm: number): number {
-  const { grads: clipped, norm } = clipByGlobalNorm(grads, maxNorm)
+export async function applyUpdate(model: Model, opt: Optimizer, grads: Map<string, tf.Tensor>, lr: number, maxNorm: number): Promise<number> {
+  const { grads: clipped, norm } = await clipByGlobalNorm(grads, maxNorm)
   if (Number.isFinite(norm)) opt.apply(new Map(trainableParams(model)), clipped, lr)
   tf.dispose([...clipped.values()])
   return norm
@@ -80,14 +80,14 @@ export function touchedRows(model: Model, pairs: PairIds[], padId: number): Int3
 }
 
 /** Copies of gradients to send (ours to transfer), the embedding's as its touched rows only. */
-export function exportGrads(grads: Map<string, tf.Tensor>, rows: Int32Array | undefined): SentGrad[] {
-  return [...grads].map(([name, g]) => {
-    if (name !== EMBED || !rows) return { name, data: (g.dataSync() as Float32Array).slice() }
+export function exportGrads(grads: Map<string, tf.Tensor>, rows: Int32Array | undefined): Promise<SentGrad[]> {
+  return Promise.all([...grads].map(async ([name, g]) => {
+    if (name !== EMBED || !rows) return { name, data: ((await g.data()) as Float32Array).slice() }
     const picked = tf.tidy(() => tf.gather(g, tf.tensor1d(rows, 'int32')))
-    const data = (picked.dataSync() as Float32Array).slice()
+    const data = ((await picked.data()) as Float32Array).slice()
     picked.dispose()
     return { name, data, rows }
-  })
+  }))
 }
 
 /** Received gradients as tensors, sparse rows scattered back into zeros (bit-identical to the dense tensor). */

@@ -84,8 +84,10 @@ export function lrLambda(kind: (typeof SCHEDULES)[number], step: number, total: 
 export const warmupSteps = (ratio: number, total: number) => Math.ceil(ratio * total)
 
 /** Global L2 norm of the gradients; scales them in place (returns new tensors) when above maxNorm. */
-export function clipByGlobalNorm(grads: Map<string, tf.Tensor>, maxNorm: number): { grads: Map<string, tf.Tensor>; norm: number } {
-  const norm = Math.sqrt(tf.tidy(() => tf.addN([...grads.values()].map((g) => tf.sum(tf.square(g)))).dataSync()[0]!))
+export async function clipByGlobalNorm(grads: Map<string, tf.Tensor>, maxNorm: number): Promise<{ grads: Map<string, tf.Tensor>; norm: number }> {
+  const sq = tf.tidy(() => tf.addN([...grads.values()].map((g) => tf.sum(tf.square(g)))))
+  const norm = Math.sqrt((await sq.data())[0]!)
+  sq.dispose()
   if (!(maxNorm > 0) || !(norm > maxNorm)) return { grads, norm }
   const scale = maxNorm / (norm + 1e-6) // torch: max_norm / (total_norm + 1e-6)
   const out = new Map<string, tf.Tensor>()

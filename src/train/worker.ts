@@ -24,15 +24,14 @@ const held = new Map<number, Map<string, tf.Tensor>>()
 let pending: { ga: number; update: Update } | undefined
 
 /** Once every micro-batch's gradients are here: sum in order, clip, step the optimizer replica (as the main thread). */
-function maybeUpdate(): number | undefined {
+async function maybeUpdate(): Promise<number | undefined> {
   if (!pending || held.size < pending.ga) return undefined
   const grads = sumInOrder(model!, Array.from({ length: pending.ga }, (_, a) => held.get(a)!))
   held.clear()
-  const norm = applyUpdate(model!, opt!, grads, pending.update.lr, pending.update.maxNorm)
+  const { lr, maxNorm } = pending.update
   pending = undefined
-  return norm
+  return applyUpdate(model!, opt!, grads, lr, maxNorm)
 }
-
 
 function build(init: WorkerInit): void {
   const params = new Map(init.params.map((p) => [p.name, tf.variable(tf.tensor(p.data, p.shape, 'float32'), p.trainable)]))
@@ -61,18 +60,19 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
     case 'grads': {
       setWeights(req.weights)
       if (req.update) pending = { ga: req.ga, update: req.update }
-      const out = req.jobs.map((j) => {
-        const { grads, stats } = microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, dropoutSeed: j.dropoutSeed })
-        const arrays = exportGrads(grads, touchedRows(model!, j.pairs, padId)) // ours to transfer
+      const out = []
+      for (const j of req.jobs) {
+        const { grads, stats } = await microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, dropoutSeed: j.dropoutSeed })
+        const arrays = await exportGrads(grads, touchedRows(model!, j.pairs, padId)) // ours to transfer
         if (req.update) held.set(j.a, grads)
         else tf.dispose([...grads.values()])
-        return { a: j.a, grads: arrays, stats }
-      })
+        out.push({ a: j.a, grads: arrays, stats })
+      }
       return { value: out, transfer: out.flatMap((r) => r.grads.map((g) => g.data.buffer as ArrayBuffer)) }
     }
     case 'peers':
       for (const g of req.grads) held.set(g.a, importGrads(model!, g.grads))
-      return { value: maybeUpdate() ?? null, transfer: [] }
+      return { value: (await maybeUpdate()) ?? null, transfer: [] }
     case 'sync': {
       setWeights(req.weights)
       opt!.dispose()
@@ -82,15 +82,20 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
     }
     case 'logps':
       setWeights(req.weights)
-      return { value: pairLogps(model!, req.pairs, req.batchSize, req.adapters), transfer: [] }
-    case 'eval':
+      return { value: await pairLogps(model!, req.pairs, req.batchSize, req.adapters), transfer: [] }
+    case 'eval': {
       setWeights(req.weights)
-      return { value: req.batches.map((b) => evalBatch(objective!, model!, b.pairs, b.ref, padId)), transfer: [] }
+      const out = []
+      for (const b of req.batches) out.push(await evalBatch(objective!, model!, b.pairs, b.ref, padId))
+      return { value: out, transfer: [] }
+    }
   }
 }
 
+/** Messages are handled one at a time, in the order they came: a handler that awaits a read-back finishes first. */
+let queue: Promise<unknown> = Promise.resolve()
 parentPort!.on('message', (msg: { id: number; req: WorkerRequest }) => {
-  handle(msg.req).then(
+  queue = queue.then(() => handle(msg.req)).then(
     ({ value, transfer }) => parentPort!.postMessage({ id: msg.id, value }, transfer),
     (e: Error) => parentPort!.postMessage({ id: msg.id, error: e.message?.split('\n')[0] ?? String(e) }),
   )

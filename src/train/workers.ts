@@ -66,12 +66,18 @@ export function workerCount(requested: string | number | undefined, backend: { o
   return { n: cores, why: `auto: ${cores} cores available (os.availableParallelism)` }
 }
 
+/** Copies of tensors' data, ours to transfer (on some backends a read returns the backend's storage itself). */
+function readCopies(m: Map<string, tf.Tensor>): Promise<{ name: string; data: Float32Array }[]> {
+  return Promise.all([...m].map(async ([name, v]) => ({ name, data: ((await v.data()) as Float32Array).slice() })))
+}
+
 /** The replica a worker needs: config, every parameter (memory layout), LoRA state, the objective. */
-export function workerInit(model: Model, backend: string, objective: Objective, dpo: DpoOptions | undefined, padId: number, optim: OptimConfig, layout?: Layout): WorkerInit {
+export async function workerInit(model: Model, backend: string, objective: Objective, dpo: DpoOptions | undefined, padId: number, optim: OptimConfig, layout?: Layout): Promise<WorkerInit> {
   const l = model.lora
+  const data = await readCopies(model.params)
   return {
     backend, config: model.config.raw, stage: objective.stage, dpo, padId, layout, optim,
-    params: [...model.params].map(([name, v]) => ({ name, shape: [...v.shape], data: v.dataSync() as Float32Array, trainable: v.trainable })),
+    params: [...model.params].map(([name, v], i) => ({ name, shape: [...v.shape], data: data[i]!.data, trainable: v.trainable })),
     lora: l ? { r: l.r, alpha: l.alpha, dropout: l.dropout, targets: l.targets, ordinal: [...l.ordinal] } : undefined,
   }
 }
@@ -104,8 +110,9 @@ export class WorkerPool {
   }
 
   /** Start n−1 threads beside the main one, each with a replica of `model`; undefined when n is 1. */
-  static async start(n: number, model: Model, init: WorkerInit): Promise<WorkerPool | undefined> {
+  static async start(n: number, model: Model, makeInit: () => Promise<WorkerInit>): Promise<WorkerPool | undefined> {
     if (n <= 1) return undefined
+    const init = await makeInit()
     const pool = new WorkerPool(Array.from({ length: n - 1 }, () => new Worker(BOOT, { eval: true })), model)
     await Promise.all(pool.threads.map((_, i) => pool.call(i, { kind: 'init', init })))
     return pool
@@ -136,13 +143,12 @@ export class WorkerPool {
   }
 
   /** The weights to send with a request to each worker that will get one (a copy of its own): only those it has not seen. */
-  private weightsFor(getsRequest: boolean[]): (i: number) => Weights | undefined {
-    return (i) => {
-      if (!getsRequest[i] || !this.stale[i]) return undefined
+  private weightsFor(getsRequest: boolean[]): Promise<(Weights | undefined)[]> {
+    return Promise.all(getsRequest.map((gets, i) => {
+      if (!gets || !this.stale[i]) return undefined
       this.stale[i] = false
-      // a copy of our own to transfer: on some backends dataSync returns the backend's storage itself
-      return trainableParams(this.model).map(([name, v]) => ({ name, data: (v.dataSync() as Float32Array).slice() }))
-    }
+      return readCopies(new Map(trainableParams(this.model)))
+    }))
   }
 
   /** updates the workers are applying (all-reduce mode): awaited before the next request, so errors surface */
@@ -152,15 +158,17 @@ export class WorkerPool {
    * Gradients of the micro-batches for workers 1..n−1 (job.worker), started now, resolved in any order. With
    * `update` (all-reduce mode) every worker is asked, keeps its gradients and will step its own optimizer replica
    * once `peers` brings it the rest; without, only workers with jobs are asked and stale weights go along.
+   * Resolves once the requests are posted (so the caller computes its own share while the workers do theirs),
+   * with `results` to await.
    */
-  grads(ga: number, jobs: Job[], update?: Update): Promise<RemoteGrads[]> {
-    // posted now, before the caller computes its own share: a worker handles its messages in order, so earlier
-    // updates are done before this runs; they are awaited only so that their errors surface here
+  async grads(ga: number, jobs: Job[], update?: Update): Promise<{ results: Promise<RemoteGrads[]> }> {
+    // a worker handles its messages in order, so earlier updates are done before this runs; they are awaited
+    // only so that their errors surface here
     const earlier = Promise.all(this.updating.splice(0))
     const mine = this.threads.map((_, i) => jobs.filter((j) => j.worker === i + 1))
-    const weights = this.weightsFor(mine.map((m) => m.length > 0 && !update))
-    const calls = mine.map((m, i) => (m.length || update ? this.call<RemoteGrads[]>(i, { kind: 'grads', ga, update, weights: weights(i), jobs: m.map(({ worker: _w, ...j }) => j) }) : Promise.resolve([])))
-    return Promise.all([earlier, ...calls]).then(([, ...r]) => (r as RemoteGrads[][]).flat())
+    const weights = await this.weightsFor(mine.map((m) => m.length > 0 && !update))
+    const calls = mine.map((m, i) => (m.length || update ? this.call<RemoteGrads[]>(i, { kind: 'grads', ga, update, weights: weights[i], jobs: m.map(({ worker: _w, ...j }) => j) }) : Promise.resolve([])))
+    return { results: Promise.all([earlier, ...calls]).then(([, ...r]) => (r as RemoteGrads[][]).flat()) }
   }
 
   /** All-reduce mode: send each worker the micro-batch gradients it did not compute; it then steps its optimizer. */
@@ -174,8 +182,7 @@ export class WorkerPool {
 
   /** All-reduce mode, after a resume: every replica gets the weights and the optimizer state. */
   async sync(opt: Optimizer): Promise<void> {
-    const take = (m: Map<string, { dataSync(): unknown }>) => [...m].map(([name, v]) => ({ name, data: (v.dataSync() as Float32Array).slice() }))
-    await Promise.all(this.threads.map((_, i) => this.call(i, { kind: 'sync', weights: take(new Map(trainableParams(this.model))), m: take(opt.m), v: take(opt.v), step: opt.step }))) // a fresh copy per worker: each is transferred
+    await Promise.all(this.threads.map(async (_, i) => this.call(i, { kind: 'sync', weights: await readCopies(new Map(trainableParams(this.model))), m: await readCopies(opt.m), v: await readCopies(opt.v), step: opt.step }))) // a fresh copy per worker: each is transferred
   }
 
   /** Contiguous runs of whole batches: worker w gets batches [w·per, (w+1)·per). Returns [start, end) pair ranges. */
@@ -188,9 +195,9 @@ export class WorkerPool {
   /** Summed completion log-probs of `pairs` (the reference precompute), batches spread over all workers. */
   async logps(pairs: PairIds[], batchSize: number, adapters: boolean, onLocal?: (done: number) => void): Promise<PairLogps> {
     const [mine, ...theirs] = this.ranges(pairs.length, batchSize)
-    const weights = this.weightsFor(theirs.map(([s, e]) => e > s))
-    const remote = theirs.map(([s, e], i) => (e > s ? this.call<PairLogps>(i, { kind: 'logps', weights: weights(i), pairs: pairs.slice(s, e), batchSize, adapters }) : Promise.resolve({ chosen: [], rejected: [] })))
-    const local = pairLogps(this.model, pairs.slice(mine![0], mine![1]), batchSize, adapters, onLocal)
+    const weights = await this.weightsFor(theirs.map(([s, e]) => e > s))
+    const remote = theirs.map(([s, e], i) => (e > s ? this.call<PairLogps>(i, { kind: 'logps', weights: weights[i], pairs: pairs.slice(s, e), batchSize, adapters }) : Promise.resolve({ chosen: [], rejected: [] })))
+    const local = await pairLogps(this.model, pairs.slice(mine![0], mine![1]), batchSize, adapters, onLocal)
     const parts = [local, ...(await Promise.all(remote))]
     return { chosen: parts.flatMap((p) => p.chosen), rejected: parts.flatMap((p) => p.rejected) }
   }
@@ -200,9 +207,10 @@ export class WorkerPool {
     const earlier = Promise.all(this.updating.splice(0))
     const per = Math.ceil(batches.length / this.size)
     const mine = this.threads.map((_, i) => batches.slice((i + 1) * per, (i + 2) * per))
-    const weights = this.weightsFor(mine.map((m) => m.length > 0))
-    const remote = mine.map((m, i) => (m.length ? this.call<BatchStats[]>(i, { kind: 'eval', weights: weights(i), batches: m }) : Promise.resolve([])))
-    const local = batches.slice(0, per).map((b) => evalBatch(objective, this.model, b.pairs, b.ref, padId))
+    const weights = await this.weightsFor(mine.map((m) => m.length > 0))
+    const remote = mine.map((m, i) => (m.length ? this.call<BatchStats[]>(i, { kind: 'eval', weights: weights[i], batches: m }) : Promise.resolve([])))
+    const local: BatchStats[] = []
+    for (const b of batches.slice(0, per)) local.push(await evalBatch(objective, this.model, b.pairs, b.ref, padId))
     await earlier
     return [...local, ...(await Promise.all(remote)).flat()]
   }
@@ -231,11 +239,11 @@ export interface Job {
  * the micro-batch gradients it did not compute, and steps its own optimizer once it has them all.
  */
 export async function stepGradients(model: Model, objective: Objective, pool: WorkerPool | undefined, jobs: Job[], o: { padId: number; ga: number; update?: Update }): Promise<{ grads: Map<string, tf.Tensor>[]; stats: BatchStats[] }> {
-  const remote = pool ? pool.grads(o.ga, jobs.filter((j) => j.worker !== 0), o.update) : Promise.resolve([])
+  const remote = pool ? (await pool.grads(o.ga, jobs.filter((j) => j.worker !== 0), o.update)).results : Promise.resolve([])
   const results = new Map<number, { grads: Map<string, tf.Tensor>; stats: BatchStats }>()
-  for (const j of jobs.filter((j) => j.worker === 0)) results.set(j.a, microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, dropoutSeed: j.dropoutSeed }))
+  for (const j of jobs.filter((j) => j.worker === 0)) results.set(j.a, await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, dropoutSeed: j.dropoutSeed }))
   const job = (a: number) => jobs.find((j) => j.a === a)!
-  if (o.update) pool!.peers([...results].map(([a, r]) => ({ a, worker: 0, grads: exportGrads(r.grads, touchedRows(model, job(a).pairs, o.padId)) }))) // ours, to every worker now
+  if (o.update) pool!.peers(await Promise.all([...results].map(async ([a, r]) => ({ a, worker: 0, grads: await exportGrads(r.grads, touchedRows(model, job(a).pairs, o.padId)) })))) // ours, to every worker now
   const fromWorkers = await remote
   if (o.update && pool!.size > 2) pool!.peers(fromWorkers.map((r) => ({ a: r.a, worker: job(r.a).worker, grads: r.grads.map((g) => ({ ...g, data: g.data.slice() })) })))
   for (const r of fromWorkers) results.set(r.a, { grads: importGrads(model, r.grads), stats: r.stats })
