@@ -31,6 +31,8 @@ export interface Limits {
   maxIndex: number
 }
 
+const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(bytes < 2 ** 20 ? 2 : 0)} MiB`
+
 const UNLIMITED: Limits = { maxTensorBytes: Number.POSITIVE_INFINITY, maxIndex: 2 ** 31 - 1 }
 
 /** A WebGPU adapter as `align info` shows it. */
@@ -67,6 +69,12 @@ let current: BackendInfo | undefined
 /** The active backend's limits (unlimited before one starts: cpu, wasm and tensorflow have none that matter). */
 export function backendLimits(): Limits {
   return current?.limits ?? UNLIMITED
+}
+
+/** Refuse a tensor of `bytes` that the active backend cannot hold in one binding: "<what> is N MiB, over …; <fix>". */
+export function checkTensorBytes(what: string, bytes: number, fix: string): void {
+  const max = backendLimits().maxTensorBytes
+  if (bytes > max) throw new AlignError(`${what} is ${mib(bytes)} in fp32, over the largest tensor this backend binds (${mib(max)}, align info); ${fix}`)
 }
 
 function explainImportError(pkg: string, e: unknown): string {
@@ -136,7 +144,10 @@ function probeAdapter(): { adapter?: Adapter; why?: string } {
  * module is imported: it registers itself only if it sees them. Reads are async only on this backend
  * (`dataSync` needs OffscreenCanvas), which is why the code above reads tensors with `await t.data()`.
  */
+let webgpuStarted: Adapter | undefined
+
 async function startWebgpu(): Promise<{ adapter?: Adapter; why?: string }> {
+  if (webgpuStarted) return (await tf.setBackend('webgpu')) ? { adapter: webgpuStarted } : { why: 'the webgpu backend failed to initialise', adapter: webgpuStarted }
   let webgpu: { create(flags: string[]): { requestAdapter(o?: object): Promise<unknown> }; globals: object }
   try {
     webgpu = (await import('webgpu')) as never
@@ -156,10 +167,9 @@ async function startWebgpu(): Promise<{ adapter?: Adapter; why?: string }> {
   }
   if (!(await tf.setBackend('webgpu'))) return { why: 'the webgpu backend failed to initialise', adapter }
   guardBindings(adapter.maxStorageBufferBindingSize)
+  webgpuStarted = adapter
   return { adapter }
 }
-
-const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(bytes < 2 ** 20 ? 2 : 0)} MiB`
 
 /**
  * Dawn rejects a bind group over maxStorageBufferBindingSize with a console message, and the kernel then reads

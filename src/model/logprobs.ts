@@ -7,6 +7,7 @@
  */
 import * as tf from '@tensorflow/tfjs'
 import { chunkedHeadLogProbs, gatherRows, targetLogProbs } from './autograd.ts'
+import { backendLimits } from './backend.ts'
 import { hidden, lmHead, param, type Model, type Packing } from './mistral.ts'
 
 /** The scored tokens of a batch: the flat position [B*T] whose hidden state predicts `target`, summed into `row`. */
@@ -41,20 +42,29 @@ export interface RowLogps {
 const HEAD_BLOCK = 2 ** 27
 
 /**
+ * Tokens per head chunk: a block's worth, and no more than the backend holds in one tensor or can index exactly
+ * (the target log-probs are picked at flat positions i·V + t_i of the chunk's [C, V] logits).
+ */
+export function headChunkTokens(V: number): number {
+  const { maxTensorBytes, maxIndex } = backendLimits()
+  return Math.max(1, Math.floor(Math.min(HEAD_BLOCK, maxTensorBytes / 4, maxIndex) / V))
+}
+
+/**
  * Target log-probs [N] and mean logits [N] of final hidden states h [N, D]. Untied heads too large for one block
  * run in chunks of `chunkTokens` tokens (default: a block's worth), recomputed in the backward pass.
  */
 export function headLogProbs(model: Model, h: tf.Tensor2D, targets: tf.Tensor1D, chunkTokens = 0): { logps: tf.Tensor1D; meanLogits: tf.Tensor1D } {
   const [N] = h.shape
   const V = model.config.vocabSize
-  const chunk = chunkTokens > 0 ? chunkTokens : Math.max(1, Math.floor(HEAD_BLOCK / V))
+  const chunk = chunkTokens > 0 ? chunkTokens : headChunkTokens(V)
   const tied = model.config.tieWordEmbeddings
   const table = param<tf.Rank.R2>(model, tied ? 'model.embed_tokens.weight' : 'lm_head.weight') // [V, D] tied, [D, V] untied
   // the mean over the vocabulary of h·W is h · (mean column of W): no [N, V] pass for the logits/* metrics
   const meanColumn = tied ? tf.reshape(tf.mean(table, 0), [-1, 1]) : tf.mean(table, 1, true) // [D, 1]
   const meanLogits = tf.reshape(tf.matMul(h, meanColumn), [N]) as tf.Tensor1D // [N]
-  if (N <= chunk || tied) return { logps: targetLogProbs(lmHead(model, h), targets), meanLogits }
-  return { logps: chunkedHeadLogProbs(h, table, targets, chunk), meanLogits }
+  if (N <= chunk) return { logps: targetLogProbs(lmHead(model, h), targets), meanLogits }
+  return { logps: chunkedHeadLogProbs(h, tied ? tf.transpose(table) : table, targets, chunk), meanLogits } // [D, V] either way
 }
 
 /** Per-row summed completion log-probs and logit sums of a batch, one forward pass. */

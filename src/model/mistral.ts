@@ -8,6 +8,7 @@
  */
 import * as tf from '@tensorflow/tfjs'
 import { gatherRows, linear } from './autograd.ts'
+import { backendLimits, checkTensorBytes } from './backend.ts'
 import type { ModelConfig } from './config.ts'
 import { loraDelta, type LoraState } from './lora.ts'
 
@@ -161,14 +162,32 @@ export function attention(model: Model, layer: number, x: tf.Tensor2D, ctx: Ctx,
   if (cache) [kh, vh] = appendKv(cache, kh, vh) // [B, KV, S, hd]
   const S = kh.shape[2]
   // head h = kv*G + g shares kv head `kv` (HF repeat_kv): fold the G query heads of a kv head into rows
-  const qf = tf.reshape(tf.transpose(q, [0, 2, 1, 3]), [B * KV, G * T, hd]) // [B*KV, G*T, hd]
-  const kf = tf.reshape(kh, [B * KV, S, hd]) // [B*KV, S, hd]
-  const vf = tf.reshape(vh, [B * KV, S, hd]) // [B*KV, S, hd]
-  const scores = tf.reshape(tf.mul(tf.matMul(qf, kf, false, true), 1 / Math.sqrt(hd)), [B, KV, G * T, S]) // [B, KV, G*T, S]
-  const probs = tf.softmax(tf.reshape(tf.add(scores, ctx.mask), [B * KV, G * T, S])) // [B*KV, G*T, S]
-  const out = tf.matMul(probs, vf) // [B*KV, G*T, hd]
+  const qf = tf.reshape(tf.transpose(q, [0, 2, 1, 3]), [B * KV, G * T, hd]) as tf.Tensor3D // [B*KV, G*T, hd]
+  const kf = tf.reshape(kh, [B * KV, S, hd]) as tf.Tensor3D // [B*KV, S, hd]
+  const vf = tf.reshape(vh, [B * KV, S, hd]) as tf.Tensor3D // [B*KV, S, hd]
+  // the scores of `rows` sequences are one [rows*KV, G*T, S] tensor: as many rows at a time as the backend can hold
+  const rows = attentionRows(B, H * T * S)
+  const part = (t: tf.Tensor3D, b: number, n: number) => (n === B ? t : tf.slice(t, [b * KV, 0, 0], [n * KV, -1, -1]))
+  const maskRows = (b: number, n: number) => (n === B || ctx.mask.shape[0] === 1 ? ctx.mask : tf.slice(ctx.mask, [b, 0, 0, 0], [n, -1, -1, -1]))
+  const attend = (b: number, n: number) => scaledDotProduct(part(qf, b, n), part(kf, b, n), part(vf, b, n), maskRows(b, n), n, KV) // [n*KV, G*T, hd]
+  const out = rows >= B ? attend(0, B) : tf.concat(Array.from({ length: Math.ceil(B / rows) }, (_, i) => attend(i * rows, Math.min(rows, B - i * rows)))) // [B*KV, G*T, hd]
   const merged = tf.reshape(tf.transpose(tf.reshape(out, [B, H, T, hd]), [0, 2, 1, 3]), [B * T, H * hd]) as tf.Tensor2D // [B*T, H*hd]
   return p('o_proj', merged)
+}
+
+/** softmax(q kᵀ / √hd + mask) v for `n` sequences of KV heads each. q: [n*KV, G*T, hd], k/v: [n*KV, S, hd] -> [n*KV, G*T, hd] */
+function scaledDotProduct(qf: tf.Tensor3D, kf: tf.Tensor3D, vf: tf.Tensor3D, mask: tf.Tensor4D, n: number, KV: number): tf.Tensor3D {
+  const [, GT, hd] = qf.shape
+  const S = kf.shape[1]
+  const scores = tf.reshape(tf.mul(tf.matMul(qf, kf, false, true), 1 / Math.sqrt(hd)), [n, KV, GT, S]) // [n, KV, G*T, S]
+  const probs = tf.softmax(tf.reshape(tf.add(scores, mask), [n * KV, GT, S])) // [n*KV, G*T, S]
+  return tf.matMul(probs, vf) // [n*KV, G*T, hd]
+}
+
+/** How many sequences' attention scores ([H, T, S] floats each) fit in one tensor of the active backend. */
+export function attentionRows(B: number, perRow: number): number {
+  checkTensorBytes(`the attention scores of one sequence ([heads, T, S] = ${perRow} floats)`, 4 * perRow, 'lower max_length')
+  return Math.min(B, Math.floor(backendLimits().maxTensorBytes / (4 * perRow)))
 }
 
 /** SwiGLU: down(silu(gate(x)) * up(x)). x: [B*T, D] */
