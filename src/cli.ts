@@ -13,7 +13,7 @@ const overrides = restPositionals({ type: string, displayName: 'key=value', desc
 const workersOpt = option({ type: string, long: 'workers', defaultValue: () => process.env.ALIGN_WORKERS ?? 'auto', defaultValueIsSerializable: true, description: 'data-parallel workers: N, or auto (the cores on CPU backends); numbers are the same for any N' })
 const workersOf = (w: string): number | 'auto' => (w === 'auto' ? 'auto' : Number(w))
 
-const backendOpt = option({ type: string, long: 'backend', defaultValue: () => process.env.ALIGN_BACKEND ?? 'auto', defaultValueIsSerializable: true, description: 'auto | tfjs-node-gpu | tfjs-node | wasm | cpu' })
+const backendOpt = option({ type: string, long: 'backend', defaultValue: () => process.env.ALIGN_BACKEND ?? 'auto', defaultValueIsSerializable: true, description: 'auto | tfjs-node-gpu | tfjs-node | webgpu | wasm | cpu' })
 
 const binarizeCmd = command({
   name: 'binarize',

@@ -40,6 +40,17 @@ test('imports respect the code map (README "Code map")', () => {
   assert.equal(violations, [])
 })
 
+// the backend is known in one place: model/backend.ts picks it, webgpu.ts and wasm-kernels.ts adapt their own
+const BACKEND_FILES = ['model/backend.ts', 'model/webgpu.ts', 'model/wasm-kernels.ts']
+const BACKEND_CODE = /getBackend\(|setBackend\(|findBackend\(|registerKernel\(|['"](webgpu|wasm|tensorflow|cpu)['"]|@tensorflow\/tfjs-(backend|node)/
+
+test('only model/backend.ts (and the two backend adapters) names a backend or asks which one runs', () => {
+  const found = files(SRC).filter((f) => !BACKEND_FILES.includes(relative(SRC, f))).flatMap((f) =>
+    readFileSync(f, 'utf8').split('\n').flatMap((line, i) => (BACKEND_CODE.test(line.replace(/\/\/.*$|^\s*\*.*$/, '')) ? [`${relative(SRC, f)}:${i + 1}: ${line.trim()}`] : [])))
+  assert.equal(found, [])
+  assert.ok(BACKEND_CODE.test("if (tf.getBackend() === 'webgpu')"), 'the pattern sees a backend check')
+})
+
 test('the rule finds a violation when there is one (the parser sees static, dynamic and re-exports)', () => {
   const probe = join(SRC, 'model', 'mistral.ts')
   assert.ok(importsOf(probe).includes('model/autograd.ts'))

@@ -180,6 +180,18 @@ gpu('a tensor over the adapter binding limit is an error, never zeros; a model t
   await rejects(async () => initModel(parseConfig({ ...TINY_CONFIG, hidden_size: hidden, head_dim: hidden / 2 }), Rng.fromKey('x')), /model\.embed_tokens\.weight \[32000,\d+\] is \d+ MiB in fp32, over the largest tensor this backend binds/)
 })
 
+gpu('AddN over more inputs than a shader may bind sums them all (the global grad norm adds 40+ tensors); a device error fails the next read', async () => {
+  await initBackend('webgpu')
+  const xs = Array.from({ length: 41 }, (_, i) => tf.fill([3], i + 0.5))
+  const total = tf.addN(xs)
+  assert.equal(Array.from(await read(total)), [840.5, 840.5, 840.5]) // Σ (i + 0.5), i < 41
+  tf.dispose(xs)
+  const device = (tf.backend() as unknown as { device: { onuncapturederror(ev: { error: { message: string } }): void } }).device
+  device.onuncapturederror({ error: { message: 'Invalid BindGroup' } }) // what Dawn reports for a rejected kernel
+  await rejects(() => read(tf.scalar(1)), /webgpu: the device rejected a kernel \(Invalid BindGroup\); its results would read as zeros/)
+  assert.equal(Array.from(await read(tf.scalar(2))), [2]) // reported once
+})
+
 const cli = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], { cwd: ROOT, encoding: 'utf8' })
 
 gpu('align eval --backend webgpu matches the tiny-mistral golden', () => {

@@ -15,10 +15,10 @@
  * one tensor may be (webgpu binds a buffer whole, and the adapter caps a binding) and how large an integer an
  * index tensor may hold exactly (webgpu's kernels read int32 indices through f32). Everything else is the same.
  */
-import { spawnSync } from 'node:child_process'
 import * as tf from '@tensorflow/tfjs'
 import { AlignError } from '../errors.ts'
 import { installedKernels, installWasmKernels } from './wasm-kernels.ts'
+import { probeAdapter, startWebgpu, type Adapter } from './webgpu.ts'
 
 export const BACKENDS = ['tfjs-node-gpu', 'tfjs-node', 'webgpu', 'wasm', 'cpu'] as const
 export type BackendName = (typeof BACKENDS)[number]
@@ -31,21 +31,9 @@ export interface Limits {
   maxIndex: number
 }
 
-const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(bytes < 2 ** 20 ? 2 : 0)} MiB`
+export const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(bytes < 2 ** 20 ? 2 : 0)} MiB`
 
 const UNLIMITED: Limits = { maxTensorBytes: Number.POSITIVE_INFINITY, maxIndex: 2 ** 31 - 1 }
-
-/** A WebGPU adapter as `align info` shows it. */
-export interface Adapter {
-  vendor: string
-  architecture: string
-  device: string
-  description: string
-  /** a CPU implementation (llvmpipe / lavapipe, SwiftShader): correct, slower than wasm */
-  software: boolean
-  maxStorageBufferBindingSize: number
-  maxBufferSize: number
-}
 
 export interface BackendInfo {
   /** what was asked for: a name, or 'auto' */
@@ -77,7 +65,7 @@ export function checkTensorBytes(what: string, bytes: number, fix: string): void
   if (bytes > max) throw new AlignError(`${what} is ${mib(bytes)} in fp32, over the largest tensor this backend binds (${mib(max)}, align info); ${fix}`)
 }
 
-function explainImportError(pkg: string, e: unknown): string {
+export function explainImportError(pkg: string, e: unknown): string {
   const err = e as { code?: string; message?: string }
   if (err.code === 'ERR_MODULE_NOT_FOUND' || /Cannot find (package|module)/.test(err.message ?? '')) {
     return `not installed (optional dependency ${pkg}: its install script could not download libtensorflow, or it was omitted)`
@@ -94,97 +82,6 @@ async function tryNative(pkg: string): Promise<string | undefined> {
     return undefined
   } catch (e) {
     return explainImportError(pkg, e)
-  }
-}
-
-/** What Dawn says of an adapter; the probe child runs this same function (its source is sent along). */
-function adapterFields(a: GpuAdapterLike | null): RawAdapter | null {
-  if (!a) return null
-  return {
-    vendor: a.info.vendor, architecture: a.info.architecture, device: a.info.device, description: a.info.description,
-    fallback: a.info.isFallbackAdapter ?? a.isFallbackAdapter ?? false,
-    maxStorageBufferBindingSize: a.limits.maxStorageBufferBindingSize, maxBufferSize: a.limits.maxBufferSize,
-  }
-}
-interface GpuAdapterLike {
-  info: { vendor: string; architecture: string; device: string; description: string; isFallbackAdapter?: boolean }
-  isFallbackAdapter?: boolean
-  limits: { maxStorageBufferBindingSize: number; maxBufferSize: number }
-}
-type RawAdapter = Omit<Adapter, 'software'> & { fallback: boolean }
-
-function toAdapter(raw: RawAdapter): Adapter {
-  const { fallback, ...rest } = raw
-  const software = fallback || raw.architecture === 'software' || /llvmpipe|lavapipe|swiftshader/i.test(`${raw.device} ${raw.description}`)
-  return { ...rest, software }
-}
-
-const NO_ADAPTER = 'Dawn found no WebGPU adapter (no Vulkan driver it can use; on Debian 12 a software one is mesa-vulkan-drivers from bookworm-backports, README "Backends")'
-
-/**
- * `auto` asks for the adapter in a child process: Dawn prints its driver warnings on the native stderr, and on a
- * machine without a GPU `auto` should neither show them nor keep a Dawn instance alive. ~0.25 s.
- */
-function probeAdapter(): { adapter?: Adapter; why?: string } {
-  let url: string
-  try {
-    url = import.meta.resolve('webgpu')
-  } catch (e) {
-    return { why: explainImportError('webgpu', e) }
-  }
-  const script = `const { create } = await import(${JSON.stringify(url)}); const a = await create([]).requestAdapter({ powerPreference: 'high-performance' }); process.stdout.write(JSON.stringify((${adapterFields.toString()})(a))); process.exit(0)`
-  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 })
-  if (r.status !== 0) return { why: `the adapter probe failed: ${r.error?.message ?? r.stderr.split('\n').find((l) => /Error\b/.test(l)) ?? `exit ${r.status}`}` }
-  const raw = JSON.parse(r.stdout) as RawAdapter | null
-  return raw ? { adapter: toAdapter(raw) } : { why: NO_ADAPTER }
-}
-
-/**
- * Start tfjs's webgpu backend on Dawn. `navigator.gpu` (and the GPU* globals) must exist before the backend
- * module is imported: it registers itself only if it sees them. Reads are async only on this backend
- * (`dataSync` needs OffscreenCanvas), which is why the code above reads tensors with `await t.data()`.
- */
-let webgpuStarted: Adapter | undefined
-
-async function startWebgpu(): Promise<{ adapter?: Adapter; why?: string }> {
-  if (webgpuStarted) return (await tf.setBackend('webgpu')) ? { adapter: webgpuStarted } : { why: 'the webgpu backend failed to initialise', adapter: webgpuStarted }
-  let webgpu: { create(flags: string[]): { requestAdapter(o?: object): Promise<unknown> }; globals: object }
-  try {
-    webgpu = (await import('webgpu')) as never
-  } catch (e) {
-    return { why: explainImportError('webgpu', e) }
-  }
-  Object.assign(globalThis, webgpu.globals)
-  const gpu = webgpu.create([])
-  Object.defineProperty(globalThis, 'navigator', { value: { ...(globalThis as { navigator?: object }).navigator, gpu }, configurable: true, writable: true })
-  const raw = adapterFields((await gpu.requestAdapter({ powerPreference: 'high-performance' })) as GpuAdapterLike | null)
-  if (!raw) return { why: NO_ADAPTER }
-  const adapter = toAdapter(raw)
-  try {
-    await import('@tensorflow/tfjs-backend-webgpu')
-  } catch (e) {
-    return { why: explainImportError('@tensorflow/tfjs-backend-webgpu', e), adapter }
-  }
-  if (!(await tf.setBackend('webgpu'))) return { why: 'the webgpu backend failed to initialise', adapter }
-  guardBindings(adapter.maxStorageBufferBindingSize)
-  webgpuStarted = adapter
-  return { adapter }
-}
-
-/**
- * Dawn rejects a bind group over maxStorageBufferBindingSize with a console message, and the kernel then reads
- * and writes nothing: tfjs returns zeros. The code above sizes its tensors from `Limits`; this is the backstop
- * that turns any tensor it missed into an error at the moment its buffer is made.
- */
-function guardBindings(maxBytes: number): void {
-  const STORAGE = (globalThis as unknown as { GPUBufferUsage: { STORAGE: number } }).GPUBufferUsage.STORAGE
-  const manager = (tf.backend() as unknown as { bufferManager: { acquireBuffer(size: number, usage: number, ...rest: unknown[]): unknown } }).bufferManager
-  const acquire = manager.acquireBuffer.bind(manager)
-  manager.acquireBuffer = (size, usage, ...rest) => {
-    if (usage & STORAGE && size > maxBytes) {
-      throw new AlignError(`webgpu: a ${mib(size)} tensor is over this adapter's ${mib(maxBytes)} binding limit (maxStorageBufferBindingSize), where it would silently read as zeros; lower per_device_*_batch_size or max_length, or use --backend wasm`)
-    }
-    return acquire(size, usage, ...rest)
   }
 }
 
