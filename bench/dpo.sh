@@ -4,13 +4,8 @@
 # ~128 prompt + ~128 completion tokens, 4 pairs per step. Installs Debian's python3-torch and libopenblas0-pthread
 # (the strong peer: reference BLAS is ~10x slower) when missing; needs root for apt-get.
 # Usage: bash bench/dpo.sh [steps]     Targets: align (default workers) pairs/s >= 1.3x PyTorch; 1 -> 2 workers >= 1.7x.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-steps=${1:-5}
-mkdir -p bench/out
-[ -f bench/out/pairs-128.jsonl ] || npx tsx bench/make-pairs.ts bench/out/pairs-128.jsonl 64
-# two untimed steps first: each worker thread warms up its own wasm heap and JIT in them
-bench() { node --import tsx src/cli.ts bench dpo --model preset:tiny-bench --pairs bench/out/pairs-128.jsonl --batch-pairs 4 --steps "$steps" --warmup 2 --json "$@"; }
+steps=5
+source "$(dirname "$0")/lib.sh"
 align=$(bench --layout packed)                        # what align train runs: default workers (auto: every core)
 echo "$align"
 one=$(bench --layout packed --workers 1 --profile)    # one worker: the scaling, and matMul efficiency in the step
@@ -22,10 +17,8 @@ if ! /usr/bin/python3 -c 'import torch' 2>/dev/null || ! dpkg -s libopenblas0-pt
   apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch libopenblas0-pthread >&2
 fi
 # what makes figures from different machines comparable: the CPU, its SIMD, the cores, the BLAS kernels PyTorch runs
-cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
-avx512=$(grep -qw avx512f /proc/cpuinfo && echo yes || echo no)
 blas=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 -c "import ctypes; l = ctypes.CDLL('libopenblas.so.0'); l.openblas_get_corename.restype = ctypes.c_char_p; print(l.openblas_get_corename().decode())" 2>/dev/null || echo unknown)
-echo "machine: ${cpu} · AVX-512 ${avx512} · $(nproc) cores · OpenBLAS core ${blas} · align wasm, one thread per worker"
+echo "machine: $(machine) · OpenBLAS core ${blas} · align wasm, one thread per worker"
 # this machine sets OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for old numpy builds; they slow a current OpenBLAS
 torch=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 bench/dpo_torch.py bench/out/pairs-128.jsonl 4 "$steps")
 echo "$torch"

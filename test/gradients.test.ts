@@ -4,28 +4,17 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import * as tf from '@tensorflow/tfjs'
 import { initBackend } from '../src/model/backend.ts'
-import { parseConfig, parameterShapes } from '../src/model/config.ts'
+import { parameterShapes } from '../src/model/config.ts'
 import { clearCaches, disposeModel, type Model } from '../src/model/mistral.ts'
 import { diskData, initModel, modelFromTensors } from '../src/model/weights.ts'
 import type { SeqBatch } from '../src/model/logprobs.ts'
 import { packPairs, padBatch, pairSequences } from '../src/preference/batch.ts'
 import { dpoBatchLoss } from '../src/preference/objective.ts'
 import { Rng } from '../src/rng.ts'
-import { maxAbsDiff } from './tfjs-helpers.ts'
+import { maxAbsDiff, SMALL_DPO } from './tfjs-helpers.ts'
 
-const config = parseConfig({
-  architectures: ['MistralForCausalLM'], vocab_size: 40, hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2,
-  num_attention_heads: 4, num_key_value_heads: 2, head_dim: 4, rms_norm_eps: 1e-5, rope_theta: 10000, sliding_window: 5, tie_word_embeddings: false,
-})
-// two pairs sharing token ids (duplicate ids exercise the scatter-add of the embedding gradient); packed one pair
-// per row as training runs them, with a sliding window (5) shorter than the rows
-const pairs = [
-  { promptIds: [1, 5, 7, 5, 9], chosenIds: [3, 4, 2], rejectedIds: [8, 2] },
-  { promptIds: [1, 11, 12], chosenIds: [13, 5, 14, 15, 2], rejectedIds: [5, 5, 2] },
-]
+const { config, pairs, ref, opts } = SMALL_DPO
 const batch = packPairs(pairs, 0, 1)
-const ref = { chosen: [-10.5, -16.1], rejected: [-7.9, -11.2] }
-const opts = { beta: 0.5, lossType: 'sigmoid' as const, labelSmoothing: 0 }
 
 async function weights(): Promise<Map<string, Float32Array>> {
   const m = initModel(config, Rng.fromKey('grad-test'), 0.3)

@@ -47,3 +47,21 @@ export async function tinyRun(): Promise<{ work: string; policyDir: string; data
   ]
   return { work, policyDir, dataDir, base }
 }
+
+/**
+ * A small DPO problem for gradient tests (gradients.test.ts, webgpu.test.ts): two pairs sharing token ids
+ * (duplicate ids exercise the scatter-add of the embedding gradient), packed one pair per row as training runs
+ * them, with a sliding window (5) shorter than the rows.
+ */
+export const SMALL_DPO = {
+  config: parseConfig({
+    architectures: ['MistralForCausalLM'], vocab_size: 40, hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2,
+    num_attention_heads: 4, num_key_value_heads: 2, head_dim: 4, rms_norm_eps: 1e-5, rope_theta: 10000, sliding_window: 5, tie_word_embeddings: false,
+  }),
+  pairs: [
+    { promptIds: [1, 5, 7, 5, 9], chosenIds: [3, 4, 2], rejectedIds: [8, 2] },
+    { promptIds: [1, 11, 12], chosenIds: [13, 5, 14, 15, 2], rejectedIds: [5, 5, 2] },
+  ],
+  ref: { chosen: [-10.5, -16.1], rejected: [-7.9, -11.2] },
+  opts: { beta: 0.5, lossType: 'sigmoid' as const, labelSmoothing: 0 },
+}

@@ -19,7 +19,7 @@ import { packPairs } from '../src/preference/batch.ts'
 import { dpoBatchLoss } from '../src/preference/objective.ts'
 import { Rng } from '../src/rng.ts'
 import { FIXTURES, ROOT, rejects, tmp } from './helpers.ts'
-import { maxAbsDiff, TINY_CONFIG, tinyRun } from './tfjs-helpers.ts'
+import { maxAbsDiff, SMALL_DPO, TINY_CONFIG, tinyRun } from './tfjs-helpers.ts'
 
 let info: BackendInfo | undefined
 let why = ''
@@ -68,18 +68,9 @@ gpu('forward goldens: tiny Llama layers and logits, tiny Mistral (sliding window
   disposeModel(mistral)
 })
 
-// the small DPO problem of gradients.test.ts: two packed pairs, duplicate ids, a window shorter than the rows
-const config = parseConfig({
-  architectures: ['MistralForCausalLM'], vocab_size: 40, hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2,
-  num_attention_heads: 4, num_key_value_heads: 2, head_dim: 4, rms_norm_eps: 1e-5, rope_theta: 10000, sliding_window: 5, tie_word_embeddings: false,
-})
-const pairs = [
-  { promptIds: [1, 5, 7, 5, 9], chosenIds: [3, 4, 2], rejectedIds: [8, 2] },
-  { promptIds: [1, 11, 12], chosenIds: [13, 5, 14, 15, 2], rejectedIds: [5, 5, 2] },
-]
+// the small DPO problem of gradients.test.ts
+const { config, pairs, ref, opts } = SMALL_DPO
 const batch = packPairs(pairs, 0, 1)
-const ref = { chosen: [-10.5, -16.1], rejected: [-7.9, -11.2] }
-const opts = { beta: 0.5, lossType: 'sigmoid' as const, labelSmoothing: 0 }
 /** HF-layout weights made on cpu, so every backend builds the same model from them. */
 async function hfWeights(c: ModelConfig, key: string): Promise<Map<string, Float32Array>> {
   await initBackend('cpu')
