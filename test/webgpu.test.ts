@@ -198,7 +198,7 @@ gpu('align eval --backend webgpu matches the tiny-mistral golden', () => {
   assert.ok(Math.abs(m['rewards/margins'] - g['rewards/margins']) < 1e-4)
 })
 
-gpu('align train --backend webgpu logs the losses wasm logs, within 1e-3', async () => {
+gpu('align train --backend webgpu logs the losses wasm logs, within 1e-3; a batch too large for a binding is refused up front', async () => {
   await initBackend('wasm')
   const { work, base } = await tinyRun()
   const losses = (backend: string) => {
@@ -212,6 +212,11 @@ gpu('align train --backend webgpu logs the losses wasm logs, within 1e-3', async
   assert.is(w.length, g.length)
   assert.ok(w.length >= 5) // 4 steps and an eval
   assert.ok(maxAbsDiff(w, g) < 1e-3, `wasm ${w}\nwebgpu ${g}`)
+  // a batch whose activations could not be one binding is refused before step 1 (here: by --dry-run), not read as zeros
+  const pairs = Math.ceil(info!.limits.maxTensorBytes / (4 * 32 * 2 * 1024)) + 1 // 2 rows of 1024 tokens a pair, width 32 (TINY_CONFIG's MLP)
+  const big = cli('train', '--recipe', 'tiny', '--backend', 'webgpu', '--dry-run', ...base(join(work, 'big'), `dpo.per_device_train_batch_size=${pairs}`, 'dpo.max_length=1024'))
+  assert.is(big.status, 1)
+  assert.match(big.stderr, new RegExp(`a micro-batch's activation \\[${2 * 1024 * pairs} tokens, 32\\] is \\d+ MiB in fp32, over the largest tensor this backend binds \\(\\d+ MiB, align info\\); lower dpo\\.per_device_train_batch_size`))
 })
 
 test.run()

@@ -190,6 +190,15 @@ export function attentionRows(B: number, perRow: number): number {
   return Math.min(B, Math.floor(backendLimits().maxTensorBytes / (4 * perRow)))
 }
 
+/**
+ * Refuse a micro-batch of `tokens` whose [tokens, width] activations (the MLP's intermediate, the projections)
+ * the active backend could not hold as one tensor; attention scores and the LM head split themselves.
+ */
+export function checkBatchTensors(c: ModelConfig, tokens: number, fix: string): void {
+  const width = Math.max(c.intermediateSize, c.hiddenSize, c.numHeads * c.headDim)
+  checkTensorBytes(`a micro-batch's activation [${tokens} tokens, ${width}]`, 4 * tokens * width, fix)
+}
+
 /** SwiGLU: down(silu(gate(x)) * up(x)). x: [B*T, D] */
 export function mlp(model: Model, layer: number, x: tf.Tensor2D): tf.Tensor2D {
   const p = (n: string, x: tf.Tensor2D) => proj(model, `model.layers.${layer}.mlp.${n}`, x)

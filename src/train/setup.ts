@@ -15,7 +15,7 @@ import { Rng } from '../rng.ts'
 import { initBackend, type BackendInfo } from '../model/backend.ts'
 import type { ModelConfig } from '../model/config.ts'
 import { addLora } from '../model/lora.ts'
-import { disposeModel, type Model } from '../model/mistral.ts'
+import { checkBatchTensors, disposeModel, type Model } from '../model/mistral.ts'
 import { describePolicy, policyTokenizer, resolvePolicy, type PolicySpec } from '../model/policy.ts'
 import type { ChatTokenizer } from '../model/tokenizer.ts'
 import { dpoObjective, sftObjective, type Objective } from '../preference/objective.ts'
@@ -95,6 +95,9 @@ export async function prepareRun(o: TrainOptions): Promise<Run> {
   const microPerEpoch = Math.ceil(data.train.pairs.length / args.per_device_train_batch_size)
   const maxSteps = args.max_steps > 0 ? args.max_steps : Math.ceil((args.num_train_epochs * microPerEpoch) / args.gradient_accumulation_steps)
   const objective = o.stage === 'dpo' ? dpoObjective({ beta: v.dpo.beta, lossType: v.dpo.loss_type, labelSmoothing: v.dpo.label_smoothing }) : sftObjective()
+  // at most every row padded to max_length (DPO: a chosen and a rejected row per pair, or one packed row)
+  const batchTokens = (o.stage === 'dpo' ? 2 : 1) * Math.max(args.per_device_train_batch_size, args.per_device_eval_batch_size) * args.max_length
+  checkBatchTensors(policy.config, batchTokens, `lower ${o.stage}.per_device_train_batch_size / per_device_eval_batch_size or ${o.stage}.max_length (this assumes every row padded to max_length)`)
   return { o, args, runDir, backend, policy, tok, tokenizerDir, data, schedule: { microPerEpoch, maxSteps, warmup: warmupSteps(args.warmup_ratio, maxSteps) }, objective, log }
 }
 
