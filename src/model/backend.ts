@@ -68,7 +68,8 @@ export function checkTensorBytes(what: string, bytes: number, fix: string): void
 export function explainImportError(pkg: string, e: unknown): string {
   const err = e as { code?: string; message?: string }
   if (err.code === 'ERR_MODULE_NOT_FOUND' || /Cannot find (package|module)/.test(err.message ?? '')) {
-    return `not installed (optional dependency ${pkg}: its install script could not download libtensorflow, or it was omitted)`
+    const why = pkg.includes('tfjs-node') ? 'its install script could not download libtensorflow, or it was omitted' : 'omitted, e.g. by npm ci --omit=optional'
+    return `not installed (optional dependency ${pkg}: ${why})`
   }
   if (/tfjs_binding\.node|native addon/i.test(err.message ?? '')) return `installed without its native binary (libtensorflow download failed; see README "Backends")`
   return `failed to load: ${(err.message ?? String(e)).split('\n')[0]}`
