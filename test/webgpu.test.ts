@@ -158,6 +158,11 @@ gpu('the LM head over more than 2^24 logits runs in chunks and matches wasm (a f
   }
   const [w, g] = [await logpsOn('wasm'), await logpsOn('webgpu')]
   assert.ok(maxAbsDiff(w, g) < 2e-3, `summed log-probs (~ -3000) wasm ${w} webgpu ${g}`)
+  // the head forced into one block of 600 × 32000 logits (77 MB: it binds) would pick targets past 2^24: refused, not read wrong
+  const m = build(big, weights)
+  await rejects(async () => tf.tidy(() => dpoBatchLoss(m, packPairs(long.slice(0, 1), 0, 1), { chosen: [0], rejected: [0] }, opts, 4096).loss), /a \[600, 32000\] block of logits has positions past 16777216, which this backend cannot index exactly/)
+  disposeModel(m)
+  clearCaches()
 })
 
 gpu('a tensor over the adapter binding limit is an error, never zeros; a model that cannot fit is refused before loading', async () => {
