@@ -5,7 +5,7 @@
  * `align: error: …` with exit status 1.
  */
 import { binary, command, flag, multioption, number, oneOf, option, optional, positional, restPositionals, runSafely, string, subcommands, array } from 'cmd-ts'
-import { AlignError } from './errors.ts'
+import { AlignError, explainAbort } from './errors.ts'
 import { applyOverride, listRecipes, loadRecipe, nearest } from './recipe.ts'
 
 const overrides = restPositionals({ type: string, displayName: 'key=value', description: 'recipe overrides, e.g. binarize.min_margin=1 (type-checked; unknown keys are errors)' })
@@ -268,8 +268,9 @@ export async function main(argv: string[]): Promise<void> {
       process.stderr.write(exit.config.message + (hint ? `\nalign: ${hint}\n` : '\n'))
       process.exit(2) // a usage error, as POSIX utilities report it
     }
-  } catch (e) {
-    if (process.env.ALIGN_DEBUG) console.error(e)
+  } catch (thrown) {
+    if (process.env.ALIGN_DEBUG) console.error(thrown)
+    const e = explainAbort(thrown)
     process.stderr.write(errorLine(e) + '\n')
     process.exit(e instanceof AlignError || (e as NodeJS.ErrnoException)?.code ? 1 : 70)
   }

@@ -19,3 +19,13 @@ export function describe(value: unknown): string {
   if (Array.isArray(value)) return `a list of ${value.length}`
   return 'an object'
 }
+
+/**
+ * A WebAssembly abort as a one-line AlignError: emscripten's `Aborted()` is what the wasm backend throws when
+ * its heap (which stops at 4 GiB) cannot grow, i.e. a batch too large for it. Any other error is returned as is.
+ */
+export function explainAbort(e: unknown): unknown {
+  const message = (e as Error | undefined)?.message ?? ''
+  if (!/^Aborted\(/.test(message)) return e
+  return new AlignError(`the wasm backend aborted (${message.split('.')[0]}): its heap, which stops at 4 GiB, is almost certainly full; lower per_device_train_batch_size or max_length (--dry-run prints the memory plan), or spread the batch over workers with gradient_accumulation_steps`)
+}

@@ -17,6 +17,7 @@ import { evaluatePairs } from '../src/commands/eval.ts'
 import { sample } from '../src/commands/sample.ts'
 import { TRAIN_SCHEMA } from '../src/train/schema.ts'
 import { train } from '../src/train/loop.ts'
+import { explainAbort } from '../src/errors.ts'
 import { FIXTURES, ROOT, rejects, tmp } from './helpers.ts'
 import { TINY_CONFIG, tinyRun, useBackend } from './tfjs-helpers.ts'
 
@@ -152,6 +153,13 @@ test('corrupt checkpoints: one clear error each, nothing read as weights', async
   assert.ok(performance.now() - t0 < 5000)
   writeFileSync(join(loop, 'tokenizer_config.json'), JSON.stringify({ ...tc, chat_template: '{{ messages | nosuchfilter }}' }))
   await rejects(() => checkTemplate(loadTokenizer(loop)), /chat_template failed to render/)
+})
+
+test('a wasm abort (its 4 GiB heap full) reads as one line with the fix; other errors pass through', async () => {
+  // what tfjs-backend-wasm throws when malloc cannot grow the heap (seen with bench dpo --batch-pairs 8 --workers 1)
+  await rejects(() => { throw explainAbort(new WebAssembly.RuntimeError('Aborted(). Build with -sASSERTIONS for more info.')) }, /the wasm backend aborted \(Aborted\(\)\): its heap, which stops at 4 GiB, is almost certainly full; lower per_device_train_batch_size or max_length/)
+  const other = new TypeError('x is undefined')
+  assert.is(explainAbort(other), other)
 })
 
 test('bad flags and inputs of eval, sample, train --dry-run and binarize: one line, non-zero exit, no hang', async () => {

@@ -5,6 +5,7 @@
  */
 import { parentPort } from 'node:worker_threads'
 import * as tf from '@tensorflow/tfjs'
+import { explainAbort } from '../errors.ts'
 import { initBackend } from '../model/backend.ts'
 import { parseConfig } from '../model/config.ts'
 import type { LoraState } from '../model/lora.ts'
@@ -97,6 +98,6 @@ let queue: Promise<unknown> = Promise.resolve()
 parentPort!.on('message', (msg: { id: number; req: WorkerRequest }) => {
   queue = queue.then(() => handle(msg.req)).then(
     ({ value, transfer }) => parentPort!.postMessage({ id: msg.id, value }, transfer),
-    (e: Error) => parentPort!.postMessage({ id: msg.id, error: e.message?.split('\n')[0] ?? String(e) }),
+    (e: Error) => parentPort!.postMessage({ id: msg.id, error: (explainAbort(e) as Error).message?.split('\n')[0] ?? String(e) }),
   )
 })
