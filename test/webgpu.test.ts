@@ -190,6 +190,21 @@ gpu('AddN over more inputs than a shader may bind sums them all (the global grad
 
 const cli = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], { cwd: ROOT, encoding: 'utf8' })
 
+gpu('auto takes webgpu for a hardware adapter only; align info shows the adapter and its limits', () => {
+  const r = cli('info', '--json')
+  assert.is(r.status, 0, r.stderr)
+  const auto = JSON.parse(r.stdout)
+  assert.equal(auto.adapter.description, info!.adapter!.description)
+  if (info!.adapter!.software) {
+    assert.not.equal(auto.active, 'webgpu')
+    assert.match(auto.skipped.find((s: { name: string }) => s.name === 'webgpu').why, /only a software adapter \(.+\), slower than wasm: auto skips it, --backend webgpu uses it/)
+  } else assert.is(auto.active, 'webgpu')
+  const forced = JSON.parse(cli('info', '--json', '--backend', 'webgpu').stdout)
+  assert.is(forced.active, 'webgpu')
+  assert.equal(forced.limits, { maxTensorBytes: info!.adapter!.maxStorageBufferBindingSize, maxIndex: 2 ** 24 })
+  assert.equal(forced.workers, { n: 1, why: 'auto: the webgpu backend runs one process per device' })
+})
+
 gpu('align eval --backend webgpu matches the tiny-mistral golden', () => {
   const golden = JSON.parse(readFileSync(join(MISTRAL, 'expected', 'dpo.json'), 'utf8'))
   const file = join(tmp(), 'pairs.jsonl')
