@@ -46,7 +46,7 @@ export function writeAtomic<T>(target: string, write: (tmp: string) => T): T {
   try {
     const out = write(tmp)
     // an async writer (tensor data read back from a device) commits when it has finished
-    if (out instanceof Promise) return out.then((v) => (commitTemp(tmp, target), v), fail) as T
+    if (out instanceof Promise) return out.then((v) => (commitTemp(tmp, target), v)).catch(fail) as T
     commitTemp(tmp, target)
     return out
   } catch (e) {

@@ -51,8 +51,8 @@ export function gatherRows(table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
 
 /** Row-major positions i·V + t_i of the targets in a flattened [N, V] tensor. int32 [N] */
 function flatPositions(targets: tf.Tensor1D, V: number): tf.Tensor1D {
-  const last = targets.shape[0] * V - 1
-  if (last > backendLimits().maxIndex) throw new AlignError(`a [${targets.shape[0]}, ${V}] block of logits has positions past ${backendLimits().maxIndex}, which this backend cannot index exactly; the LM head must run in smaller chunks (logprobs.ts headChunkTokens)`)
+  const { maxIndex } = backendLimits()
+  if (targets.shape[0] * V - 1 > maxIndex) throw new AlignError(`a [${targets.shape[0]}, ${V}] block of logits has positions past ${maxIndex}, which this backend cannot index exactly; the LM head must run in smaller chunks (logprobs.ts headChunkTokens)`)
   return tf.add(tf.mul(tf.range(0, targets.shape[0], 1, 'int32'), tf.scalar(V, 'int32')), targets)
 }
 

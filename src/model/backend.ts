@@ -150,7 +150,7 @@ export function describeBackend(b: BackendInfo): string {
   if (b.active === 'wasm') lines.push(`  wasm kernels replaced by align's (src/model/wasm-kernels.ts): ${[...installedKernels.keys()].join(', ')}`)
   const a = b.adapter
   if (a) lines.push(`  webgpu adapter: ${a.vendor} ${a.architecture}${a.software ? ' (software)' : ''}, ${a.description || a.device}; maxStorageBufferBindingSize ${mib(a.maxStorageBufferBindingSize)}, maxBufferSize ${mib(a.maxBufferSize)}`)
-  if (b.active === 'webgpu') lines.push(`  limits: one tensor <= ${mib(b.limits.maxTensorBytes)}, index values <= 2^24 (read through f32)`)
+  if (b.active === 'webgpu') lines.push(`  limits: one tensor <= ${mib(b.limits.maxTensorBytes)}, index values <= ${b.limits.maxIndex} (read through f32)`)
   for (const s of b.skipped) lines.push(`  skipped ${s.name}: ${s.why}`)
   return lines.join('\n')
 }

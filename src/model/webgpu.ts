@@ -72,8 +72,10 @@ export function probeAdapter(): { adapter?: Adapter; why?: string } {
 let webgpuStarted: Adapter | undefined
 
 /** Start tfjs's webgpu backend on Dawn (once per process; later calls switch back to it). */
+const NOT_STARTED = 'the webgpu backend failed to initialise'
+
 export async function startWebgpu(): Promise<{ adapter?: Adapter; why?: string }> {
-  if (webgpuStarted) return (await tf.setBackend('webgpu')) ? { adapter: webgpuStarted } : { why: 'the webgpu backend failed to initialise', adapter: webgpuStarted }
+  if (webgpuStarted) return { adapter: webgpuStarted, why: (await tf.setBackend('webgpu')) ? undefined : NOT_STARTED }
   let webgpu: { create(flags: string[]): { requestAdapter(o?: object): Promise<unknown> }; globals: object }
   try {
     webgpu = (await import('webgpu')) as never
@@ -91,7 +93,7 @@ export async function startWebgpu(): Promise<{ adapter?: Adapter; why?: string }
   } catch (e) {
     return { why: explainImportError('@tensorflow/tfjs-backend-webgpu', e), adapter }
   }
-  if (!(await tf.setBackend('webgpu'))) return { why: 'the webgpu backend failed to initialise', adapter }
+  if (!(await tf.setBackend('webgpu'))) return { why: NOT_STARTED, adapter }
   const backend = tf.backend() as unknown as WebgpuBackend
   guardBindings(backend, adapter.maxStorageBufferBindingSize)
   failReadsOnDeviceErrors(backend)
@@ -116,7 +118,6 @@ function guardBindings(backend: WebgpuBackend, maxBytes: number): void {
     return acquire(size, usage, ...rest)
   }
 }
-
 
 /** The parts of tfjs's WebGPUBackend this file touches. */
 interface WebgpuBackend {

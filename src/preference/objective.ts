@@ -187,9 +187,9 @@ export async function evalBatch(objective: Objective, model: Model, pairs: PairI
     stats = r.stats
     return r.loss
   }))
-  const [value] = await loss.data()
+  const [lossData, batchStats] = await Promise.all([loss.data(), stats!()]) // one wait for the device
   loss.dispose()
-  return { ...(await stats!()), loss: value! }
+  return { ...batchStats, loss: lossData[0]! }
 }
 
 export type EvalBatches = (batches: { pairs: PairIds[]; ref?: PairLogps }[]) => Promise<BatchStats[]>

@@ -24,9 +24,9 @@ export async function microBatchGrads(model: Model, objective: Objective, pairs:
     stats = r.stats
     return r.loss
   }, trainable.map(([, p]) => p)), o.dropoutSeed)
-  const loss = (await value.data())[0]! * o.ga
+  const [lossData, batchStats] = await Promise.all([value.data(), stats!()]) // one wait for the device
   value.dispose()
-  return { grads: new Map(trainable.map(([name, p]) => [name, grads[p.name]!])), stats: { ...(await stats!()), loss } }
+  return { grads: new Map(trainable.map(([name, p]) => [name, grads[p.name]!])), stats: { ...batchStats, loss: lossData[0]! * o.ga } }
 }
 
 /**

@@ -162,11 +162,11 @@ export class WorkerPool {
    * with `results` to await.
    */
   async grads(ga: number, jobs: Job[], update?: Update): Promise<{ results: Promise<RemoteGrads[]> }> {
-    // a worker handles its messages in order, so earlier updates are done before this runs; they are awaited
-    // only so that their errors surface here
-    const earlier = Promise.all(this.updating.splice(0))
     const mine = this.threads.map((_, i) => jobs.filter((j) => j.worker === i + 1))
     const weights = await this.weightsFor(mine.map((m) => m.length > 0 && !update))
+    // a worker handles its messages in order, so earlier updates are done before this runs; they are awaited
+    // only so that their errors surface here (taken after the await above, so a failure is never left unhandled)
+    const earlier = Promise.all(this.updating.splice(0))
     const calls = mine.map((m, i) => (m.length || update ? this.call<RemoteGrads[]>(i, { kind: 'grads', ga, update, weights: weights[i], jobs: m.map(({ worker: _w, ...j }) => j) }) : Promise.resolve([])))
     return { results: Promise.all([earlier, ...calls]).then(([, ...r]) => (r as RemoteGrads[][]).flat()) }
   }
