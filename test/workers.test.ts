@@ -10,6 +10,9 @@ import { loadRecipe } from '../src/recipe.ts'
 import { TRAIN_SCHEMA } from '../src/train/schema.ts'
 import { train } from '../src/train/loop.ts'
 import { WorkerPool, workerCount, workerInit } from '../src/train/workers.ts'
+import { readGrads, slotFloats, touchedRows, trainableParams, writeGrads } from '../src/train/microbatch.ts'
+import { readInto } from '../src/model/backend.ts'
+import * as tf from '@tensorflow/tfjs'
 import { sftObjective } from '../src/preference/objective.ts'
 import { ADAMW_DEFAULTS } from '../src/train/optim.ts'
 import { initModel } from '../src/model/weights.ts'
@@ -30,14 +33,16 @@ const weights = (dir: string, f = 'model.safetensors') => readFileSync(join(dir,
 for (const [name, extra] of [['full fine-tuning', []], ['LoRA with dropout', ['lora.enabled=true', 'lora.r=4', 'lora.dropout=0.1', 'dpo.learning_rate=5e-2']]] as const) {
   test(`${name}: 1 and 2 workers log the same values and save the same weights, bit for bit`, async () => {
     const runs = []
-    for (const w of [1, 2]) {
+    for (const w of name.startsWith('LoRA') ? [1, 2] : [1, 2, 3]) { // 3: workers read each other's gradient slots
       const out = join(work, `${name.split(' ')[0]}-w${w}`)
       runs.push({ out, r: await train({ stage: 'dpo', recipe: recipe(...base(out, 'dpo.max_steps=4', 'dpo.gradient_accumulation_steps=3', ...extra)), quiet: true, workers: w }) })
     }
-    assert.equal(noTimes(runs[1]!.r.logHistory), noTimes(runs[0]!.r.logHistory))
     assert.ok(runs[0]!.r.logHistory.some((x) => x.eval_loss !== undefined))
     const f = name.startsWith('LoRA') ? 'adapter_model.safetensors' : 'model.safetensors'
-    assert.ok(weights(runs[1]!.out, f).equals(weights(runs[0]!.out, f)))
+    for (const run of runs.slice(1)) {
+      assert.equal(noTimes(run.r.logHistory), noTimes(runs[0]!.r.logHistory))
+      assert.ok(weights(run.out, f).equals(weights(runs[0]!.out, f)))
+    }
   })
 }
 
@@ -69,6 +74,31 @@ test('align eval: the same metrics and per-pair numbers with 1 and 2 workers', a
   const [a, b] = [await evaluatePairs({ ...args, workers: 1 }), await evaluatePairs({ ...args, workers: 2 })]
   assert.equal(noTimes([b.metrics]), noTimes([a.metrics]))
   assert.equal(b.perPair, a.perPair)
+})
+
+test('gradient slots: gradients come back bit for bit, the embedding sent as its touched rows only', async () => {
+  const model = initModel(parseConfig(TINY_CONFIG), Rng.fromKey('slots'))
+  const pairs = [{ promptIds: [5, 900, 31999], chosenIds: [7, 7, 2], rejectedIds: [12, 2] }]
+  const rows = touchedRows(model, pairs, 2)!
+  assert.equal([...rows], [2, 5, 7, 12, 900, 31999])
+  const grads = new Map(trainableParams(model).map(([name, p], i) => {
+    const embed = name === 'model.embed_tokens.weight' // a scatter of the touched rows, +0 elsewhere (as autograd's)
+    const values = (shape: number[]) => tf.mul(tf.randomNormal(shape, 0, 1, 'float32', i), 1 / 3) // made by a kernel, as a real gradient
+    return [name, tf.tidy(() => (embed ? tf.scatterND(tf.tensor2d(rows, [rows.length, 1], 'int32'), values([rows.length, p.shape[1]!]), p.shape) : values(p.shape)))]
+  }))
+  const slot = new SharedArrayBuffer(slotFloats(model) * 4)
+  assert.is(await writeGrads(model, grads, rows, slot), rows)
+  const back = readGrads(model, slot, rows)
+  for (const [name, g] of grads) {
+    const [a, b] = [new Uint32Array((await g.data() as Float32Array).buffer), new Uint32Array((await back.get(name)!.data() as Float32Array).buffer)]
+    assert.ok(a.length === b.length && a.every((x, i) => x === b[i]), name)
+  }
+  const out = new Float32Array(3)
+  await readInto(tf.tensor([1.5, -0, 3]), out)
+  assert.equal([...out], [1.5, -0, 3])
+  const wrong = await readInto(tf.tensor([1, 2]), out).then(() => 'none', (e: Error) => e.message) // a bug, not bad input
+  assert.is(wrong, 'readInto: a float32 tensor of 2 values into 3')
+  tf.dispose([...grads.values(), ...back.values()])
 })
 
 test('a worker that dies ends the request with one line naming it; --workers is checked', async () => {

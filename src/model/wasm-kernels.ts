@@ -35,6 +35,11 @@ const shapeBytes = (shape: number[]) => new Uint8Array(new Int32Array(shape).buf
 /** The kernel functions registered here, by kernel name (tests check they are the ones tfjs dispatches to). */
 export const installedKernels = new Map<string, unknown>()
 
+/** A float32 tensor's values as a view of the wasm heap (no copy): valid until the next kernel may grow the heap. */
+export function heapView(t: tf.Tensor): Float32Array {
+  return (tf.backend() as unknown as WasmBackend).typedArrayFromHeap(t) as Float32Array
+}
+
 /** Register the kernels over the stock wasm ones. Call once the wasm backend is initialised. */
 export function installWasmKernels(): void {
   if (installedKernels.size) return

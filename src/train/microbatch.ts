@@ -9,6 +9,7 @@ import type { Model } from '../model/mistral.ts'
 import type { BatchStats, Objective } from '../preference/objective.ts'
 import type { PairIds } from '../preference/pairs.ts'
 import type { PairLogps } from '../preference/reference.ts'
+import { readInto } from '../model/backend.ts'
 import { Optimizer, clipByGlobalNorm } from './optim.ts'
 
 export const trainableParams = (model: Model): [string, tf.Variable][] => [...model.params].filter(([, p]) => p.trainable)
@@ -58,13 +59,6 @@ export async function applyUpdate(model: Model, opt: Optimizer, grads: Map<strin
   return norm
 }
 
-/** A gradient sent between replicas: the whole tensor, or (`rows`) only those rows of a 2-D one, the rest zero. */
-export interface SentGrad {
-  name: string
-  data: Float32Array
-  rows?: Int32Array
-}
-
 const EMBED = 'model.embed_tokens.weight'
 
 /**
@@ -79,25 +73,42 @@ export function touchedRows(model: Model, pairs: PairIds[], padId: number): Int3
   return Int32Array.from([...ids].sort((a, b) => a - b))
 }
 
-/** Copies of gradients to send (ours to transfer), the embedding's as its touched rows only. */
-export function exportGrads(grads: Map<string, tf.Tensor>, rows: Int32Array | undefined): Promise<SentGrad[]> {
-  return Promise.all([...grads].map(async ([name, g]) => {
-    if (name !== EMBED || !rows) return { name, data: ((await g.data()) as Float32Array).slice() }
-    const picked = tf.tidy(() => tf.gather(g, tf.tensor1d(rows, 'int32')))
-    const data = ((await picked.data()) as Float32Array).slice()
-    picked.dispose()
-    return { name, data, rows }
-  }))
+/**
+ * A gradient slot: one micro-batch's gradients as they pass between replicas, in memory every worker maps (a
+ * SharedArrayBuffer the pool makes once and reuses, workers.ts). The trainable parameters sit back to back in the
+ * model's order; the embedding's holds only the touched rows, listed in `rows` (sent beside the slot).
+ */
+export const slotFloats = (model: Model) => trainableParams(model).reduce((n, [, p]) => n + p.size, 0)
+
+/** Write a micro-batch's gradients into `slot`; returns the embedding rows written (undefined: all of it, dense). */
+export async function writeGrads(model: Model, grads: Map<string, tf.Tensor>, rows: Int32Array | undefined, slot: SharedArrayBuffer): Promise<Int32Array | undefined> {
+  let at = 0
+  for (const [name, p] of trainableParams(model)) {
+    const g = grads.get(name)!
+    if (name === EMBED && rows) {
+      const picked = tf.tidy(() => tf.gather(g, tf.tensor1d(rows, 'int32'))) // [rows, hidden]
+      await readInto(picked, new Float32Array(slot, at * 4, picked.size))
+      picked.dispose()
+    } else {
+      await readInto(g, new Float32Array(slot, at * 4, p.size))
+    }
+    at += p.size
+  }
+  return rows
 }
 
-/** Received gradients as tensors, sparse rows scattered back into zeros (bit-identical to the dense tensor). */
-export function importGrads(model: Model, sent: SentGrad[]): Map<string, tf.Tensor> {
-  return new Map(sent.map((s) => {
-    const shape = model.params.get(s.name)!.shape
-    if (!s.rows) return [s.name, tf.tensor(s.data, shape, 'float32')]
-    const width = shape[1]!
-    const dense = new Float32Array(shape[0]! * width)
-    s.rows.forEach((r, i) => dense.set(s.data.subarray(i * width, (i + 1) * width), r * width))
-    return [s.name, tf.tensor(dense, shape, 'float32')]
+/**
+ * The gradients in `slot` as tensors, sparse rows scattered back into zeros (bit-identical to the dense tensor).
+ * A backend may keep a view of the slot instead of a copy (cpu does): use them within the step that wrote it.
+ */
+export function readGrads(model: Model, slot: SharedArrayBuffer, rows: Int32Array | undefined): Map<string, tf.Tensor> {
+  let at = 0
+  return new Map(trainableParams(model).map(([name, p]) => {
+    const sparse = name === EMBED && rows
+    const n = sparse ? rows.length * p.shape[1]! : p.size
+    const data = new Float32Array(slot, at * 4, n)
+    at += p.size
+    if (!sparse) return [name, tf.tensor(data, p.shape, 'float32')]
+    return [name, tf.tidy(() => tf.scatterND(tf.tensor2d(rows, [rows.length, 1], 'int32'), tf.tensor2d(data, [rows.length, p.shape[1]!], 'float32'), p.shape))]
   }))
 }

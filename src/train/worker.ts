@@ -13,7 +13,7 @@ import type { Model } from '../model/mistral.ts'
 import { dpoObjective, evalBatch, sftObjective, type Objective } from '../preference/objective.ts'
 import { pairLogps } from '../preference/reference.ts'
 import type { Update, WorkerInit, WorkerRequest } from './workers.ts'
-import { applyUpdate, exportGrads, importGrads, microBatchGrads, sumInOrder, touchedRows } from './microbatch.ts'
+import { applyUpdate, microBatchGrads, readGrads, sumInOrder, touchedRows, writeGrads } from './microbatch.ts'
 import { Optimizer } from './optim.ts'
 
 let model: Model | undefined
@@ -64,20 +64,20 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
       const out = []
       for (const j of req.jobs) {
         const { grads, stats } = await microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, dropoutSeed: j.dropoutSeed })
-        const arrays = await exportGrads(grads, touchedRows(model!, j.pairs, padId)) // ours to transfer
+        const rows = await writeGrads(model!, grads, touchedRows(model!, j.pairs, padId), req.slots[j.a]!)
         if (req.update) held.set(j.a, grads)
         else tf.dispose([...grads.values()])
-        out.push({ a: j.a, grads: arrays, stats })
+        out.push({ a: j.a, rows, stats })
       }
-      return { value: out, transfer: out.flatMap((r) => r.grads.map((g) => g.data.buffer as ArrayBuffer)) }
+      return { value: out, transfer: [] }
     }
     case 'peers':
-      for (const g of req.grads) held.set(g.a, importGrads(model!, g.grads))
+      for (const w of req.written) held.set(w.a, readGrads(model!, req.slots[w.a]!, w.rows))
       return { value: (await maybeUpdate()) ?? null, transfer: [] }
     case 'sync': {
       setWeights(req.weights)
       opt!.dispose()
-      for (const [map, ws] of [[opt!.m, req.m], [opt!.v, req.v]] as const) for (const [name, t] of importGrads(model!, ws)) map.set(name, tf.variable(t, false))
+      for (const [map, ws] of [[opt!.m, req.m], [opt!.v, req.v]] as const) for (const w of ws) map.set(w.name, tf.variable(tf.tensor(w.data, model!.params.get(w.name)!.shape, 'float32'), false))
       opt!.step = req.step
       return { value: true, transfer: [] }
     }

@@ -20,7 +20,7 @@ import { evalBatch, type BatchStats, type DpoOptions, type Layout, type Objectiv
 import type { PairIds } from '../preference/pairs.ts'
 import { pairLogps, type PairLogps } from '../preference/reference.ts'
 import * as tf from '@tensorflow/tfjs'
-import { exportGrads, importGrads, microBatchGrads, touchedRows, trainableParams, type SentGrad } from './microbatch.ts'
+import { microBatchGrads, readGrads, slotFloats, touchedRows, trainableParams, writeGrads } from './microbatch.ts'
 import type { OptimConfig, Optimizer } from './optim.ts'
 
 export interface WorkerInit {
@@ -42,15 +42,19 @@ type Weights = { name: string; data: Float32Array }[]
 export type Update = { lr: number; maxNorm: number }
 export type WorkerRequest =
   | { kind: 'init'; init: WorkerInit }
-  | { kind: 'grads'; ga: number; weights?: Weights; update?: Update; jobs: { a: number; pairs: PairIds[]; ref?: PairLogps; dropoutSeed: number }[] }
-  | { kind: 'peers'; grads: { a: number; grads: SentGrad[] }[] }
+  | { kind: 'grads'; ga: number; weights?: Weights; update?: Update; slots: SharedArrayBuffer[]; jobs: { a: number; pairs: PairIds[]; ref?: PairLogps; dropoutSeed: number }[] }
+  | { kind: 'peers'; slots: SharedArrayBuffer[]; written: Written[] }
   | { kind: 'sync'; weights: Weights; m: Weights; v: Weights; step: number }
   | { kind: 'logps'; weights?: Weights; pairs: PairIds[]; batchSize: number; adapters: boolean }
   | { kind: 'eval'; weights?: Weights; batches: { pairs: PairIds[]; ref?: PairLogps }[] }
 
-export interface RemoteGrads {
+/** Micro-batch `a`'s gradients are in this step's slot `a`; `rows`: the embedding rows written (microbatch.ts) */
+export interface Written {
   a: number
-  grads: SentGrad[]
+  rows?: Int32Array
+}
+
+export interface RemoteGrads extends Written {
   stats: BatchStats
 }
 
@@ -129,7 +133,6 @@ export class WorkerPool {
     const transfer = [
       ...('weights' in req && req.weights ? req.weights : []),
       ...(req.kind === 'sync' ? [...req.m, ...req.v] : []),
-      ...(req.kind === 'peers' ? req.grads.flatMap((g) => g.grads) : []),
     ].map((w) => w.data.buffer as ArrayBuffer)
     return new Promise<T>((resolve, reject) => {
       this.pending.set(id, { resolve, reject, worker })
@@ -155,28 +158,45 @@ export class WorkerPool {
   private updating: Promise<unknown>[] = []
 
   /**
+   * Gradient slots (microbatch.ts): one shared buffer per micro-batch of a step, made once and reused, in two sets
+   * that steps take in turn. Gradients never travel as fresh arrays: filling fresh memory costs more than the
+   * copy itself (backend.ts `readInto`). Why a step's slots are free again two steps later: they are read while
+   * that step runs (this thread, before it asks for the next step) and by each worker's `peers` message of that
+   * step, which it handles before its next step's `grads`; a writer of step s + 2 got its request only after every
+   * worker had answered step s + 1, so after every read of step s.
+   */
+  private slotSets: SharedArrayBuffer[][] = [[], []]
+  private steps = 0
+
+  private nextSlots(ga: number): SharedArrayBuffer[] {
+    const set = this.slotSets[this.steps++ % 2]!
+    while (set.length < ga) set.push(new SharedArrayBuffer(slotFloats(this.model) * 4))
+    return set.slice(0, ga)
+  }
+
+  /**
    * Gradients of the micro-batches for workers 1..n−1 (job.worker), started now, resolved in any order. With
    * `update` (all-reduce mode) every worker is asked, keeps its gradients and will step its own optimizer replica
    * once `peers` brings it the rest; without, only workers with jobs are asked and stale weights go along.
    * Resolves once the requests are posted (so the caller computes its own share while the workers do theirs),
-   * with `results` to await.
+   * with `results` to await and this step's gradient `slots`, one per micro-batch.
    */
-  async grads(ga: number, jobs: Job[], update?: Update): Promise<{ results: Promise<RemoteGrads[]> }> {
+  async grads(ga: number, jobs: Job[], update?: Update): Promise<{ results: Promise<RemoteGrads[]>; slots: SharedArrayBuffer[] }> {
     const mine = this.threads.map((_, i) => jobs.filter((j) => j.worker === i + 1))
     const weights = await this.weightsFor(mine.map((m) => m.length > 0 && !update))
     // a worker handles its messages in order, so earlier updates are done before this runs; they are awaited
     // only so that their errors surface here (taken after the await above, so a failure is never left unhandled)
     const earlier = Promise.all(this.updating.splice(0))
-    const calls = mine.map((m, i) => (m.length || update ? this.call<RemoteGrads[]>(i, { kind: 'grads', ga, update, weights: weights[i], jobs: m.map(({ worker: _w, ...j }) => j) }) : Promise.resolve([])))
-    return { results: Promise.all([earlier, ...calls]).then(([, ...r]) => (r as RemoteGrads[][]).flat()) }
+    const slots = this.nextSlots(ga)
+    const calls = mine.map((m, i) => (m.length || update ? this.call<RemoteGrads[]>(i, { kind: 'grads', ga, update, slots, weights: weights[i], jobs: m.map(({ worker: _w, ...j }) => j) }) : Promise.resolve([])))
+    return { results: Promise.all([earlier, ...calls]).then(([, ...r]) => (r as RemoteGrads[][]).flat()), slots }
   }
 
-  /** All-reduce mode: send each worker the micro-batch gradients it did not compute; it then steps its optimizer. */
-  peers(all: { a: number; worker: number; grads: SentGrad[] }[]): void {
+  /** All-reduce mode: tell each worker which slots hold micro-batches it did not compute; it then steps its optimizer. */
+  peers(slots: SharedArrayBuffer[], written: (Written & { worker: number })[]): void {
     this.threads.forEach((_, i) => {
-      const theirs = all.filter((g) => g.worker !== i + 1)
-      const copy = theirs.map((g) => ({ a: g.a, grads: g.grads.map((w) => ({ ...w, data: this.threads.length > 1 ? w.data.slice() : w.data })) }))
-      this.updating.push(this.call(i, { kind: 'peers', grads: copy }))
+      const theirs = written.filter((w) => w.worker !== i + 1).map(({ a, rows }) => ({ a, rows }))
+      if (theirs.length) this.updating.push(this.call(i, { kind: 'peers', slots, written: theirs }))
     })
   }
 
@@ -235,18 +255,23 @@ export interface Job {
 
 /**
  * The gradients of one optimizer step's micro-batches, each computed where `job.worker` says, returned in
- * micro-batch order (sum them with microbatch.ts `sumInOrder`). With `update` (all-reduce) every worker also gets
- * the micro-batch gradients it did not compute, and steps its own optimizer once it has them all.
+ * micro-batch order (sum them with microbatch.ts `sumInOrder`). Workers pass them through the step's gradient
+ * slots. With `update` (all-reduce) every worker also reads the micro-batches it did not compute, and steps its
+ * own optimizer once it has them all.
  */
 export async function stepGradients(model: Model, objective: Objective, pool: WorkerPool | undefined, jobs: Job[], o: { padId: number; ga: number; update?: Update }): Promise<{ grads: Map<string, tf.Tensor>[]; stats: BatchStats[] }> {
-  const remote = pool ? (await pool.grads(o.ga, jobs.filter((j) => j.worker !== 0), o.update)).results : Promise.resolve([])
+  const remote = pool ? await pool.grads(o.ga, jobs.filter((j) => j.worker !== 0), o.update) : undefined
   const results = new Map<number, { grads: Map<string, tf.Tensor>; stats: BatchStats }>()
-  for (const j of jobs.filter((j) => j.worker === 0)) results.set(j.a, await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, dropoutSeed: j.dropoutSeed }))
-  const job = (a: number) => jobs.find((j) => j.a === a)!
-  if (o.update) pool!.peers(await Promise.all([...results].map(async ([a, r]) => ({ a, worker: 0, grads: await exportGrads(r.grads, touchedRows(model, job(a).pairs, o.padId)) })))) // ours, to every worker now
-  const fromWorkers = await remote
-  if (o.update && pool!.size > 2) pool!.peers(fromWorkers.map((r) => ({ a: r.a, worker: job(r.a).worker, grads: r.grads.map((g) => ({ ...g, data: g.data.slice() })) })))
-  for (const r of fromWorkers) results.set(r.a, { grads: importGrads(model, r.grads), stats: r.stats })
+  const local = jobs.filter((j) => j.worker === 0)
+  for (const j of local) results.set(j.a, await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, dropoutSeed: j.dropoutSeed }))
+  if (remote) {
+    const { slots } = remote
+    const job = (a: number) => jobs.find((j) => j.a === a)!
+    if (o.update) pool!.peers(slots, await Promise.all(local.map(async (j) => ({ a: j.a, worker: 0, rows: await writeGrads(model, results.get(j.a)!.grads, touchedRows(model, j.pairs, o.padId), slots[j.a]!) })))) // ours, for every worker now
+    const fromWorkers = await remote.results
+    if (o.update && pool!.size > 2) pool!.peers(slots, fromWorkers.map((r) => ({ a: r.a, rows: r.rows, worker: job(r.a).worker })))
+    for (const r of fromWorkers) results.set(r.a, { grads: readGrads(model, slots[r.a]!, r.rows), stats: r.stats })
+  }
   const inOrder = jobs.map((j) => results.get(j.a)!)
   return { grads: inOrder.map((r) => r.grads), stats: inOrder.map((r) => r.stats) }
 }
