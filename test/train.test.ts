@@ -125,6 +125,12 @@ test('dry run: step counts and a memory plan — 7B zephyr-lora fits an 80 GB GP
   assert.match(r.plan!, /^full\*.* no$/m)
   assert.match(r.plan!, /^lora .* yes$/m)
   assert.not.ok(existsSync(join(work, 'dry')))
+  // two workers, GA 2 (all-reduce): the other replica holds its own optimizer state; slots are 2·GA gradient sets
+  const w2 = await train({ stage: 'dpo', recipe: recipe(...base(join(work, 'dry'), 'model.policy=preset:mistral-7b', 'dpo.max_length=1024', 'dpo.per_device_train_batch_size=1')), quiet: true, dryRun: true, workers: 2 })
+  const [, main, other, slots, total] = (w2.plan!.match(/^workers: 2 \(requested\) · main ([\d.]+) GB · each other worker ([\d.]+) GB \(a replica with its own optimizer state\) · gradient slots ([\d.]+) GB \(shared\) · total ([\d.]+) GB$/m) ?? []).map(Number)
+  assert.is(slots, 115.87) // 2 · GA 2 · 7241.7M trainable · 4 bytes
+  assert.is(other, main) // precomputed reference: nothing only the main thread holds
+  assert.ok(Math.abs(main! + other! + slots! - total!) < 0.02, `${main} + ${other} + ${slots} != ${total}`)
   // without --dry-run a 7B preset (random weights) is refused before anything is allocated
   await rejects(() => train({ stage: 'dpo', recipe: recipe(...base(join(work, 'dry7b'), 'model.policy=preset:mistral-7b')), quiet: true }), /would train 7\.2B random weights; point model\.policy at an SFT checkpoint/)
 })

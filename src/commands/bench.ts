@@ -16,7 +16,7 @@ import { initModel } from '../model/weights.ts'
 import { dpoObjective, type Layout } from '../preference/objective.ts'
 import { isTokenized, pairTokens, tokenizedPair } from '../preference/pairs.ts'
 import { ADAMW_DEFAULTS, Optimizer } from '../train/optim.ts'
-import { applyUpdate, microBatchGrads, sumInOrder } from '../train/microbatch.ts'
+import { applyUpdate, microBatchGrads } from '../train/microbatch.ts'
 import { WorkerPool, stepGradients, workerCount, workerInit } from '../train/workers.ts'
 
 export interface BenchArgs {
@@ -69,7 +69,7 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     const parts = Array.from({ length: W }, (_, w) => [Math.floor((w * chunk.length) / W), Math.floor(((w + 1) * chunk.length) / W)] as const)
     const jobs = parts.map(([b, e], w) => ({ a: w, worker: w, pairs: chunk.slice(b, e), ref: { chosen: ref.chosen.slice(b, e), rejected: ref.rejected.slice(b, e) }, dropoutSeed: 0 }))
     const { grads, stats } = await stepGradients(model, objective, pool, jobs, { padId: 0, ga: W, update: pool ? { lr: LR, maxNorm: 0 } : undefined })
-    await update(sumInOrder(model, grads))
+    await update(grads)
     return { chunk, packed: stats[0]!.packed ?? false }
   }
   // the profiled step runs here alone (tf.profile times this thread's kernels)

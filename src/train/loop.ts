@@ -25,7 +25,7 @@ import { RunLog, Window, mean, round4, type Row } from './log.ts'
 import { Optimizer, lrLambda, type OptimConfig } from './optim.ts'
 import type { TrainerArgs } from './schema.ts'
 import { microBatchStream } from './sampler.ts'
-import { applyUpdate, dropoutSeed, sumInOrder } from './microbatch.ts'
+import { applyUpdate, dropoutSeed } from './microbatch.ts'
 import { WorkerPool, stepGradients, workerCount, workerInit, type Update } from './workers.ts'
 import { claimRunDir, watchSignals } from './rundir.ts'
 
@@ -160,8 +160,7 @@ async function accumulate(run: Run, model: Model, refs: References | undefined, 
     const idx = nextBatch(k)
     return { a, worker: a % n, pairs: idx.map((i) => run.data.train.pairs[i]!), ref: await refs?.train.logps(idx), dropoutSeed: dropoutSeed(run.args.seed, k) }
   }))
-  const { grads, stats: batches } = await stepGradients(model, run.objective, pool, jobs, { padId: run.tok.padId, ga, update })
-  const acc = sumInOrder(model, grads)
+  const { grads: acc, stats: batches } = await stepGradients(model, run.objective, pool, jobs, { padId: run.tok.padId, ga, update })
   const bad = batches.findIndex((b) => !Number.isFinite(b.loss))
   if (bad >= 0) {
     tf.dispose([...acc.values()])

@@ -31,21 +31,49 @@ export async function microBatchGrads(model: Model, objective: Objective, pairs:
 }
 
 /**
- * Sum per-micro-batch gradients in micro-batch order (the same additions on every replica), parameter by
- * parameter in the model's order; the inputs are disposed.
+ * The sum of a step's micro-batch gradients, added in micro-batch order whatever order they come in: the additions
+ * a single worker makes (parameter by parameter, in the model's order), so every replica and every worker count
+ * gets the same bits. A micro-batch is added once all before it are in, so only early ones are held: one worker
+ * keeps two gradient sets, not GA. Added tensors are disposed.
  */
-export function sumInOrder(model: Model, perMicroBatch: Map<string, tf.Tensor>[]): Map<string, tf.Tensor> {
-  const acc = new Map<string, tf.Tensor>()
-  const names = trainableParams(model).map(([name]) => name)
-  for (const grads of perMicroBatch) {
-    for (const name of names) {
-      const g = grads.get(name)!
-      const prev = acc.get(name)
-      acc.set(name, prev ? tf.add(prev, g) : g)
-      if (prev) tf.dispose([prev, g])
+export class OrderedSum {
+  private acc: Map<string, tf.Tensor> | undefined
+  private readonly early = new Map<number, Map<string, tf.Tensor>>()
+  /** how many micro-batches are in the sum */
+  added = 0
+
+  constructor(private readonly model: Model) {}
+
+  add(a: number, grads: Map<string, tf.Tensor>): void {
+    this.early.set(a, grads)
+    for (let g = this.early.get(this.added); g; g = this.early.get(this.added)) {
+      this.early.delete(this.added++)
+      const acc = this.acc
+      if (!acc) {
+        this.acc = g
+        continue
+      }
+      for (const [name] of trainableParams(this.model)) {
+        const [prev, next] = [acc.get(name)!, g.get(name)!]
+        acc.set(name, tf.add(prev, next))
+        tf.dispose([prev, next])
+      }
     }
   }
-  return acc
+
+  /** The sum of micro-batches [0, added); the caller owns it. */
+  take(): Map<string, tf.Tensor> {
+    if (!this.acc || this.early.size) throw new Error(`OrderedSum: micro-batch ${this.added} missing`)
+    const acc = this.acc
+    this.acc = undefined
+    return acc
+  }
+
+  dispose(): void {
+    for (const m of [this.acc, ...this.early.values()]) if (m) tf.dispose([...m.values()])
+    this.acc = undefined
+    this.early.clear()
+  }
 }
 
 /**

@@ -144,15 +144,23 @@ export function dryRunReport(run: Run): string {
     counts(`eval (${data.eval.file})`, data.eval.stats),
     `${schedule.maxSteps} optimizer steps (${schedule.microPerEpoch} micro-batches/epoch, global batch ${args.per_device_train_batch_size * args.gradient_accumulation_steps}), warmup ${schedule.warmup}`,
     formatPlan(plan),
-    workersLine(plan.rows.find((r) => r.mode === (v.lora.enabled ? 'lora' : 'full'))!, workerCount(o.workers ?? 1, run.backend)),
+    workersLine(plan.rows.find((r) => r.mode === (v.lora.enabled ? 'lora' : 'full'))!, args.gradient_accumulation_steps, workerCount(o.workers ?? 1, run.backend)),
   ].join('\n')
 }
 
-/** Memory with data-parallel workers: the main thread holds the optimizer; each other worker a replica without it. */
-function workersLine(row: PlanRow, w: { n: number; why: string }): string {
+/**
+ * Memory with data-parallel workers (workers.ts). GA >= 2 (all-reduce): every replica holds the weights, its own
+ * optimizer state, activations and the running sum plus one micro-batch's gradients; the gradient slots (two sets of
+ * GA) are shared. GA 1: only this thread trains; the others hold the weights, to score and evaluate with.
+ */
+function workersLine(row: PlanRow, ga: number, w: { n: number; why: string }): string {
   const gb = (x: number) => `${(x / 1e9).toFixed(2)} GB`
-  const replica = row.weights + row.gradients + row.reference + row.activations
-  return `workers: ${w.n} (${w.why}) · main ${gb(row.total)}${w.n > 1 ? ` · each other worker ${gb(replica)} (a replica, no optimizer state) · total ${gb(row.total + (w.n - 1) * replica)}` : ''}`
+  const main = row.total + row.gradients // the running sum and the micro-batch being added
+  if (w.n === 1) return `workers: 1 (${w.why}) · ${gb(main)}`
+  const allReduce = ga >= 2
+  const replica = allReduce ? main - row.reference : row.weights + row.activations // a frozen reference stays here
+  const slots = allReduce ? 2 * ga * row.gradients : 0
+  return `workers: ${w.n} (${w.why}) · main ${gb(main)} · each other worker ${gb(replica)} (${allReduce ? 'a replica with its own optimizer state' : 'weights only: GA 1 trains here'})${slots ? ` · gradient slots ${gb(slots)} (shared)` : ''} · total ${gb(main + (w.n - 1) * replica + slots)}`
 }
 
 /** The starting policy, with LoRA adapters added (base frozen) when the recipe enables them. */

@@ -13,25 +13,22 @@ import type { Model } from '../model/mistral.ts'
 import { dpoObjective, evalBatch, sftObjective, type Objective } from '../preference/objective.ts'
 import { pairLogps } from '../preference/reference.ts'
 import type { Update, WorkerInit, WorkerRequest } from './workers.ts'
-import { applyUpdate, microBatchGrads, readGrads, sumInOrder, touchedRows, writeGrads } from './microbatch.ts'
+import { OrderedSum, applyUpdate, microBatchGrads, readGrads, touchedRows, writeGrads } from './microbatch.ts'
 import { Optimizer } from './optim.ts'
 
 let model: Model | undefined
 let objective: Objective | undefined
 let padId = 0
 let opt: Optimizer | undefined
-/** all-reduce mode: this step's micro-batch gradients by index, until all GA are here */
-const held = new Map<number, Map<string, tf.Tensor>>()
-let pending: { ga: number; update: Update } | undefined
+/** all-reduce mode: this step's update, and the sum of its micro-batch gradients until all GA are in */
+let pending: { ga: number; update: Update; sum: OrderedSum } | undefined
 
-/** Once every micro-batch's gradients are here: sum in order, clip, step the optimizer replica (as the main thread). */
+/** Once every micro-batch's gradients are in the sum: clip, step the optimizer replica (as the main thread). */
 async function maybeUpdate(): Promise<number | undefined> {
-  if (!pending || held.size < pending.ga) return undefined
-  const grads = sumInOrder(model!, Array.from({ length: pending.ga }, (_, a) => held.get(a)!))
-  held.clear()
-  const { lr, maxNorm } = pending.update
+  if (!pending || pending.sum.added < pending.ga) return undefined
+  const { update: { lr, maxNorm }, sum } = pending
   pending = undefined
-  return applyUpdate(model!, opt!, grads, lr, maxNorm)
+  return applyUpdate(model!, opt!, sum.take(), lr, maxNorm)
 }
 
 function build(init: WorkerInit): void {
@@ -60,19 +57,19 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
       return { value: true, transfer: [] }
     case 'grads': {
       setWeights(req.weights)
-      if (req.update) pending = { ga: req.ga, update: req.update }
+      if (req.update) pending = { ga: req.ga, update: req.update, sum: new OrderedSum(model!) }
       const out = []
       for (const j of req.jobs) {
         const { grads, stats } = await microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, dropoutSeed: j.dropoutSeed })
         const rows = await writeGrads(model!, grads, touchedRows(model!, j.pairs, padId), req.slots[j.a]!)
-        if (req.update) held.set(j.a, grads)
+        if (pending) pending.sum.add(j.a, grads)
         else tf.dispose([...grads.values()])
         out.push({ a: j.a, rows, stats })
       }
       return { value: out, transfer: [] }
     }
     case 'peers':
-      for (const w of req.written) held.set(w.a, readGrads(model!, req.slots[w.a]!, w.rows))
+      for (const w of req.written) pending!.sum.add(w.a, readGrads(model!, req.slots[w.a]!, w.rows))
       return { value: (await maybeUpdate()) ?? null, transfer: [] }
     case 'sync': {
       setWeights(req.weights)

@@ -3,7 +3,7 @@
  * tfjs backend and a replica of the model. What is spread, and why the numbers never depend on N:
  *   - a training step's GA micro-batches: micro-batch a runs on worker a mod N. With two or more micro-batches a
  *     step (all-reduce), every replica also holds the optimizer: each gets the gradients it did not compute, sums
- *     all of them in micro-batch order (microbatch.ts `sumInOrder`, the additions a single worker makes), clips and
+ *     all of them in micro-batch order (microbatch.ts `OrderedSum`, the additions a single worker makes), clips and
  *     steps — the same update on the same backend, so the replicas stay bit-identical without sending weights.
  *     With one micro-batch a step, only the main thread trains and the weights go out lazily, when a worker is
  *     next asked for something (eval).
@@ -20,7 +20,7 @@ import { evalBatch, type BatchStats, type DpoOptions, type Layout, type Objectiv
 import type { PairIds } from '../preference/pairs.ts'
 import { pairLogps, type PairLogps } from '../preference/reference.ts'
 import * as tf from '@tensorflow/tfjs'
-import { microBatchGrads, readGrads, slotFloats, touchedRows, trainableParams, writeGrads } from './microbatch.ts'
+import { OrderedSum, microBatchGrads, readGrads, slotFloats, touchedRows, trainableParams, writeGrads } from './microbatch.ts'
 import type { OptimConfig, Optimizer } from './optim.ts'
 
 export interface WorkerInit {
@@ -254,24 +254,30 @@ export interface Job {
 }
 
 /**
- * The gradients of one optimizer step's micro-batches, each computed where `job.worker` says, returned in
- * micro-batch order (sum them with microbatch.ts `sumInOrder`). Workers pass them through the step's gradient
- * slots. With `update` (all-reduce) every worker also reads the micro-batches it did not compute, and steps its
- * own optimizer once it has them all.
+ * The summed gradients of one optimizer step: its micro-batches, each computed where `job.worker` says, added in
+ * micro-batch order (microbatch.ts `OrderedSum`), and their stats in that order. Workers pass gradients through
+ * the step's slots. With `update` (all-reduce) every worker also reads the micro-batches it did not compute, and
+ * steps its own optimizer once it has them all.
  */
-export async function stepGradients(model: Model, objective: Objective, pool: WorkerPool | undefined, jobs: Job[], o: { padId: number; ga: number; update?: Update }): Promise<{ grads: Map<string, tf.Tensor>[]; stats: BatchStats[] }> {
+export async function stepGradients(model: Model, objective: Objective, pool: WorkerPool | undefined, jobs: Job[], o: { padId: number; ga: number; update?: Update }): Promise<{ grads: Map<string, tf.Tensor>; stats: BatchStats[] }> {
   const remote = pool ? await pool.grads(o.ga, jobs.filter((j) => j.worker !== 0), o.update) : undefined
-  const results = new Map<number, { grads: Map<string, tf.Tensor>; stats: BatchStats }>()
-  const local = jobs.filter((j) => j.worker === 0)
-  for (const j of local) results.set(j.a, await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, dropoutSeed: j.dropoutSeed }))
-  if (remote) {
-    const { slots } = remote
-    const job = (a: number) => jobs.find((j) => j.a === a)!
-    if (o.update) pool!.peers(slots, await Promise.all(local.map(async (j) => ({ a: j.a, worker: 0, rows: await writeGrads(model, results.get(j.a)!.grads, touchedRows(model, j.pairs, o.padId), slots[j.a]!) })))) // ours, for every worker now
-    const fromWorkers = await remote.results
-    if (o.update && pool!.size > 2) pool!.peers(slots, fromWorkers.map((r) => ({ a: r.a, rows: r.rows, worker: job(r.a).worker })))
-    for (const r of fromWorkers) results.set(r.a, { grads: readGrads(model, slots[r.a]!, r.rows), stats: r.stats })
+  const sum = new OrderedSum(model)
+  const stats = new Map<number, BatchStats>()
+  try {
+    for (const j of jobs.filter((j) => j.worker === 0)) {
+      const r = await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, dropoutSeed: j.dropoutSeed })
+      if (o.update) pool!.peers(remote!.slots, [{ a: j.a, worker: 0, rows: await writeGrads(model, r.grads, touchedRows(model, j.pairs, o.padId), remote!.slots[j.a]!) }]) // ours, for every worker now
+      sum.add(j.a, r.grads)
+      stats.set(j.a, r.stats)
+    }
+    if (remote) {
+      const fromWorkers = await remote.results
+      if (o.update && pool!.size > 2) pool!.peers(remote.slots, fromWorkers.map((r) => ({ a: r.a, rows: r.rows, worker: jobs.find((j) => j.a === r.a)!.worker })))
+      for (const r of fromWorkers) (sum.add(r.a, readGrads(model, remote.slots[r.a]!, r.rows)), stats.set(r.a, r.stats))
+    }
+    return { grads: sum.take(), stats: jobs.map((j) => stats.get(j.a)!) }
+  } catch (e) {
+    sum.dispose()
+    throw e
   }
-  const inOrder = jobs.map((j) => results.get(j.a)!)
-  return { grads: inOrder.map((r) => r.grads), stats: inOrder.map((r) => r.stats) }
 }
