@@ -4,12 +4,24 @@
 # ~128 prompt + ~128 completion tokens, 4 pairs per step. Installs Debian's python3-torch and libopenblas0-pthread
 # (the strong peer: reference BLAS is ~10x slower) when missing; needs root for apt-get.
 # Usage: bash bench/dpo.sh [steps]     Targets: align (default workers) pairs/s >= 1.3x PyTorch; 1 -> 2 workers >= 1.7x.
+# Also printed: two separate one-worker processes side by side (half the pairs each): what two cores give this step
+# with nothing shared, the ceiling for the workers on this machine.
 steps=5
 source "$(dirname "$0")/lib.sh"
-align=$(bench --layout packed)                        # what align train runs: default workers (auto: every core)
-echo "$align"
-one=$(bench --layout packed --workers 1 --profile)    # one worker: the scaling, and matMul efficiency in the step
-echo "$one"
+# default workers, each step followed by the same pairs on one worker (--paired: a second policy on the main thread,
+# timed apart), in two runs: this VM's speed drifts by 10-40 % over minutes, and steps next to each other in time
+# give the 1 -> N scaling without the drift
+align=()
+for round in 1 2; do
+  align+=("$(bench --layout packed --paired $([ "$round" = 1 ] && echo --profile))") # what align train runs: default workers (auto: every core); matMul efficiency in the step
+  echo "${align[-1]}"
+done
+# the ceiling for the workers: two separate one-worker processes side by side, half the pairs each, nothing shared
+batch_pairs=2 bench --layout packed --workers 1 > bench/out/side-a.json & first=$!
+batch_pairs=2 bench --layout packed --workers 1 > bench/out/side-b.json
+wait "$first"
+side=$(node -e 'const [a, b] = process.argv.slice(1).map((f) => JSON.parse(require("fs").readFileSync(f, "utf8"))); console.log(JSON.stringify({ bench: "dpo", side_by_side: 2, pairs_per_second: +(a.pairs_per_second + b.pairs_per_second).toFixed(3) }))' bench/out/side-a.json bench/out/side-b.json)
+echo "$side"
 concat=$(bench --layout concatenated)                 # TRL's layout, 2n rows: the packing's saving
 echo "$concat"
 if ! /usr/bin/python3 -c 'import torch' 2>/dev/null || ! dpkg -s libopenblas0-pthread >/dev/null 2>&1; then
@@ -22,4 +34,10 @@ echo "machine: $(machine) · OpenBLAS core ${blas} · align wasm, one thread per
 # this machine sets OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for old numpy builds; they slow a current OpenBLAS
 torch=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 bench/dpo_torch.py bench/out/pairs-128.jsonl 4 "$steps")
 echo "$torch"
-node -e 'const [a, o, c, t] = process.argv.slice(1).map((s) => JSON.parse(s)); const r = (x) => (x.pairs_per_second / t.pairs_per_second).toFixed(2); console.log(`align/pytorch pairs/s: ${r(a)}x packed with ${a.workers} workers, ${r(o)}x with 1, ${r(c)}x concatenated (${a.backend} ${a.pairs_per_second} / ${o.pairs_per_second} / ${c.pairs_per_second} vs ${t.pairs_per_second}); workers 1 -> ${a.workers}: ${(a.pairs_per_second / o.pairs_per_second).toFixed(2)}x; matMul in step ${o.matmul_gflops_in_step} GFLOP/s = ${o.matmul_efficiency} of plain; on ${new Date().toISOString().slice(0, 10)}`)' "$align" "$one" "$concat" "$torch"
+node -e '
+const [a1, a2, side, c, t] = process.argv.slice(1).map((s) => JSON.parse(s))
+const mean = (k) => (a1[k] + a2[k]) / 2
+const [a, o] = [mean("pairs_per_second"), mean("one_worker_pairs_per_second")]
+const r = (x) => (x / t.pairs_per_second).toFixed(2)
+console.log(`align/pytorch pairs/s: ${r(a)}x packed with ${a1.workers} workers, ${r(o)}x with 1, ${r(c.pairs_per_second)}x concatenated (${a1.backend} ${a.toFixed(3)} / ${o.toFixed(3)} / ${c.pairs_per_second} vs ${t.pairs_per_second}); workers 1 -> ${a1.workers}: ${(a / o).toFixed(2)}x (runs ${a1.workers_scaling}x, ${a2.workers_scaling}x); two 1-worker processes side by side ${side.pairs_per_second} pairs/s, ${a1.workers} workers ${(a / side.pairs_per_second).toFixed(2)} of that; matMul in step ${a1.matmul_gflops_in_step} GFLOP/s = ${a1.matmul_efficiency} of plain; on ${new Date().toISOString().slice(0, 10)}`)
+' "${align[0]}" "${align[1]}" "$side" "$concat" "$torch"

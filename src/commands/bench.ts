@@ -11,7 +11,7 @@ import { readRows } from '../rows.ts'
 import { Rng } from '../rng.ts'
 import { initBackend } from '../model/backend.ts'
 import { PRESETS, parseConfig } from '../model/config.ts'
-import { disposeModel } from '../model/mistral.ts'
+import { disposeModel, type Model } from '../model/mistral.ts'
 import { initModel } from '../model/weights.ts'
 import { dpoObjective, type Layout } from '../preference/objective.ts'
 import { isTokenized, pairTokens, tokenizedPair } from '../preference/pairs.ts'
@@ -32,6 +32,8 @@ export interface BenchArgs {
   profile?: boolean
   /** data-parallel workers: the step's pairs split into one micro-batch per worker */
   workers?: number | 'auto'
+  /** with workers: after each step, the same pairs on this thread alone (a second policy), timed apart */
+  paired?: boolean
 }
 
 export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
@@ -53,9 +55,12 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   const pool = await WorkerPool.start(workers.n, model, () => workerInit(model, backend.active, objective, dpo, 0, ADAMW_DEFAULTS, a.layout))
   const W = pool?.size ?? 1
   const LR = 1e-6
-  const update = async (grads: Map<string, tf.Tensor>) => {
-    await applyUpdate(model, opt, grads, LR, 0) // every replica makes the same update (all-reduce), as align train with GA >= 2
-    const done = tf.tidy(() => tf.sum(model.params.get('model.norm.weight')!))
+  // --paired: a second policy, trained on this thread alone, steps right after each step of the workers on the same
+  // pairs: this VM's speed drifts over minutes, and steps next to each other in time give the scaling without it
+  const solo: Trainer | undefined = a.paired && pool ? { model: initModel(config, Rng.fromKey('bench')), opt: new Optimizer(ADAMW_DEFAULTS) } : undefined
+  const update = async (t: Trainer, grads: Map<string, tf.Tensor>) => {
+    await applyUpdate(t.model, t.opt, grads, LR, 0) // every replica makes the same update (all-reduce), as align train with GA >= 2
+    const done = tf.tidy(() => tf.sum(t.model.params.get('model.norm.weight')!))
     await done.data() // wait for the update on async backends (a scalar readback)
     done.dispose()
   }
@@ -63,13 +68,14 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     const idx = Array.from({ length: a.batchPairs }, (_, j) => (s * a.batchPairs + j) % pairs.length)
     return { chunk: idx.map((i) => pairs[i]!), ref: { chosen: idx.map((i) => refC[i]!), rejected: idx.map((i) => refR[i]!) } }
   }
-  // one optimizer step of batchPairs pairs: W micro-batches (one per worker), gradients summed in order
-  const step = async (s: number) => {
+  // one optimizer step of batchPairs pairs: one micro-batch per worker, gradients summed in order
+  const step = async (s: number, t: Trainer) => {
     const { chunk, ref } = pairsOf(s)
-    const parts = Array.from({ length: W }, (_, w) => [Math.floor((w * chunk.length) / W), Math.floor(((w + 1) * chunk.length) / W)] as const)
+    const n = t.pool?.size ?? 1
+    const parts = Array.from({ length: n }, (_, w) => [Math.floor((w * chunk.length) / n), Math.floor(((w + 1) * chunk.length) / n)] as const)
     const jobs = parts.map(([b, e], w) => ({ a: w, worker: w, pairs: chunk.slice(b, e), ref: { chosen: ref.chosen.slice(b, e), rejected: ref.rejected.slice(b, e) }, dropoutSeed: 0 }))
-    const { grads, stats } = await stepGradients(model, objective, pool, jobs, { padId: 0, ga: W, update: pool ? { lr: LR, maxNorm: 0 } : undefined })
-    await update(grads)
+    const { grads, stats } = await stepGradients(t.model, objective, t.pool, jobs, { padId: 0, ga: n, update: t.pool ? { lr: LR, maxNorm: 0 } : undefined })
+    await update(t, grads)
     return { chunk, packed: stats[0]!.packed ?? false }
   }
   // the profiled step runs here alone (tf.profile times this thread's kernels)
@@ -80,16 +86,20 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     tf.dispose([...g.values()])
   }
   let timed = 0
+  let timedSolo = 0
   let packedSteps = 0
   let tokens = 0
   let pairsDone = 0
   const tensorsAfter: number[] = []
   for (let s = 0; s < a.warmup + a.steps; s++) {
     const t0 = performance.now()
-    const { chunk, packed } = await step(s)
+    const { chunk, packed } = await step(s, { model, opt, pool })
+    const t1 = performance.now()
+    if (solo) await step(s, solo)
     if (s >= a.warmup) {
       packedSteps += packed ? 1 : 0
-      timed += performance.now() - t0
+      timed += t1 - t0
+      timedSolo += solo ? performance.now() - t1 : 0
       tokens += chunk.reduce((x, p) => x + pairTokens(p), 0)
       pairsDone += chunk.length
       tensorsAfter.push(tf.memory().numTensors)
@@ -97,15 +107,22 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   }
   const mm = a.profile ? await matMulThroughput((r) => localStep(a.warmup + a.steps + r)) : undefined
   await pool?.close()
-  disposeModel(model)
-  opt.dispose()
+  for (const t of [{ model, opt }, ...(solo ? [solo] : [])]) (disposeModel(t.model), t.opt.dispose())
   const secs = timed / 1000
+  const paired = solo && { one_worker_pairs_per_second: +(pairsDone / (timedSolo / 1000)).toFixed(3), one_worker_step_ms: Math.round(timedSolo / a.steps), workers_scaling: +(timedSolo / timed).toFixed(2) }
   return {
     bench: 'dpo', backend: backend.active, workers: W, model: a.model, layout: a.layout, packed_steps: packedSteps, // of the timed steps
     batch_pairs: a.batchPairs, steps: a.steps,
     pairs_per_second: +(pairsDone / secs).toFixed(3), tokens_per_second: Math.round(tokens / secs), step_ms: Math.round(timed / a.steps),
-    peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024), tensors_flat: new Set(tensorsAfter).size === 1, ...mm,
+    peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024), tensors_flat: new Set(tensorsAfter).size === 1, ...paired, ...mm,
   }
+}
+
+/** A policy, its optimizer, and the workers holding its replicas (none: this thread alone). */
+interface Trainer {
+  model: Model
+  opt: Optimizer
+  pool?: WorkerPool
 }
 
 /**
