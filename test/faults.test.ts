@@ -72,16 +72,25 @@ test('a fresh run into a used output_dir is refused with its files untouched; ov
 
 test('two runs on one output_dir at once: exactly one is refused, naming the other', async () => {
   const out = join(work, 'twice')
-  const start = () => new Promise<{ code: number | null; stderr: string }>((res) => {
-    const c = spawn(process.execPath, [...CLI, ...cliTrain(out, 'dpo.max_steps=40', 'dpo.save_steps=0', 'dpo.eval_steps=0')], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] })
+  // long runs, so that the winner still holds the directory whenever the loser gets to it (a short run could end
+  // first and leave a finished run, refused with another message); the winner is stopped with Ctrl-C after it
+  const runs = [0, 1].map(() => {
+    const child = spawn(process.execPath, [...CLI, ...cliTrain(out, 'dpo.max_steps=100000', 'dpo.save_steps=0', 'dpo.eval_steps=0')], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] })
     let stderr = ''
-    c.stderr.on('data', (d) => (stderr += d))
-    c.on('exit', (code) => res({ code, stderr }))
+    child.stderr.on('data', (d) => (stderr += d))
+    return { child, done: new Promise<{ code: number | null; stderr: string }>((res) => child.on('exit', (code) => res({ code, stderr }))) }
   })
-  const results = await Promise.all([start(), start()])
-  const refused = results.filter((r) => r.code !== 0)
-  assert.is(refused.length, 1, results.map((r) => r.stderr).join('\n---\n'))
-  assert.match(refused[0]!.stderr, /being written by another align run \(pid \d+/)
+  const neither = new Promise<{ code: string; stderr: string; i: number }>((res) => setTimeout(() => res({ code: 'none refused within 120 s', stderr: '', i: -1 }), 120_000).unref())
+  const loser = await Promise.race([...runs.map((r, i) => r.done.then((x) => ({ ...x, i }))), neither])
+  if (loser.i < 0) for (const r of runs) r.child.kill('SIGKILL')
+  assert.is(loser.code, 1, loser.stderr)
+  assert.match(loser.stderr, /being written by another align run \(pid \d+/)
+  const winner = runs[1 - loser.i]!
+  const metrics = join(out, 'metrics.jsonl') // Ctrl-C once it trains (before the loop a signal just ends the process)
+  for (let i = 0; i < 600 && !(existsSync(metrics) && readFileSync(metrics, 'utf8').trim().length > 0); i++) await new Promise((r) => setTimeout(r, 100))
+  winner.child.kill('SIGINT')
+  const w = await winner.done
+  assert.is(w.code, 130, w.stderr)
   assert.not.ok(existsSync(join(out, '.align.lock')), 'the lock is released')
 })
 
