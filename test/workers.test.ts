@@ -87,7 +87,7 @@ test('gradient slots: gradients come back bit for bit, the embedding sent as its
     return [name, tf.tidy(() => (embed ? tf.scatterND(tf.tensor2d(rows, [rows.length, 1], 'int32'), values([rows.length, p.shape[1]!]), p.shape) : values(p.shape)))]
   }))
   const slot = new SharedArrayBuffer(slotFloats(model) * 4)
-  assert.is(await writeGrads(model, grads, rows, slot), rows)
+  await writeGrads(model, grads, rows, slot)
   const back = readGrads(model, slot, rows)
   for (const [name, g] of grads) {
     const [a, b] = [new Uint32Array((await g.data() as Float32Array).buffer), new Uint32Array((await back.get(name)!.data() as Float32Array).buffer)]

@@ -68,7 +68,7 @@ export function checkTensorBytes(what: string, bytes: number, fix: string): void
 /**
  * Copy a float32 tensor's values into `out`, a buffer the caller keeps and reuses. wasm copies straight from its
  * heap; other backends read, then copy. What this saves: a read returns a fresh array, and on the VMs we measure
- * on, first touching fresh memory costs ~3 ms per MiB (page faults) — 0.2–0.5 s a step for the 76 MB of gradients
+ * on, first touching fresh memory costs ~3 ms per MiB (page faults) — up to ~0.55 s a step for the 76 MB of gradients
  * two workers exchange, against ~10 ms to copy into memory already touched (README "Workers").
  */
 export async function readInto(t: tf.Tensor, out: Float32Array): Promise<void> {

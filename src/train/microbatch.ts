@@ -1,7 +1,11 @@
 /**
- * One micro-batch's gradients: the objective's loss scaled by 1/GA, differentiated with respect to the trainable
- * parameters, with LoRA dropout seeded by the micro-batch's place in the stream. The same function runs in the
- * main thread and in every worker (workers.ts), so a micro-batch gives the same bits wherever it runs.
+ * A training step in parts, the same in the main thread and in every worker (workers.ts), so a micro-batch gives the
+ * same bits wherever it runs:
+ *   microBatchGrads   one micro-batch's gradients: the loss scaled by 1/GA, differentiated with respect to the
+ *                     trainable parameters, LoRA dropout seeded by the micro-batch's place in the stream
+ *   OrderedSum        the step's sum, added in micro-batch order
+ *   applyUpdate       clip, then the optimizer's step
+ *   writeGrads / readGrads   a micro-batch's gradients through a slot shared between replicas
  */
 import * as tf from '@tensorflow/tfjs'
 import { withAdapters } from '../model/lora.ts'
@@ -108,8 +112,8 @@ export function touchedRows(model: Model, pairs: PairIds[], padId: number): Int3
  */
 export const slotFloats = (model: Model) => trainableParams(model).reduce((n, [, p]) => n + p.size, 0)
 
-/** Write a micro-batch's gradients into `slot`; returns the embedding rows written (undefined: all of it, dense). */
-export async function writeGrads(model: Model, grads: Map<string, tf.Tensor>, rows: Int32Array | undefined, slot: SharedArrayBuffer): Promise<Int32Array | undefined> {
+/** Write a micro-batch's gradients into `slot`, the embedding's as `rows` only (touchedRows; undefined: dense). */
+export async function writeGrads(model: Model, grads: Map<string, tf.Tensor>, rows: Int32Array | undefined, slot: SharedArrayBuffer): Promise<void> {
   let at = 0
   for (const [name, p] of trainableParams(model)) {
     const g = grads.get(name)!
@@ -122,7 +126,6 @@ export async function writeGrads(model: Model, grads: Map<string, tf.Tensor>, ro
     }
     at += p.size
   }
-  return rows
 }
 
 /**

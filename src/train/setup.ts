@@ -155,7 +155,7 @@ export function dryRunReport(run: Run): string {
  */
 function workersLine(row: PlanRow, ga: number, w: { n: number; why: string }): string {
   const gb = (x: number) => `${(x / 1e9).toFixed(2)} GB`
-  const main = row.total + row.gradients // the running sum and the micro-batch being added
+  const main = row.total + (ga >= 2 ? row.gradients : 0) // with GA >= 2: the running sum and the micro-batch being added
   if (w.n === 1) return `workers: 1 (${w.why}) · ${gb(main)}`
   const allReduce = ga >= 2
   const replica = allReduce ? main - row.reference : row.weights + row.activations // a frozen reference stays here

@@ -61,7 +61,8 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
       const out = []
       for (const j of req.jobs) {
         const { grads, stats } = await microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, dropoutSeed: j.dropoutSeed })
-        const rows = await writeGrads(model!, grads, touchedRows(model!, j.pairs, padId), req.slots[j.a]!)
+        const rows = touchedRows(model!, j.pairs, padId)
+        await writeGrads(model!, grads, rows, req.slots[j.a]!)
         if (pending) pending.sum.add(j.a, grads)
         else tf.dispose([...grads.values()])
         out.push({ a: j.a, rows, stats })

@@ -187,8 +187,9 @@ export class WorkerPool {
     // a worker handles its messages in order, so earlier updates are done before this runs; they are awaited
     // only so that their errors surface here (taken after the await above, so a failure is never left unhandled)
     const earlier = Promise.all(this.updating.splice(0))
-    const slots = this.nextSlots(ga)
-    const calls = mine.map((m, i) => (m.length || update ? this.call<RemoteGrads[]>(i, { kind: 'grads', ga, update, slots, weights: weights[i], jobs: m.map(({ worker: _w, ...j }) => j) }) : Promise.resolve([])))
+    const asked = mine.map((m) => m.length > 0 || update !== undefined)
+    const slots = asked.some(Boolean) ? this.nextSlots(ga) : [] // one micro-batch a step: nothing passes between replicas
+    const calls = mine.map((m, i) => (asked[i] ? this.call<RemoteGrads[]>(i, { kind: 'grads', ga, update, slots, weights: weights[i], jobs: m.map(({ worker: _w, ...j }) => j) }) : Promise.resolve([])))
     return { results: Promise.all([earlier, ...calls]).then(([, ...r]) => (r as RemoteGrads[][]).flat()), slots }
   }
 
@@ -266,7 +267,11 @@ export async function stepGradients(model: Model, objective: Objective, pool: Wo
   try {
     for (const j of jobs.filter((j) => j.worker === 0)) {
       const r = await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, dropoutSeed: j.dropoutSeed })
-      if (o.update) pool!.peers(remote!.slots, [{ a: j.a, worker: 0, rows: await writeGrads(model, r.grads, touchedRows(model, j.pairs, o.padId), remote!.slots[j.a]!) }]) // ours, for every worker now
+      if (o.update) {
+        const rows = touchedRows(model, j.pairs, o.padId)
+        await writeGrads(model, r.grads, rows, remote!.slots[j.a]!)
+        pool!.peers(remote!.slots, [{ a: j.a, worker: 0, rows }]) // ours, for every worker now
+      }
       sum.add(j.a, r.grads)
       stats.set(j.a, r.stats)
     }
