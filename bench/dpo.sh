@@ -8,9 +8,10 @@
 # with nothing shared, the ceiling for the workers on this machine.
 steps=5
 source "$(dirname "$0")/lib.sh"
-# default workers, each step followed by the same pairs on one worker (--paired: a second policy on the main thread,
-# timed apart), in two runs: this VM's speed drifts by 10-40 % over minutes, and steps next to each other in time
-# give the 1 -> N scaling without the drift
+# default workers, each step followed by the same micro-batches on one worker (--paired: a second policy on the main
+# thread, what --workers 1 runs for the same recipe; its weights must stay bit-identical), then by the step's pairs as
+# one micro-batch on one worker (a third: the best one worker does), each timed apart, in two runs: this VM's speed
+# drifts by 10-40 % over minutes, and steps next to each other in time give the 1 -> N scaling without the drift
 align=()
 for round in 1 2; do
   align+=("$(bench --layout packed --paired $([ "$round" = 1 ] && echo --profile))") # what align train runs: default workers (auto: every core); matMul efficiency in the step
@@ -37,7 +38,8 @@ echo "$torch"
 node -e '
 const [a1, a2, side, c, t] = process.argv.slice(1).map((s) => JSON.parse(s))
 const mean = (k) => (a1[k] + a2[k]) / 2
-const [a, o] = [mean("pairs_per_second"), mean("one_worker_pairs_per_second")]
+const [a, o, w] = [mean("pairs_per_second"), mean("one_worker_pairs_per_second"), mean("one_micro_batch_pairs_per_second")]
+if (!a1.one_worker_same_weights || !a2.one_worker_same_weights) throw new Error("the workers and one worker trained different weights")
 const r = (x) => (x / t.pairs_per_second).toFixed(2)
-console.log(`align/pytorch pairs/s: ${r(a)}x packed with ${a1.workers} workers, ${r(o)}x with 1, ${r(c.pairs_per_second)}x concatenated (${a1.backend} ${a.toFixed(3)} / ${o.toFixed(3)} / ${c.pairs_per_second} vs ${t.pairs_per_second}); workers 1 -> ${a1.workers}: ${(a / o).toFixed(2)}x (runs ${a1.workers_scaling}x, ${a2.workers_scaling}x); two 1-worker processes side by side ${side.pairs_per_second} pairs/s, ${a1.workers} workers ${(a / side.pairs_per_second).toFixed(2)} of that; matMul in step ${a1.matmul_gflops_in_step} GFLOP/s = ${a1.matmul_efficiency} of plain; on ${new Date().toISOString().slice(0, 10)}`)
+console.log(`align/pytorch pairs/s: ${r(a)}x packed with ${a1.workers} workers, ${r(o)}x with 1, ${r(c.pairs_per_second)}x concatenated (${a1.backend} ${a.toFixed(3)} / ${o.toFixed(3)} / ${c.pairs_per_second} vs ${t.pairs_per_second}); workers 1 -> ${a1.workers}: ${(a / o).toFixed(2)}x, same micro-batches, same weights (runs ${a1.workers_scaling}x, ${a2.workers_scaling}x), ${(a / w).toFixed(2)}x against one worker with the step as one micro-batch (${w.toFixed(3)} pairs/s; runs ${a1.workers_scaling_vs_one_micro_batch}x, ${a2.workers_scaling_vs_one_micro_batch}x); two 1-worker processes side by side ${side.pairs_per_second} pairs/s, ${a1.workers} workers ${(a / side.pairs_per_second).toFixed(2)} of that; matMul in step ${a1.matmul_gflops_in_step} GFLOP/s = ${a1.matmul_efficiency} of plain; on ${new Date().toISOString().slice(0, 10)}`)
 ' "${align[0]}" "${align[1]}" "$side" "$concat" "$torch"

@@ -21,17 +21,20 @@ test('bench dpo on a 1-layer model: pairs/s, tokens/s counted once per pair, fla
   assert.ok((r.matmul_share_of_kernel_time as number) > 0 && (r.matmul_share_of_kernel_time as number) <= 1)
 })
 
-test('bench dpo --paired with 2 workers: the one-worker steps timed apart, and the scaling between them', async () => {
+test('bench dpo --paired with 2 workers: the one-worker steps timed apart, the scaling between them, the same weights', async () => {
   const dir = tmp()
   writeFileSync(join(dir, 'config.json'), JSON.stringify({ architectures: ['MistralForCausalLM'], vocab_size: 300, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1, rms_norm_eps: 1e-5, rope_theta: 10000, sliding_window: 64 }))
   writeFileSync(join(dir, 'pairs.jsonl'), [0, 1, 2, 3].map((i) => JSON.stringify({ prompt_ids: [1, 5 + i, 7, 9], chosen_ids: [11, 12, 2], rejected_ids: [13, 2] })).join('\n'))
   const r = await benchDpo({ model: join(dir, 'config.json'), pairs: join(dir, 'pairs.jsonl'), batchPairs: 4, steps: 2, warmup: 1, backend: 'wasm', layout: 'packed', workers: 2, paired: true })
   assert.is(r.workers, 2)
   assert.is(r.tensors_flat, true)
+  assert.is(r.one_worker_same_weights, true) // the same micro-batches on one worker: the same weights, bit for bit
   const [two, one] = [r.pairs_per_second as number, r.one_worker_pairs_per_second as number]
   assert.ok(two > 0 && one > 0)
   assert.ok(Math.abs((r.workers_scaling as number) - two / one) < 0.02, `${r.workers_scaling} vs ${two / one}`)
   assert.ok(Math.abs((r.one_worker_step_ms as number) - 4000 / one) < 2) // 4 pairs a step
+  const whole = r.one_micro_batch_pairs_per_second as number // the 4 pairs as one micro-batch on one worker
+  assert.ok(whole > 0 && Math.abs((r.workers_scaling_vs_one_micro_batch as number) - two / whole) < 0.02, `${r.workers_scaling_vs_one_micro_batch} vs ${two / whole}`)
   const plain = await benchDpo({ model: join(dir, 'config.json'), pairs: join(dir, 'pairs.jsonl'), batchPairs: 4, steps: 1, warmup: 0, backend: 'wasm', layout: 'packed', workers: 1, paired: true })
   assert.is(plain.one_worker_pairs_per_second, undefined) // one worker: nothing to pair with
 })

@@ -1,7 +1,9 @@
 // AdamW / RMSprop against hand-derived PyTorch steps; HF schedules; global-norm clipping; tfevents bytes.
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { Optimizer, clipByGlobalNorm, lrLambda, warmupSteps } from '../src/train/optim.ts'
+import { Optimizer, clipScale, globalNorm, lrLambda, warmupSteps } from '../src/train/optim.ts'
+import { applyUpdate, shardsOf } from '../src/train/microbatch.ts'
+import type { Model } from '../src/model/mistral.ts'
 import { crc32c, encodeEvent, maskCrc, readEvents, record } from '../src/train/tfevents.ts'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -66,14 +68,27 @@ test('schedules match transformers get_*_schedule_with_warmup', () => {
   assert.is(lrLambda('constant', 70, 100, 10), 1)
 })
 
-test('global-norm clipping: norm before clipping, scaled to max_norm', async () => {
-  const g = new Map([['a', tf.tensor1d([3, 0])], ['b', tf.tensor1d([4])]]) // norm 5
-  const { grads, norm } = await clipByGlobalNorm(g, 1)
-  close(norm, 5)
-  close(grads.get('a')!.dataSync()[0]!, 3 / (5 + 1e-6))
-  close(grads.get('b')!.dataSync()[0]!, 4 / (5 + 1e-6))
-  const same = new Map([['a', tf.tensor1d([0.3])]])
-  assert.is((await clipByGlobalNorm(same, 1)).grads.get('a'), same.get('a'))
+test('global-norm clipping: norm before clipping, scaled to max_norm; a shard steps with the norm of all', async () => {
+  close(await globalNorm([tf.tensor1d([3, 0]), tf.tensor1d([4])]), 5)
+  close(clipScale(5, 1)!, 1 / (5 + 1e-6))
+  assert.is(clipScale(0.3, 1), undefined) // below max_norm
+  assert.is(clipScale(5, 0), undefined) // max_norm 0: no clipping
+  // two AdamW steps (the second depends on the gradients' scale) of all parameters, and of shard {b} alone
+  const model = (): Model => ({ config: {} as Model['config'], params: new Map([['a', tf.variable(tf.tensor1d([1, 2]))], ['b', tf.variable(tf.tensor1d([3]))]]) })
+  const [all, part] = [model(), model()]
+  const [optAll, optPart] = [new Optimizer({ optimizer: 'adamw', beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, rmspropAlpha: 0.99 }), new Optimizer({ optimizer: 'adamw', beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, rmspropAlpha: 0.99 })]
+  for (const [ga, gb] of [[[3, 0], [4]], [[-1, 2], [0.5]]]) {
+    const grads = () => new Map([['a', tf.tensor1d(ga!)], ['b', tf.tensor1d(gb!)]])
+    const g = grads()
+    const norm = await applyUpdate(all, optAll, g, 0.1, 1)
+    assert.is(await applyUpdate(part, optPart, grads(), 0.1, 1, new Set(['b'])), norm)
+    assert.ok(g.get('a')!.isDisposed) // the gradients are consumed
+  }
+  assert.equal([...part.params.get('a')!.dataSync()], [1, 2]) // not in the shard: untouched, no moments
+  assert.equal([...optPart.m.keys()], ['b'])
+  assert.equal([...part.params.get('b')!.dataSync()], [...all.params.get('b')!.dataSync()]) // bit for bit
+  assert.equal(shardsOf(all, 2).map((s) => [...s]), [['a'], ['b']]) // a's middle (1 of 3) in the first half
+  assert.equal(shardsOf(all, 1).map((s) => [...s]), [['a', 'b']])
 })
 
 test('tfevents: CRC32C test vector, masked CRCs, and scalar events read back', () => {

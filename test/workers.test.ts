@@ -42,6 +42,8 @@ for (const [name, extra] of [['full fine-tuning', []], ['LoRA with dropout', ['l
     for (const run of runs.slice(1)) {
       assert.equal(noTimes(run.r.logHistory), noTimes(runs[0]!.r.logHistory))
       assert.ok(weights(run.out, f).equals(weights(runs[0]!.out, f)))
+      // the optimizer is sharded over the replicas (each steps its part); the checkpoint gathers the same moments
+      assert.ok(weights(join(run.out, 'checkpoint-4'), 'optimizer.safetensors').equals(weights(join(runs[0]!.out, 'checkpoint-4'), 'optimizer.safetensors')))
     }
   })
 }

@@ -32,7 +32,10 @@ export interface BenchArgs {
   profile?: boolean
   /** data-parallel workers: the step's pairs split into one micro-batch per worker */
   workers?: number | 'auto'
-  /** with workers: after each step, the same pairs on this thread alone (a second policy), timed apart */
+  /**
+   * with workers: after each step, the same micro-batches on this thread alone (a second policy, what
+   * `--workers 1` runs for the same recipe), then the step's pairs as one micro-batch (a third), each timed apart
+   */
   paired?: boolean
 }
 
@@ -56,10 +59,14 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   const W = pool?.size ?? 1
   const LR = 1e-6
   // --paired: a second policy, trained on this thread alone, steps right after each step of the workers on the same
-  // pairs: this VM's speed drifts over minutes, and steps next to each other in time give the scaling without it
+  // micro-batches — what align train --workers 1 runs for the same recipe, so the two policies stay bit-identical
+  // (checked at the end): this VM's speed drifts over minutes, and steps next to each other give the scaling without it
   const solo: Trainer | undefined = a.paired && pool ? { model: initModel(config, Rng.fromKey('bench')), opt: new Optimizer(ADAMW_DEFAULTS) } : undefined
+  // and the best one worker does with the step: all its pairs in one micro-batch (bigger products, one pass)
+  const whole: Trainer | undefined = solo && { model: initModel(config, Rng.fromKey('bench')), opt: new Optimizer(ADAMW_DEFAULTS), oneMicroBatch: true }
   const update = async (t: Trainer, grads: Map<string, tf.Tensor>) => {
-    await applyUpdate(t.model, t.opt, grads, LR, 0) // every replica makes the same update (all-reduce), as align train with GA >= 2
+    if (t.pool) await t.pool.update(t.opt, grads, LR, 0) // all-reduce, as align train with GA >= 2: each replica steps its shard
+    else await applyUpdate(t.model, t.opt, grads, LR, 0)
     const done = tf.tidy(() => tf.sum(t.model.params.get('model.norm.weight')!))
     await done.data() // wait for the update on async backends (a scalar readback)
     done.dispose()
@@ -68,12 +75,13 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     const idx = Array.from({ length: a.batchPairs }, (_, j) => (s * a.batchPairs + j) % pairs.length)
     return { chunk: idx.map((i) => pairs[i]!), ref: { chosen: idx.map((i) => refC[i]!), rejected: idx.map((i) => refR[i]!) } }
   }
-  // one optimizer step of batchPairs pairs: one micro-batch per worker, gradients summed in order
+  // one optimizer step of batchPairs pairs: one micro-batch per worker (W of them), gradients summed in order; the
+  // solo policy runs the same W micro-batches one after another
   const step = async (s: number, t: Trainer) => {
     const { chunk, ref } = pairsOf(s)
-    const n = t.pool?.size ?? 1
+    const n = t.oneMicroBatch ? 1 : W
     const parts = Array.from({ length: n }, (_, w) => [Math.floor((w * chunk.length) / n), Math.floor(((w + 1) * chunk.length) / n)] as const)
-    const jobs = parts.map(([b, e], w) => ({ a: w, worker: w, pairs: chunk.slice(b, e), ref: { chosen: ref.chosen.slice(b, e), rejected: ref.rejected.slice(b, e) }, dropoutSeed: 0 }))
+    const jobs = parts.map(([b, e], w) => ({ a: w, worker: t.pool ? w : 0, pairs: chunk.slice(b, e), ref: { chosen: ref.chosen.slice(b, e), rejected: ref.rejected.slice(b, e) }, dropoutSeed: 0 }))
     const { grads, stats } = await stepGradients(t.model, objective, t.pool, jobs, { padId: 0, ga: n, update: t.pool ? { lr: LR, maxNorm: 0 } : undefined })
     await update(t, grads)
     return { chunk, packed: stats[0]!.packed ?? false }
@@ -87,6 +95,7 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   }
   let timed = 0
   let timedSolo = 0
+  let timedWhole = 0
   let packedSteps = 0
   let tokens = 0
   let pairsDone = 0
@@ -96,20 +105,27 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     const { chunk, packed } = await step(s, { model, opt, pool })
     const t1 = performance.now()
     if (solo) await step(s, solo)
+    const t2 = performance.now()
+    if (whole) await step(s, whole)
     if (s >= a.warmup) {
       packedSteps += packed ? 1 : 0
       timed += t1 - t0
-      timedSolo += solo ? performance.now() - t1 : 0
+      timedSolo += t2 - t1
+      timedWhole += performance.now() - t2
       tokens += chunk.reduce((x, p) => x + pairTokens(p), 0)
       pairsDone += chunk.length
       tensorsAfter.push(tf.memory().numTensors)
     }
   }
+  const identical = solo && (await sameWeights(model, solo.model))
   const mm = a.profile ? await matMulThroughput((r) => localStep(a.warmup + a.steps + r)) : undefined
   await pool?.close()
-  for (const t of [{ model, opt }, ...(solo ? [solo] : [])]) (disposeModel(t.model), t.opt.dispose())
+  for (const t of [{ model, opt }, ...(solo && whole ? [solo, whole] : [])]) (disposeModel(t.model), t.opt.dispose())
   const secs = timed / 1000
-  const paired = solo && { one_worker_pairs_per_second: +(pairsDone / (timedSolo / 1000)).toFixed(3), one_worker_step_ms: Math.round(timedSolo / a.steps), workers_scaling: +(timedSolo / timed).toFixed(2) }
+  const paired = solo && {
+    one_worker_pairs_per_second: +(pairsDone / (timedSolo / 1000)).toFixed(3), one_worker_step_ms: Math.round(timedSolo / a.steps), workers_scaling: +(timedSolo / timed).toFixed(2), one_worker_same_weights: identical,
+    one_micro_batch_pairs_per_second: +(pairsDone / (timedWhole / 1000)).toFixed(3), workers_scaling_vs_one_micro_batch: +(timedWhole / timed).toFixed(2),
+  }
   return {
     bench: 'dpo', backend: backend.active, workers: W, model: a.model, layout: a.layout, packed_steps: packedSteps, // of the timed steps
     batch_pairs: a.batchPairs, steps: a.steps,
@@ -118,11 +134,22 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   }
 }
 
+/** Whether two models' parameters are equal bit for bit. */
+async function sameWeights(a: Model, b: Model): Promise<boolean> {
+  for (const [name, p] of a.params) {
+    const [x, y] = await Promise.all([p.data(), b.params.get(name)!.data()])
+    if (!Buffer.from(x.buffer, x.byteOffset, x.byteLength).equals(Buffer.from(y.buffer, y.byteOffset, y.byteLength))) return false
+  }
+  return true
+}
+
 /** A policy, its optimizer, and the workers holding its replicas (none: this thread alone). */
 interface Trainer {
   model: Model
   opt: Optimizer
   pool?: WorkerPool
+  /** the step's pairs as one micro-batch instead of one per worker */
+  oneMicroBatch?: boolean
 }
 
 /**

@@ -77,6 +77,14 @@ export async function readInto(t: tf.Tensor, out: Float32Array): Promise<void> {
   else out.set((await t.data()) as Float32Array)
 }
 
+/**
+ * A float32 tensor holding a copy of `data` (a view of memory the caller reuses, e.g. a shared slot). wasm copies
+ * into its heap when the tensor is made; the cpu backend would keep the view itself, so it gets a copy.
+ */
+export function tensorCopy(data: Float32Array, shape: number[]): tf.Tensor {
+  return tf.tensor(current?.active === 'wasm' ? data : data.slice(), shape, 'float32')
+}
+
 export function explainImportError(pkg: string, e: unknown): string {
   const err = e as { code?: string; message?: string }
   if (err.code === 'ERR_MODULE_NOT_FOUND' || /Cannot find (package|module)/.test(err.message ?? '')) {

@@ -90,10 +90,15 @@ async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, r
   const log = new RunLog(runDir, resumed?.log_history)
   const resolved = { recipe: o.recipe.path, overrides: o.recipe.overrides, stage: o.stage, values: o.recipe.values }
   writeFileSync(join(runDir, 'recipe.resolved.json'), JSON.stringify(resolved, null, 2) + '\n')
-  const save = (final: boolean) => {
+  const save = async (final: boolean) => {
     const a = { model, tokenizerDir: run.tokenizerDir, chatTemplate: run.tok.template, base: o.recipe.values.model.policy, state: trainerState(run, step, log.history), alignState: { stage: o.stage, seed: args.seed }, files: { 'recipe.resolved.json': resolved } }
     if (final) return saveFinal(runDir, { ...a, dtype: SAVE_DTYPE[o.recipe.values.model.save_dtype] })
-    return saveStepCheckpoint(runDir, args.save_total_limit, { ...a, dtype: 'F32', optimizer: opt })
+    const gathered = allReduce ? await pool.gatherOptimizer(opt) : undefined // the moments of every shard
+    try {
+      return await saveStepCheckpoint(runDir, args.save_total_limit, { ...a, dtype: 'F32', optimizer: gathered?.opt ?? opt })
+    } finally {
+      gathered?.release()
+    }
   }
   const nextBatch = microBatchStream({ seed: args.seed, batchSize: args.per_device_train_batch_size, groupByLength: args.group_by_length, lengths: run.data.train.pairs.map(pairTokens) })
   const progress = new Progress(o.stage, { quiet: o.quiet, plainEveryMs: 0 })
@@ -106,7 +111,7 @@ async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, r
       await new Promise((r) => setImmediate(r)) // let a pending Ctrl-C (SIGINT) handler run between steps
       const lr = args.learning_rate * lrLambda(args.lr_scheduler_type, step, schedule.maxSteps, schedule.warmup)
       const { grads, batches } = await accumulate(run, model, refs, step, nextBatch, pool, allReduce ? { lr, maxNorm: args.max_grad_norm } : undefined)
-      const norm = await applyUpdate(model, opt, grads, lr, args.max_grad_norm)
+      const norm = allReduce ? await pool.update(opt, grads, lr, args.max_grad_norm) : await applyUpdate(model, opt, grads, lr, args.max_grad_norm)
       if (!Number.isFinite(norm)) throw new AlignError(`${o.stage}: grad_norm is ${norm} at step ${step + 1}; stopped before the update. The last good checkpoint is kept in ${runDir}; lower learning_rate or check the data`)
       if (!allReduce) pool?.weightsChanged()
       step++

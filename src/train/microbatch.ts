@@ -4,8 +4,9 @@
  *   microBatchGrads   one micro-batch's gradients: the loss scaled by 1/GA, differentiated with respect to the
  *                     trainable parameters, LoRA dropout seeded by the micro-batch's place in the stream
  *   OrderedSum        the step's sum, added in micro-batch order
- *   applyUpdate       clip, then the optimizer's step
+ *   applyUpdate       clip, then the optimizer's step (of all parameters, or of one replica's shard)
  *   writeGrads / readGrads   a micro-batch's gradients through a slot shared between replicas
+ *   shardsOf, writeWeights / readWeights   the optimizer's shards, and updated weights through a slot
  */
 import * as tf from '@tensorflow/tfjs'
 import { withAdapters } from '../model/lora.ts'
@@ -13,8 +14,8 @@ import type { Model } from '../model/mistral.ts'
 import type { BatchStats, Objective } from '../preference/objective.ts'
 import type { PairIds } from '../preference/pairs.ts'
 import type { PairLogps } from '../preference/reference.ts'
-import { readInto } from '../model/backend.ts'
-import { Optimizer, clipByGlobalNorm } from './optim.ts'
+import { readInto, tensorCopy } from '../model/backend.ts'
+import { Optimizer, clipScale, globalNorm } from './optim.ts'
 
 export const trainableParams = (model: Model): [string, tf.Variable][] => [...model.params].filter(([, p]) => p.trainable)
 
@@ -81,13 +82,21 @@ export class OrderedSum {
 }
 
 /**
- * One optimizer update from summed gradients: global-norm clip, then the optimizer's step at `lr`. A non-finite
- * norm applies nothing (the main thread stops the run there). Returns the norm before clipping.
+ * One optimizer update from summed gradients: the global norm over all of them, the clip (torch's
+ * clip_grad_norm_), then the optimizer's step at `lr` — of every trainable parameter, or of those in `shard` only
+ * (workers.ts: each replica steps its own shard). A non-finite norm applies nothing (the main thread stops the run
+ * there). The gradients are disposed. Returns the norm before clipping.
  */
-export async function applyUpdate(model: Model, opt: Optimizer, grads: Map<string, tf.Tensor>, lr: number, maxNorm: number): Promise<number> {
-  const { grads: clipped, norm } = await clipByGlobalNorm(grads, maxNorm)
-  if (Number.isFinite(norm)) opt.apply(new Map(trainableParams(model)), clipped, lr)
-  tf.dispose([...clipped.values()])
+export async function applyUpdate(model: Model, opt: Optimizer, grads: Map<string, tf.Tensor>, lr: number, maxNorm: number, shard?: ReadonlySet<string>): Promise<number> {
+  const norm = await globalNorm([...grads.values()])
+  if (Number.isFinite(norm)) {
+    const scale = clipScale(norm, maxNorm)
+    const params = new Map(trainableParams(model).filter(([name]) => !shard || shard.has(name)))
+    const clipped = scale === undefined ? grads : new Map([...params.keys()].map((name) => [name, tf.mul(grads.get(name)!, scale)]))
+    opt.apply(params, clipped, lr)
+    if (clipped !== grads) tf.dispose([...clipped.values()])
+  }
+  tf.dispose([...grads.values()])
   return norm
 }
 
@@ -142,4 +151,45 @@ export function readGrads(model: Model, slot: SharedArrayBuffer, rows: Int32Arra
     if (!sparse) return [name, tf.tensor(data, p.shape, 'float32')]
     return [name, tf.tidy(() => tf.scatterND(tf.tensor2d(rows, [rows.length, 1], 'int32'), tf.tensor2d(data, [rows.length, p.shape[1]!], 'float32'), p.shape))]
   }))
+}
+
+/**
+ * The optimizer's shards (ZeRO stage 1): the trainable parameters cut, in model order, into `n` runs of about equal
+ * size (a parameter goes to the run its middle falls in). Replica w steps shard w only and keeps moments for it.
+ */
+export function shardsOf(model: Model, n: number): Set<string>[] {
+  const params = trainableParams(model)
+  const total = params.reduce((a, [, p]) => a + p.size, 0)
+  const shards = Array.from({ length: n }, () => new Set<string>())
+  let before = 0
+  for (const [name, p] of params) {
+    shards[Math.min(n - 1, Math.floor(((before + p.size / 2) * n) / total))]!.add(name)
+    before += p.size
+  }
+  return shards
+}
+
+/** Where each trainable parameter sits in a slot (in floats): back to back in the model's order. */
+function slotPlaces(model: Model): [string, tf.Variable, number][] {
+  let at = 0
+  return trainableParams(model).map(([name, p]) => {
+    const place: [string, tf.Variable, number] = [name, p, at]
+    at += p.size
+    return place
+  })
+}
+
+/** Write the values of the parameters in `names` into `slot`, each at its place (dense). */
+export async function writeWeights(model: Model, names: ReadonlySet<string>, slot: SharedArrayBuffer): Promise<void> {
+  for (const [name, p, at] of slotPlaces(model)) if (names.has(name)) await readInto(p, new Float32Array(slot, at * 4, p.size))
+}
+
+/** Set the parameters in `names` to the values in `slot` (written by writeWeights). */
+export function readWeights(model: Model, names: ReadonlySet<string>, slot: SharedArrayBuffer): void {
+  for (const [name, p, at] of slotPlaces(model)) {
+    if (!names.has(name)) continue
+    const t = tensorCopy(new Float32Array(slot, at * 4, p.size), p.shape)
+    p.assign(t)
+    t.dispose()
+  }
 }

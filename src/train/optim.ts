@@ -83,17 +83,13 @@ export function lrLambda(kind: (typeof SCHEDULES)[number], step: number, total: 
 
 export const warmupSteps = (ratio: number, total: number) => Math.ceil(ratio * total)
 
-/** Global L2 norm of the gradients; scales them in place (returns new tensors) when above maxNorm. */
-export async function clipByGlobalNorm(grads: Map<string, tf.Tensor>, maxNorm: number): Promise<{ grads: Map<string, tf.Tensor>; norm: number }> {
-  const sq = tf.tidy(() => tf.addN([...grads.values()].map((g) => tf.sum(tf.square(g)))))
+/** Global L2 norm of the gradients (torch.nn.utils.clip_grad_norm_'s total_norm). */
+export async function globalNorm(grads: tf.Tensor[]): Promise<number> {
+  const sq = tf.tidy(() => tf.addN(grads.map((g) => tf.sum(tf.square(g)))))
   const norm = Math.sqrt((await sq.data())[0]!)
   sq.dispose()
-  if (!(maxNorm > 0) || !(norm > maxNorm)) return { grads, norm }
-  const scale = maxNorm / (norm + 1e-6) // torch: max_norm / (total_norm + 1e-6)
-  const out = new Map<string, tf.Tensor>()
-  for (const [k, g] of grads) {
-    out.set(k, tf.mul(g, scale))
-    g.dispose()
-  }
-  return { grads: out, norm }
+  return norm
 }
+
+/** The factor clipping multiplies the gradients by, torch's max_norm / (total_norm + 1e-6); undefined: no clipping. */
+export const clipScale = (norm: number, maxNorm: number): number | undefined => (maxNorm > 0 && norm > maxNorm ? maxNorm / (norm + 1e-6) : undefined)

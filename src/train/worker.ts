@@ -13,22 +13,27 @@ import type { Model } from '../model/mistral.ts'
 import { dpoObjective, evalBatch, sftObjective, type Objective } from '../preference/objective.ts'
 import { pairLogps } from '../preference/reference.ts'
 import type { Update, WorkerInit, WorkerRequest } from './workers.ts'
-import { OrderedSum, applyUpdate, microBatchGrads, readGrads, touchedRows, writeGrads } from './microbatch.ts'
+import { OrderedSum, applyUpdate, microBatchGrads, readGrads, readWeights, shardsOf, touchedRows, trainableParams, writeGrads, writeWeights } from './microbatch.ts'
 import { Optimizer } from './optim.ts'
 
 let model: Model | undefined
 let objective: Objective | undefined
 let padId = 0
 let opt: Optimizer | undefined
-/** all-reduce mode: this step's update, and the sum of its micro-batch gradients until all GA are in */
-let pending: { ga: number; update: Update; sum: OrderedSum } | undefined
+/** all-reduce mode: this step's update, the sum of its micro-batch gradients until all GA are in, the weight slot */
+let pending: { ga: number; update: Update; sum: OrderedSum; weightSlot: SharedArrayBuffer } | undefined
+/** all-reduce mode: the parameters this replica steps (its optimizer shard, workers.ts), and all the others */
+let shard: Set<string> | undefined
+let others: Set<string> | undefined
 
-/** Once every micro-batch's gradients are in the sum: clip, step the optimizer replica (as the main thread). */
+/** Once every micro-batch's gradients are in the sum: clip, step this replica's shard, write it to the weight slot. */
 async function maybeUpdate(): Promise<number | undefined> {
   if (!pending || pending.sum.added < pending.ga) return undefined
-  const { update: { lr, maxNorm }, sum } = pending
+  const { update: { lr, maxNorm }, sum, weightSlot } = pending
   pending = undefined
-  return applyUpdate(model!, opt!, sum.take(), lr, maxNorm)
+  const norm = await applyUpdate(model!, opt!, sum.take(), lr, maxNorm, shard)
+  await writeWeights(model!, shard!, weightSlot)
+  return norm
 }
 
 function build(init: WorkerInit): void {
@@ -51,13 +56,17 @@ function setWeights(weights: { name: string; data: Float32Array }[] | undefined)
 
 async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: ArrayBuffer[] }> {
   switch (req.kind) {
-    case 'init':
+    case 'init': {
       await initBackend(req.init.backend)
       build(req.init)
+      const shards = shardsOf(model!, req.workers)
+      shard = shards[req.me]
+      others = new Set(trainableParams(model!).map(([name]) => name).filter((name) => !shard!.has(name)))
       return { value: true, transfer: [] }
+    }
     case 'grads': {
       setWeights(req.weights)
-      if (req.update) pending = { ga: req.ga, update: req.update, sum: new OrderedSum(model!) }
+      if (req.update) pending = { ga: req.ga, update: req.update, sum: new OrderedSum(model!), weightSlot: req.weightSlot! }
       const out = []
       for (const j of req.jobs) {
         const { grads, stats } = await microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, dropoutSeed: j.dropoutSeed })
@@ -72,6 +81,14 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
     case 'peers':
       for (const w of req.written) pending!.sum.add(w.a, readGrads(model!, req.slots[w.a]!, w.rows))
       return { value: (await maybeUpdate()) ?? null, transfer: [] }
+    case 'shards':
+      readWeights(model!, others!, req.weightSlot)
+      return { value: true, transfer: [] }
+    case 'moments': {
+      const copy = (m: Map<string, tf.Variable>) => [...m].map(([name, v]) => ({ name, data: (v.dataSync() as Float32Array).slice() }))
+      const moments = { m: copy(opt!.m), v: copy(opt!.v) }
+      return { value: moments, transfer: [...moments.m, ...moments.v].map((w) => w.data.buffer as ArrayBuffer) }
+    }
     case 'sync': {
       setWeights(req.weights)
       opt!.dispose()

@@ -2,9 +2,11 @@
  * Data parallelism over the cores: the main thread is worker 0 and N−1 worker threads (worker.ts) each hold a
  * tfjs backend and a replica of the model. What is spread, and why the numbers never depend on N:
  *   - a training step's GA micro-batches: micro-batch a runs on worker a mod N. With two or more micro-batches a
- *     step (all-reduce), every replica also holds the optimizer: each gets the gradients it did not compute, sums
- *     all of them in micro-batch order (microbatch.ts `OrderedSum`, the additions a single worker makes), clips and
- *     steps — the same update on the same backend, so the replicas stay bit-identical without sending weights.
+ *     step (all-reduce), every replica gets the gradients it did not compute and sums all of them in micro-batch
+ *     order (microbatch.ts `OrderedSum`, the additions a single worker makes). The optimizer is sharded (ZeRO
+ *     stage 1): replica w keeps the moments of shard w of the parameters (microbatch.ts `shardsOf`), takes the
+ *     global norm of all gradients, clips and steps its shard — the ops one worker would run on those parameters —
+ *     and the updated shards pass between replicas through the step's weight slot. Checkpoints gather the moments.
  *     With one micro-batch a step, only the main thread trains and the weights go out lazily, when a worker is
  *     next asked for something (eval).
  *   - the reference precompute and eval: contiguous runs of whole batches per worker, results in batch order.
@@ -20,8 +22,8 @@ import { evalBatch, type BatchStats, type DpoOptions, type Layout, type Objectiv
 import type { PairIds } from '../preference/pairs.ts'
 import { pairLogps, type PairLogps } from '../preference/reference.ts'
 import * as tf from '@tensorflow/tfjs'
-import { OrderedSum, microBatchGrads, readGrads, slotFloats, touchedRows, trainableParams, writeGrads } from './microbatch.ts'
-import type { OptimConfig, Optimizer } from './optim.ts'
+import { OrderedSum, applyUpdate, microBatchGrads, readGrads, readWeights, shardsOf, slotFloats, touchedRows, trainableParams, writeGrads, writeWeights } from './microbatch.ts'
+import { Optimizer, type OptimConfig } from './optim.ts'
 
 export interface WorkerInit {
   backend: string
@@ -38,12 +40,17 @@ export interface WorkerInit {
 }
 
 type Weights = { name: string; data: Float32Array }[]
-/** `update`: all-reduce mode, the worker keeps its gradients and steps its own optimizer once `peers` completes them */
+/**
+ * `update`: all-reduce mode, the worker keeps its gradients, steps its optimizer shard once `peers` completes them
+ * and writes the shard's new values into `weightSlot`; `shards` then brings it the other replicas' shards.
+ */
 export type Update = { lr: number; maxNorm: number }
 export type WorkerRequest =
-  | { kind: 'init'; init: WorkerInit }
-  | { kind: 'grads'; ga: number; weights?: Weights; update?: Update; slots: SharedArrayBuffer[]; jobs: { a: number; pairs: PairIds[]; ref?: PairLogps; dropoutSeed: number }[] }
+  | { kind: 'init'; init: WorkerInit; me: number; workers: number }
+  | { kind: 'grads'; ga: number; weights?: Weights; update?: Update; slots: SharedArrayBuffer[]; weightSlot?: SharedArrayBuffer; jobs: { a: number; pairs: PairIds[]; ref?: PairLogps; dropoutSeed: number }[] }
   | { kind: 'peers'; slots: SharedArrayBuffer[]; written: Written[] }
+  | { kind: 'shards'; weightSlot: SharedArrayBuffer }
+  | { kind: 'moments' }
   | { kind: 'sync'; weights: Weights; m: Weights; v: Weights; step: number }
   | { kind: 'logps'; weights?: Weights; pairs: PairIds[]; batchSize: number; adapters: boolean }
   | { kind: 'eval'; weights?: Weights; batches: { pairs: PairIds[]; ref?: PairLogps }[] }
@@ -95,8 +102,12 @@ export class WorkerPool {
   /** per worker: the trainable weights changed since it last received them */
   private stale: boolean[] = []
 
+  /** the optimizer's shards (all-reduce mode): replica w steps shards[w]; this thread is replica 0 */
+  private readonly shards: Set<string>[]
+
   private constructor(private readonly threads: Worker[], private readonly model: Model) {
     this.stale = threads.map(() => false)
+    this.shards = shardsOf(model, threads.length + 1)
     threads.forEach((w, i) => {
       const fail = (why: string) => {
         for (const [id, p] of this.pending) if (p.worker === i) (this.pending.delete(id), p.reject(new AlignError(`worker ${i + 1} of ${threads.length + 1} ${why}; the run stops (the last checkpoint is intact)`)))
@@ -118,7 +129,7 @@ export class WorkerPool {
     if (n <= 1) return undefined
     const init = await makeInit()
     const pool = new WorkerPool(Array.from({ length: n - 1 }, () => new Worker(BOOT, { eval: true })), model)
-    await Promise.all(pool.threads.map((_, i) => pool.call(i, { kind: 'init', init })))
+    await Promise.all(pool.threads.map((_, i) => pool.call(i, { kind: 'init', init, me: i + 1, workers: n })))
     return pool
   }
 
@@ -158,20 +169,25 @@ export class WorkerPool {
   private updating: Promise<unknown>[] = []
 
   /**
-   * Gradient slots (microbatch.ts): one shared buffer per micro-batch of a step, made once and reused, in two sets
-   * that steps take in turn. Gradients never travel as fresh arrays: filling fresh memory costs more than the
-   * copy itself (backend.ts `readInto`). Why a step's slots are free again two steps later: they are read while
-   * that step runs (this thread, before it asks for the next step) and by each worker's `peers` message of that
-   * step, which it handles before its next step's `grads`; a writer of step s + 2 got its request only after every
-   * worker had answered step s + 1, so after every read of step s.
+   * Slots (microbatch.ts): shared buffers made once and reused, in two sets that steps take in turn — per set one
+   * gradient slot per micro-batch, and in all-reduce mode one weight slot for the updated shards. Nothing travels as
+   * fresh arrays: filling fresh memory costs more than the copy itself (backend.ts `readInto`). Why a step's slots
+   * are free again two steps later: they are read while that step runs — by this thread before it asks for the
+   * next step, and by each worker in its `peers` and `shards` messages of that step, which it handles before its
+   * next step's `grads`; a writer of step s + 2 got its request (or, for a shard, the gradients it waits for) only
+   * after every worker had answered step s + 1's `grads`, so after every read of step s.
    */
-  private slotSets: SharedArrayBuffer[][] = [[], []]
+  private slotSets: { grads: SharedArrayBuffer[]; weights?: SharedArrayBuffer }[] = [{ grads: [] }, { grads: [] }]
   private steps = 0
+  /** the weight slot of the step under way (all-reduce mode) */
+  private weightSlot: SharedArrayBuffer | undefined
 
-  private nextSlots(ga: number): SharedArrayBuffer[] {
+  private nextSlots(ga: number, update: boolean): { grads: SharedArrayBuffer[]; weights?: SharedArrayBuffer } {
     const set = this.slotSets[this.steps++ % 2]!
-    while (set.length < ga) set.push(new SharedArrayBuffer(slotFloats(this.model) * 4))
-    return set.slice(0, ga)
+    const bytes = slotFloats(this.model) * 4
+    while (set.grads.length < ga) set.grads.push(new SharedArrayBuffer(bytes))
+    if (update) set.weights ??= new SharedArrayBuffer(bytes)
+    return { grads: set.grads.slice(0, ga), weights: update ? set.weights : undefined }
   }
 
   /**
@@ -188,8 +204,9 @@ export class WorkerPool {
     // only so that their errors surface here (taken after the await above, so a failure is never left unhandled)
     const earlier = Promise.all(this.updating.splice(0))
     const asked = mine.map((m) => m.length > 0 || update !== undefined)
-    const slots = asked.some(Boolean) ? this.nextSlots(ga) : [] // one micro-batch a step: nothing passes between replicas
-    const calls = mine.map((m, i) => (asked[i] ? this.call<RemoteGrads[]>(i, { kind: 'grads', ga, update, slots, weights: weights[i], jobs: m.map(({ worker: _w, ...j }) => j) }) : Promise.resolve([])))
+    const { grads: slots, weights: weightSlot } = asked.some(Boolean) ? this.nextSlots(ga, update !== undefined) : { grads: [] } // one micro-batch a step: nothing passes between replicas
+    this.weightSlot = weightSlot
+    const calls = mine.map((m, i) => (asked[i] ? this.call<RemoteGrads[]>(i, { kind: 'grads', ga, update, slots, weightSlot, weights: weights[i], jobs: m.map(({ worker: _w, ...j }) => j) }) : Promise.resolve([])))
     return { results: Promise.all([earlier, ...calls]).then(([, ...r]) => (r as RemoteGrads[][]).flat()), slots }
   }
 
@@ -201,9 +218,65 @@ export class WorkerPool {
     })
   }
 
-  /** All-reduce mode, after a resume: every replica gets the weights and the optimizer state. */
+  /**
+   * All-reduce mode, the update of a step whose gradients `stepGradients` summed: this thread steps shard 0 and
+   * writes it into the step's weight slot; once every worker has stepped and written its shard, this thread reads
+   * theirs and each worker is told to read the others'. Returns the global norm before clipping.
+   */
+  async update(opt: Optimizer, grads: Map<string, tf.Tensor>, lr: number, maxNorm: number): Promise<number> {
+    const slot = this.weightSlot!
+    const norm = await applyUpdate(this.model, opt, grads, lr, maxNorm, this.shards[0])
+    await writeWeights(this.model, this.shards[0]!, slot)
+    await Promise.all(this.updating.splice(0)) // every worker has stepped its shard (a worker's reply comes after)
+    readWeights(this.model, this.notShard(0), slot)
+    this.threads.forEach((_, i) => this.updating.push(this.call(i, { kind: 'shards', weightSlot: slot })))
+    return norm
+  }
+
+  private notShard(w: number): Set<string> {
+    return new Set(this.shards.flatMap((s, i) => (i === w ? [] : [...s])))
+  }
+
+  /**
+   * All-reduce mode: the optimizer as one replica would hold it, for a checkpoint — the step, this thread's
+   * moments and copies of the workers', in the model's parameter order. `release` frees the copies.
+   */
+  async gatherOptimizer(opt: Optimizer): Promise<{ opt: Optimizer; release: () => void }> {
+    await Promise.all(this.updating.splice(0))
+    const theirs = await Promise.all(this.threads.map((_, i) => this.call<{ m: Weights; v: Weights }>(i, { kind: 'moments' })))
+    const copies = new Map<string, tf.Variable>()
+    const from = (mine: Map<string, tf.Variable>, kind: 'm' | 'v', name: string) => {
+      if (mine.has(name)) return mine.get(name)
+      const w = theirs.flatMap((t) => t[kind]).find((x) => x.name === name)
+      if (!w) return undefined
+      const v = tf.variable(tf.tensor(w.data, this.model.params.get(name)!.shape, 'float32'), false)
+      copies.set(`${kind}.${name}`, v)
+      return v
+    }
+    const all = new Optimizer(opt.config)
+    all.step = opt.step
+    for (const [name] of trainableParams(this.model)) {
+      for (const [kind, map] of [['m', all.m], ['v', all.v]] as const) {
+        const v = from(kind === 'm' ? opt.m : opt.v, kind, name)
+        if (v) map.set(name, v)
+      }
+    }
+    return { opt: all, release: () => tf.dispose([...copies.values()]) }
+  }
+
+  /**
+   * All-reduce mode, after a resume: every replica gets the weights and the moments of its shard; this thread
+   * then keeps only shard 0's.
+   */
   async sync(opt: Optimizer): Promise<void> {
-    await Promise.all(this.threads.map(async (_, i) => this.call(i, { kind: 'sync', weights: await readCopies(new Map(trainableParams(this.model))), m: await readCopies(opt.m), v: await readCopies(opt.v), step: opt.step }))) // a fresh copy per worker: each is transferred
+    const only = (m: Map<string, tf.Variable>, shard: Set<string>) => readCopies(new Map([...m].filter(([name]) => shard.has(name))))
+    await Promise.all(this.threads.map(async (_, i) => this.call(i, { kind: 'sync', weights: await readCopies(new Map(trainableParams(this.model))), m: await only(opt.m, this.shards[i + 1]!), v: await only(opt.v, this.shards[i + 1]!), step: opt.step }))) // a fresh copy per worker: each is transferred
+    for (const map of [opt.m, opt.v]) {
+      for (const name of this.notShard(0)) {
+        map.get(name)?.dispose()
+        map.delete(name)
+      }
+    }
   }
 
   /** Contiguous runs of whole batches: worker w gets batches [w·per, (w+1)·per). Returns [start, end) pair ranges. */
