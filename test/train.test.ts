@@ -154,6 +154,20 @@ test('Ctrl-C finishes the current step, saves checkpoint-<step> and exits 130', 
   assert.not.ok(existsSync(join(out, 'model.safetensors')), 'no final weights after an interrupt')
 })
 
+test('Ctrl-C during setup (workers starting, reference log-probs) exits 130 at once with one line; the lock is released', async () => {
+  const out = join(work, 'sigint-setup')
+  const args = ['--import', 'tsx', join(ROOT, 'src', 'cli.ts'), 'train', '--recipe', 'tiny', '--backend', 'wasm', '--workers', '2', ...base(out, 'dpo.max_steps=500')]
+  const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+  let stderr = ''
+  child.stderr.on('data', (d) => (stderr += d))
+  for (let i = 0; i < 600 && !/^workers: 2 \(/m.test(stderr); i++) await new Promise((r) => setTimeout(r, 20)) // logged just before the workers start
+  child.kill('SIGINT')
+  const code = await new Promise<number | null>((r) => child.on('exit', r))
+  assert.is(code, 130, stderr)
+  assert.match(stderr, /^align: SIGINT during setup, before the first step: stopped; nothing was trained, so nothing was saved$/m)
+  assert.equal(readdirSync(out).filter((f) => f === '.align.lock' || f === 'metrics.jsonl' || f.startsWith('checkpoint-')), [])
+})
+
 test('a tokenizer larger than the model vocabulary is a clear error, before any weight is loaded', async () => {
   const dir = join(work, 'small-vocab')
   const { mkdirSync, writeFileSync } = await import('node:fs')

@@ -27,7 +27,7 @@ import type { TrainerArgs } from './schema.ts'
 import { microBatchStream } from './sampler.ts'
 import { applyUpdate, dropoutSeed } from './microbatch.ts'
 import { WorkerPool, stepGradients, workerCount, workerInit, type Update } from './workers.ts'
-import { claimRunDir, watchSignals } from './rundir.ts'
+import { claimRunDir, watchSignals, type Signals } from './rundir.ts'
 
 export { runDirOf, type TrainOptions } from './setup.ts'
 
@@ -52,15 +52,17 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const result = (r: Partial<TrainResult>): TrainResult => ({ runDir, finalDir: undefined, logHistory: [], backend: run.backend, dataStats: { train: run.data.train.stats, eval: run.data.eval.stats }, ...r })
   if (o.dryRun) return result({ plan: dryRunReport(run) })
   const release = claimRunDir(runDir, { resume: o.resume !== undefined, overwrite: args.overwrite_output_dir, log: run.log })
+  const signals = watchSignals(release)
   try {
-    return await trainClaimed(run, result)
+    return await trainClaimed(run, signals, result)
   } finally {
+    signals.stop()
     release()
   }
 }
 
 /** The run, once its directory is ours: the policy and its replicas on the workers, then the loop. */
-async function trainClaimed(run: Run, result: (r: Partial<TrainResult>) => TrainResult): Promise<TrainResult> {
+async function trainClaimed(run: Run, signals: Signals, result: (r: Partial<TrainResult>) => TrainResult): Promise<TrainResult> {
   const { o } = run
   const model = buildPolicy(run)
   const workers = workerCount(o.workers ?? 1, run.backend)
@@ -69,14 +71,14 @@ async function trainClaimed(run: Run, result: (r: Partial<TrainResult>) => Train
   const dpo = o.stage === 'dpo' ? { beta: v.dpo.beta, lossType: v.dpo.loss_type, labelSmoothing: v.dpo.label_smoothing } : undefined
   const pool = await WorkerPool.start(workers.n, model, () => workerInit(model, run.backend.active, run.objective, dpo, run.tok.padId, optimConfig(run.args)))
   try {
-    return await trainLoop(run, model, pool, result)
+    return await trainLoop(run, model, pool, signals, result)
   } finally {
     await pool?.close()
   }
 }
 
 /** Reference, resume, the loop and the final save, with the model (and its replicas in `pool`) built. */
-async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, result: (r: Partial<TrainResult>) => TrainResult): Promise<TrainResult> {
+async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, signals: Signals, result: (r: Partial<TrainResult>) => TrainResult): Promise<TrainResult> {
   const { o, args, runDir, schedule } = run
   const refs = o.stage === 'dpo' ? await buildReference(run, model, pool) : undefined
   const opt = new Optimizer(optimConfig(args))
@@ -102,7 +104,7 @@ async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, r
   }
   const nextBatch = microBatchStream({ seed: args.seed, batchSize: args.per_device_train_batch_size, groupByLength: args.group_by_length, lengths: run.data.train.pairs.map(pairTokens) })
   const progress = new Progress(o.stage, { quiet: o.quiet, plainEveryMs: 0 })
-  const signals = watchSignals()
+  signals.loopStarted()
   const [startStep, tStart] = [step, performance.now()]
   const window = new Window()
   let lossSum = 0 // per-step mean losses of this invocation, for the final train_loss (HF Trainer)
@@ -145,7 +147,6 @@ async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, r
     progress.succeed(`${o.stage}: ${schedule.maxSteps} steps · train_loss ${trainLoss.toFixed(4)} (mean of this run) · saved ${runDir} (weights, tokenizer, model card, results)`)
     return result({ finalDir: runDir, logHistory: log.history })
   } finally {
-    signals.stop()
     disposeModel(model)
     if (refs?.frozen) disposeModel(refs.frozen)
     opt.dispose()

@@ -6,7 +6,8 @@
  *     `overwrite_output_dir` (HF TrainingArguments' name) is set, which removes the old run's files first.
  *   - temp directories a killed save left behind (`.checkpoint-N.tmp-<pid>` of a dead pid) are removed, said so.
  *   - SIGINT and SIGTERM (what schedulers and preemption send) ask the loop to stop after the current step, with a
- *     checkpoint; a second signal exits at once without writing one.
+ *     checkpoint; a second signal exits at once without writing one. One during setup (data, reference log-probs,
+ *     workers), before the loop's first step, exits at once with a line: there is nothing to save yet.
  */
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
@@ -69,20 +70,31 @@ export function claimRunDir(runDir: string, o: { resume: boolean; overwrite: boo
   }
 }
 
+export interface Signals {
+  /** the first SIGINT/SIGTERM received since the loop started */
+  signal: () => NodeJS.Signals | undefined
+  /** the loop runs: from now on a signal asks it to stop after the current step */
+  loopStarted: () => void
+  stop: () => void
+}
+
 /**
- * Ask the loop to stop on SIGINT or SIGTERM (`signal()` is the first one received); a second signal exits at once.
- * Returns the function that stops listening.
+ * Watch SIGINT and SIGTERM for a run. Before `loopStarted`, a signal runs `release` (the run lock) and exits at once:
+ * setup has trained nothing, so there is nothing to save. After, the first asks the loop to stop after its current
+ * step (`signal()`), and a second exits at once.
  */
-export function watchSignals(): { signal: () => NodeJS.Signals | undefined; stop: () => void } {
+export function watchSignals(release: () => void): Signals {
   let received: NodeJS.Signals | undefined
+  let looping = false
   const on = (sig: NodeJS.Signals) => {
-    if (received) {
-      process.stderr.write(`align: ${sig} again: stopped at once, without writing a checkpoint (the last complete one is kept)\n`)
+    if (!looping || received) {
+      process.stderr.write(looping ? `align: ${sig} again: stopped at once, without writing a checkpoint (the last complete one is kept)\n` : `align: ${sig} during setup, before the first step: stopped; nothing was trained, so nothing was saved\n`)
+      if (!looping) release()
       process.exit(sig === 'SIGTERM' ? 143 : 130)
     }
     received = sig
   }
   process.on('SIGINT', on)
   process.on('SIGTERM', on)
-  return { signal: () => received, stop: () => void (process.off('SIGINT', on), process.off('SIGTERM', on)) }
+  return { signal: () => received, loopStarted: () => void (looping = true), stop: () => void (process.off('SIGINT', on), process.off('SIGTERM', on)) }
 }
