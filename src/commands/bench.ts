@@ -93,43 +93,46 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     opt.apply(model.params, g, LR)
     tf.dispose([...g.values()])
   }
-  let timed = 0
-  let timedSolo = 0
-  let timedWhole = 0
+  const workersTrainer: Trainer = { model, opt, pool }
+  const trainers = [workersTrainer, ...(solo && whole ? [solo, whole] : [])]
+  const timed = trainers.map(() => 0)
   let packedSteps = 0
   let tokens = 0
   let pairsDone = 0
   const tensorsAfter: number[] = []
-  for (let s = 0; s < a.warmup + a.steps; s++) {
-    const t0 = performance.now()
-    const { chunk, packed } = await step(s, { model, opt, pool })
-    const t1 = performance.now()
-    if (solo) await step(s, solo)
-    const t2 = performance.now()
-    if (whole) await step(s, whole)
-    if (s >= a.warmup) {
-      packedSteps += packed ? 1 : 0
-      timed += t1 - t0
-      timedSolo += t2 - t1
-      timedWhole += performance.now() - t2
-      tokens += chunk.reduce((x, p) => x + pairTokens(p), 0)
-      pairsDone += chunk.length
-      tensorsAfter.push(tf.memory().numTensors)
+  // --paired: per round, two steps of each policy in turn on the same two steps' pairs, the second of each timed —
+  // the first warms the threads back up after the other policies ran (the workers' first step after the one-worker
+  // steps measured ~7 % slower, 2026-11-29); without, one timed step per round
+  const perRound = solo ? 2 : 1
+  for (let r = 0; r < a.warmup + a.steps; r++) {
+    for (const [i, t] of trainers.entries()) {
+      for (let k = 0; k < perRound; k++) {
+        const t0 = performance.now()
+        const { chunk, packed } = await step(r * perRound + k, t)
+        if (r < a.warmup || k < perRound - 1) continue
+        timed[i]! += performance.now() - t0
+        if (t !== workersTrainer) continue
+        packedSteps += packed ? 1 : 0
+        tokens += chunk.reduce((x, p) => x + pairTokens(p), 0)
+        pairsDone += chunk.length
+        tensorsAfter.push(tf.memory().numTensors)
+      }
     }
   }
+  const [timedWorkers, timedSolo = 0, timedWhole = 0] = timed
   const identical = solo && (await sameWeights(model, solo.model))
   const mm = a.profile ? await matMulThroughput((r) => localStep(a.warmup + a.steps + r)) : undefined
   await pool?.close()
-  for (const t of [{ model, opt }, ...(solo && whole ? [solo, whole] : [])]) (disposeModel(t.model), t.opt.dispose())
-  const secs = timed / 1000
+  for (const t of trainers) (disposeModel(t.model), t.opt.dispose())
+  const secs = timedWorkers! / 1000
   const paired = solo && {
-    one_worker_pairs_per_second: +(pairsDone / (timedSolo / 1000)).toFixed(3), one_worker_step_ms: Math.round(timedSolo / a.steps), workers_scaling: +(timedSolo / timed).toFixed(2), one_worker_same_weights: identical,
-    one_micro_batch_pairs_per_second: +(pairsDone / (timedWhole / 1000)).toFixed(3), workers_scaling_vs_one_micro_batch: +(timedWhole / timed).toFixed(2),
+    one_worker_pairs_per_second: +(pairsDone / (timedSolo / 1000)).toFixed(3), one_worker_step_ms: Math.round(timedSolo / a.steps), workers_scaling: +(timedSolo / timedWorkers!).toFixed(2), one_worker_same_weights: identical,
+    one_micro_batch_pairs_per_second: +(pairsDone / (timedWhole / 1000)).toFixed(3), workers_scaling_vs_one_micro_batch: +(timedWhole / timedWorkers!).toFixed(2),
   }
   return {
     bench: 'dpo', backend: backend.active, workers: W, model: a.model, layout: a.layout, packed_steps: packedSteps, // of the timed steps
     batch_pairs: a.batchPairs, steps: a.steps,
-    pairs_per_second: +(pairsDone / secs).toFixed(3), tokens_per_second: Math.round(tokens / secs), step_ms: Math.round(timed / a.steps),
+    pairs_per_second: +(pairsDone / secs).toFixed(3), tokens_per_second: Math.round(tokens / secs), step_ms: Math.round(timedWorkers! / a.steps),
     peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024), tensors_flat: new Set(tensorsAfter).size === 1, ...paired, ...mm,
   }
 }
