@@ -10,8 +10,9 @@ steps=5
 source "$(dirname "$0")/lib.sh"
 # default workers, each step followed by the same micro-batches on one worker (--paired: a second policy on the main
 # thread, what --workers 1 runs for the same recipe; its weights must stay bit-identical), then by the step's pairs as
-# one micro-batch on one worker (a third: the best one worker does), each timed apart, in two runs: this VM's speed
-# drifts by 10-40 % over minutes, and steps next to each other in time give the 1 -> N scaling without the drift
+# one micro-batch on one worker (a third: the best one worker does), each policy two steps in a row with the second
+# timed (the first warms the threads back up), in two runs: this VM's speed drifts by 10-40 % over minutes, and steps
+# next to each other in time give the 1 -> N scaling without the drift
 align=()
 for round in 1 2; do
   align+=("$(bench --layout packed --paired $([ "$round" = 1 ] && echo --profile))") # what align train runs: default workers (auto: every core); matMul efficiency in the step
