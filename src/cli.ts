@@ -175,7 +175,7 @@ const benchCmd = subcommands({
         layout: option({ type: oneOf(['auto', 'packed', 'concatenated'] as const), long: 'layout', defaultValue: () => 'auto' as const, defaultValueIsSerializable: true, description: "auto: whichever needs fewer FLOPs per batch, as align train does; packed: the prompt run once per pair; concatenated: TRL's 2n rows" }),
         profile: flag({ long: 'profile', description: 'one more, profiled step: matMul GFLOP/s inside the step against the best plain matMul' }),
         workers: workersOpt,
-        paired: flag({ long: 'paired', description: 'with workers: after each step, the same pairs on one worker (a second policy on this thread), timed apart: workers_scaling from steps next to each other in time' }),
+        paired: flag({ long: 'paired', description: 'with workers: each step also run on one worker with the same micro-batches (weights checked bit-identical) and with its pairs as one micro-batch, timed apart: workers_scaling from steps next to each other in time' }),
         json: flag({ long: 'json', description: 'one JSON object' }),
         backend: backendOpt,
       },

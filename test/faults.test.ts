@@ -86,7 +86,7 @@ test('two runs on one output_dir at once: exactly one is refused, naming the oth
   assert.is(loser.code, 1, loser.stderr)
   assert.match(loser.stderr, /being written by another align run \(pid \d+/)
   const winner = runs[1 - loser.i]!
-  const metrics = join(out, 'metrics.jsonl') // Ctrl-C once it trains (before the loop a signal just ends the process)
+  const metrics = join(out, 'metrics.jsonl') // Ctrl-C once it trains (before the loop a signal exits at once, saving nothing)
   for (let i = 0; i < 600 && !(existsSync(metrics) && readFileSync(metrics, 'utf8').trim().length > 0); i++) await new Promise((r) => setTimeout(r, 100))
   winner.child.kill('SIGINT')
   const w = await winner.done

@@ -33,10 +33,14 @@ const weights = (dir: string, f = 'model.safetensors') => readFileSync(join(dir,
 for (const [name, extra] of [['full fine-tuning', []], ['LoRA with dropout', ['lora.enabled=true', 'lora.r=4', 'lora.dropout=0.1', 'dpo.learning_rate=5e-2']]] as const) {
   test(`${name}: 1 and 2 workers log the same values and save the same weights, bit for bit`, async () => {
     const runs = []
+    const held: number[] = [] // tensor bytes alive after each run
     for (const w of name.startsWith('LoRA') ? [1, 2] : [1, 2, 3]) { // 3: workers read each other's gradient slots
       const out = join(work, `${name.split(' ')[0]}-w${w}`)
       runs.push({ out, r: await train({ stage: 'dpo', recipe: recipe(...base(out, 'dpo.max_steps=4', 'dpo.gradient_accumulation_steps=3', ...extra)), quiet: true, workers: w }) })
+      held.push(tf.memory().numBytes)
     }
+    // every run frees what it made, checkpoints' moments gathered from the workers too (the first may leave caches)
+    assert.equal(held.slice(1), held.slice(1).map(() => held[0]))
     assert.ok(runs[0]!.r.logHistory.some((x) => x.eval_loss !== undefined))
     const f = name.startsWith('LoRA') ? 'adapter_model.safetensors' : 'model.safetensors'
     for (const run of runs.slice(1)) {

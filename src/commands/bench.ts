@@ -119,20 +119,20 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
       }
     }
   }
-  const [timedWorkers, timedSolo = 0, timedWhole = 0] = timed
+  const [timedWorkers = 0, timedSolo = 0, timedWhole = 0] = timed
   const identical = solo && (await sameWeights(model, solo.model))
   const mm = a.profile ? await matMulThroughput((r) => localStep(a.warmup + a.steps + r)) : undefined
   await pool?.close()
   for (const t of trainers) (disposeModel(t.model), t.opt.dispose())
-  const secs = timedWorkers! / 1000
+  const secs = timedWorkers / 1000
   const paired = solo && {
-    one_worker_pairs_per_second: +(pairsDone / (timedSolo / 1000)).toFixed(3), one_worker_step_ms: Math.round(timedSolo / a.steps), workers_scaling: +(timedSolo / timedWorkers!).toFixed(2), one_worker_same_weights: identical,
-    one_micro_batch_pairs_per_second: +(pairsDone / (timedWhole / 1000)).toFixed(3), workers_scaling_vs_one_micro_batch: +(timedWhole / timedWorkers!).toFixed(2),
+    one_worker_pairs_per_second: +(pairsDone / (timedSolo / 1000)).toFixed(3), one_worker_step_ms: Math.round(timedSolo / a.steps), workers_scaling: +(timedSolo / timedWorkers).toFixed(2), one_worker_same_weights: identical,
+    one_micro_batch_pairs_per_second: +(pairsDone / (timedWhole / 1000)).toFixed(3), workers_scaling_vs_one_micro_batch: +(timedWhole / timedWorkers).toFixed(2),
   }
   return {
     bench: 'dpo', backend: backend.active, workers: W, model: a.model, layout: a.layout, packed_steps: packedSteps, // of the timed steps
     batch_pairs: a.batchPairs, steps: a.steps,
-    pairs_per_second: +(pairsDone / secs).toFixed(3), tokens_per_second: Math.round(tokens / secs), step_ms: Math.round(timedWorkers! / a.steps),
+    pairs_per_second: +(pairsDone / secs).toFixed(3), tokens_per_second: Math.round(tokens / secs), step_ms: Math.round(timedWorkers / a.steps),
     peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024), tensors_flat: new Set(tensorsAfter).size === 1, ...paired, ...mm,
   }
 }

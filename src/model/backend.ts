@@ -85,6 +85,16 @@ export function tensorCopy(data: Float32Array, shape: number[]): tf.Tensor {
   return tf.tensor(current?.active === 'wasm' ? data : data.slice(), shape, 'float32')
 }
 
+/**
+ * A variable made from `t`, which it takes over: tf.variable shares t's data but leaves t's own reference, so
+ * without disposing t the memory would outlive the variable (every variable of a run, in a process that runs many).
+ */
+export function variableOf(t: tf.Tensor, trainable: boolean): tf.Variable {
+  const v = tf.variable(t, trainable)
+  t.dispose()
+  return v
+}
+
 export function explainImportError(pkg: string, e: unknown): string {
   const err = e as { code?: string; message?: string }
   if (err.code === 'ERR_MODULE_NOT_FOUND' || /Cannot find (package|module)/.test(err.message ?? '')) {

@@ -9,6 +9,7 @@
  * therefore draws the same masks as an uninterrupted one.
  */
 import * as tf from '@tensorflow/tfjs'
+import { variableOf } from './backend.ts'
 import { AlignError } from '../errors.ts'
 import type { Rng } from '../rng.ts'
 import { linear } from './autograd.ts'
@@ -43,8 +44,8 @@ export function addLora(model: Model, o: LoraOptions, rng: Rng): void {
     const [inDim, outDim] = w.shape as [number, number] // held as [in, out]
     const bound = 1 / Math.sqrt(inDim)
     const a = new Float32Array(inDim * o.r).map(() => (2 * rng.random() - 1) * bound)
-    model.params.set(`${m[1]}.lora_A.weight`, tf.variable(tf.tensor2d(a, [inDim, o.r]), true)) // [in, r]
-    model.params.set(`${m[1]}.lora_B.weight`, tf.variable(tf.zeros([o.r, outDim]), true)) // [r, out]
+    model.params.set(`${m[1]}.lora_A.weight`, variableOf(tf.tensor2d(a, [inDim, o.r]), true)) // [in, r]
+    model.params.set(`${m[1]}.lora_B.weight`, variableOf(tf.zeros([o.r, outDim]), true)) // [r, out]
     ordinal.set(m[1]!, ordinal.size)
   }
   model.lora = { ...o, enabled: true, dropoutSeed: undefined, ordinal }

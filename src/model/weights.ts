@@ -15,7 +15,7 @@ import { ADAPTER_CONFIG, ADAPTER_WEIGHTS, openWeights, saveHfDir, type Weights }
 import type { TensorToWrite } from '../checkpoint/safetensors.ts'
 import type { Rng } from '../rng.ts'
 import { parseConfig, parameterShapes, type ModelConfig } from './config.ts'
-import { checkTensorBytes } from './backend.ts'
+import { checkTensorBytes, variableOf } from './backend.ts'
 import type { Model } from './mistral.ts'
 
 /** Held transposed in memory: the projections, the LM head and LoRA A/B. */
@@ -61,7 +61,7 @@ export function modelFromTensors(config: ModelConfig, read: (name: string, shape
     checkTensorBytes(`${name} [${shape}]`, 4 * shape.reduce((a, d) => a * d, 1), 'this model does not fit the adapter: use --backend wasm, or a GPU with a larger maxStorageBufferBindingSize')
   }
   const params = new Map<string, tf.Variable>()
-  for (const [name, shape] of parameterShapes(config)) params.set(name, tf.variable(fromDisk(name, read(name, shape), shape), trainable))
+  for (const [name, shape] of parameterShapes(config)) params.set(name, variableOf(fromDisk(name, read(name, shape), shape), trainable))
   return { config, params }
 }
 

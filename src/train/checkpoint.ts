@@ -11,6 +11,7 @@
 import { existsSync, readdirSync, renameSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import * as tf from '@tensorflow/tfjs'
+import { variableOf } from '../model/backend.ts'
 import { AlignError } from '../errors.ts'
 import { readJson, tempPath } from '../files.ts'
 import { openWeights } from '../checkpoint/hf.ts'
@@ -117,7 +118,7 @@ function loadOptimizer(dir: string, opt: Optimizer): void {
     const [kind, name] = [key.slice(0, dot), key.slice(dot + 1)]
     const map = kind === 'exp_avg' ? opt.m : opt.v
     map.get(name)?.dispose()
-    map.set(name, tf.variable(fromDisk(name, w.read(key), w.info(key).shape), false))
+    map.set(name, variableOf(fromDisk(name, w.read(key), w.info(key).shape), false))
   }
   opt.step = meta.step
 }

@@ -6,7 +6,7 @@
  *   OrderedSum        the step's sum, added in micro-batch order
  *   applyUpdate       clip, then the optimizer's step (of all parameters, or of one replica's shard)
  *   writeGrads / readGrads   a micro-batch's gradients through a slot shared between replicas
- *   shardsOf, writeWeights / readWeights   the optimizer's shards, and updated weights through a slot
+ *   shardsOf, shardOf, writeWeights / readWeights   the optimizer's shards, and updated weights through a slot
  */
 import * as tf from '@tensorflow/tfjs'
 import { withAdapters } from '../model/lora.ts'
@@ -167,6 +167,12 @@ export function shardsOf(model: Model, n: number): Set<string>[] {
     before += p.size
   }
   return shards
+}
+
+/** Replica w's shard of n, and every other trainable parameter (what the other replicas step). */
+export function shardOf(model: Model, n: number, w: number): { mine: Set<string>; others: Set<string> } {
+  const mine = shardsOf(model, n)[w]!
+  return { mine, others: new Set(trainableParams(model).map(([name]) => name).filter((name) => !mine.has(name))) }
 }
 
 /** Where each trainable parameter sits in a slot (in floats): back to back in the model's order. */

@@ -10,6 +10,7 @@
  * - Global-norm gradient clipping (torch.nn.utils.clip_grad_norm_); the logged grad_norm is the norm before clipping.
  */
 import * as tf from '@tensorflow/tfjs'
+import { variableOf } from '../model/backend.ts'
 
 export const OPTIMIZERS = ['adamw', 'rmsprop'] as const
 export const SCHEDULES = ['linear', 'cosine', 'constant'] as const
@@ -42,8 +43,8 @@ export class Optimizer {
       const g = grads.get(name)
       if (!g) continue
       if (!this.v.has(name)) {
-        this.v.set(name, tf.variable(tf.zerosLike(p), false))
-        if (c.optimizer === 'adamw') this.m.set(name, tf.variable(tf.zerosLike(p), false))
+        this.v.set(name, variableOf(tf.zerosLike(p), false))
+        if (c.optimizer === 'adamw') this.m.set(name, variableOf(tf.zerosLike(p), false))
       }
       const v = this.v.get(name)!
       tf.tidy(() => {

@@ -8,11 +8,10 @@
  */
 import { existsSync, statSync } from 'node:fs'
 import { isAbsolute, join } from 'node:path'
-import * as tf from '@tensorflow/tfjs'
 import { AlignError } from '../errors.ts'
 import type { LoadedRecipe } from '../recipe.ts'
 import { Rng } from '../rng.ts'
-import { initBackend, type BackendInfo } from '../model/backend.ts'
+import { initBackend, variableOf, type BackendInfo } from '../model/backend.ts'
 import type { ModelConfig } from '../model/config.ts'
 import { addLora } from '../model/lora.ts'
 import { checkBatchTensors, disposeModel, type Model } from '../model/mistral.ts'
@@ -175,7 +174,7 @@ export function buildPolicy(run: Run): Model {
 
 /** A frozen copy of the policy's current weights. */
 function cloneModel(model: Model): Model {
-  return { config: model.config, params: new Map([...model.params].map(([k, p]) => [k, tf.variable(p.clone(), false)])) }
+  return { config: model.config, params: new Map([...model.params].map(([k, p]) => [k, variableOf(p.clone(), false)])) }
 }
 
 export interface References {

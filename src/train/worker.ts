@@ -6,14 +6,14 @@
 import { parentPort } from 'node:worker_threads'
 import * as tf from '@tensorflow/tfjs'
 import { explainAbort } from '../errors.ts'
-import { initBackend } from '../model/backend.ts'
+import { initBackend, variableOf } from '../model/backend.ts'
 import { parseConfig } from '../model/config.ts'
 import type { LoraState } from '../model/lora.ts'
 import type { Model } from '../model/mistral.ts'
 import { dpoObjective, evalBatch, sftObjective, type Objective } from '../preference/objective.ts'
 import { pairLogps } from '../preference/reference.ts'
-import type { Update, WorkerInit, WorkerRequest } from './workers.ts'
-import { OrderedSum, applyUpdate, microBatchGrads, readGrads, readWeights, shardsOf, touchedRows, trainableParams, writeGrads, writeWeights } from './microbatch.ts'
+import { readCopies, type Update, type WorkerInit, type WorkerRequest } from './workers.ts'
+import { OrderedSum, applyUpdate, microBatchGrads, readGrads, readWeights, shardOf, touchedRows, writeGrads, writeWeights } from './microbatch.ts'
 import { Optimizer } from './optim.ts'
 
 let model: Model | undefined
@@ -23,21 +23,20 @@ let opt: Optimizer | undefined
 /** all-reduce mode: this step's update, the sum of its micro-batch gradients until all GA are in, the weight slot */
 let pending: { ga: number; update: Update; sum: OrderedSum; weightSlot: SharedArrayBuffer } | undefined
 /** all-reduce mode: the parameters this replica steps (its optimizer shard, workers.ts), and all the others */
-let shard: Set<string> | undefined
-let others: Set<string> | undefined
+let shard: { mine: Set<string>; others: Set<string> } | undefined
 
 /** Once every micro-batch's gradients are in the sum: clip, step this replica's shard, write it to the weight slot. */
 async function maybeUpdate(): Promise<number | undefined> {
   if (!pending || pending.sum.added < pending.ga) return undefined
   const { update: { lr, maxNorm }, sum, weightSlot } = pending
   pending = undefined
-  const norm = await applyUpdate(model!, opt!, sum.take(), lr, maxNorm, shard)
-  await writeWeights(model!, shard!, weightSlot)
+  const norm = await applyUpdate(model!, opt!, sum.take(), lr, maxNorm, shard!.mine)
+  await writeWeights(model!, shard!.mine, weightSlot)
   return norm
 }
 
 function build(init: WorkerInit): void {
-  const params = new Map(init.params.map((p) => [p.name, tf.variable(tf.tensor(p.data, p.shape, 'float32'), p.trainable)]))
+  const params = new Map(init.params.map((p) => [p.name, variableOf(tf.tensor(p.data, p.shape, 'float32'), p.trainable)]))
   model = { config: parseConfig(init.config), params }
   if (init.lora) model.lora = { ...init.lora, enabled: true, dropoutSeed: undefined, ordinal: new Map(init.lora.ordinal) } satisfies LoraState
   objective = init.stage === 'dpo' ? dpoObjective(init.dpo!, init.layout) : sftObjective()
@@ -59,9 +58,7 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
     case 'init': {
       await initBackend(req.init.backend)
       build(req.init)
-      const shards = shardsOf(model!, req.workers)
-      shard = shards[req.me]
-      others = new Set(trainableParams(model!).map(([name]) => name).filter((name) => !shard!.has(name)))
+      shard = shardOf(model!, req.workers, req.me)
       return { value: true, transfer: [] }
     }
     case 'grads': {
@@ -82,17 +79,16 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
       for (const w of req.written) pending!.sum.add(w.a, readGrads(model!, req.slots[w.a]!, w.rows))
       return { value: (await maybeUpdate()) ?? null, transfer: [] }
     case 'shards':
-      readWeights(model!, others!, req.weightSlot)
+      readWeights(model!, shard!.others, req.weightSlot)
       return { value: true, transfer: [] }
     case 'moments': {
-      const copy = (m: Map<string, tf.Variable>) => [...m].map(([name, v]) => ({ name, data: (v.dataSync() as Float32Array).slice() }))
-      const moments = { m: copy(opt!.m), v: copy(opt!.v) }
+      const moments = { m: await readCopies(opt!.m), v: await readCopies(opt!.v) }
       return { value: moments, transfer: [...moments.m, ...moments.v].map((w) => w.data.buffer as ArrayBuffer) }
     }
     case 'sync': {
       setWeights(req.weights)
       opt!.dispose()
-      for (const [map, ws] of [[opt!.m, req.m], [opt!.v, req.v]] as const) for (const w of ws) map.set(w.name, tf.variable(tf.tensor(w.data, model!.params.get(w.name)!.shape, 'float32'), false))
+      for (const [map, ws] of [[opt!.m, req.m], [opt!.v, req.v]] as const) for (const w of ws) map.set(w.name, variableOf(tf.tensor(w.data, model!.params.get(w.name)!.shape, 'float32'), false))
       opt!.step = req.step
       return { value: true, transfer: [] }
     }

@@ -22,7 +22,8 @@ import { evalBatch, type BatchStats, type DpoOptions, type Layout, type Objectiv
 import type { PairIds } from '../preference/pairs.ts'
 import { pairLogps, type PairLogps } from '../preference/reference.ts'
 import * as tf from '@tensorflow/tfjs'
-import { OrderedSum, applyUpdate, microBatchGrads, readGrads, readWeights, shardsOf, slotFloats, touchedRows, trainableParams, writeGrads, writeWeights } from './microbatch.ts'
+import { variableOf } from '../model/backend.ts'
+import { OrderedSum, applyUpdate, microBatchGrads, readGrads, readWeights, shardOf, slotFloats, touchedRows, trainableParams, writeGrads, writeWeights } from './microbatch.ts'
 import { Optimizer, type OptimConfig } from './optim.ts'
 
 export interface WorkerInit {
@@ -78,7 +79,7 @@ export function workerCount(requested: string | number | undefined, backend: { o
 }
 
 /** Copies of tensors' data, ours to transfer (on some backends a read returns the backend's storage itself). */
-function readCopies(m: Map<string, tf.Tensor>): Promise<{ name: string; data: Float32Array }[]> {
+export function readCopies(m: Map<string, tf.Tensor>): Promise<{ name: string; data: Float32Array }[]> {
   return Promise.all([...m].map(async ([name, v]) => ({ name, data: ((await v.data()) as Float32Array).slice() })))
 }
 
@@ -102,12 +103,12 @@ export class WorkerPool {
   /** per worker: the trainable weights changed since it last received them */
   private stale: boolean[] = []
 
-  /** the optimizer's shards (all-reduce mode): replica w steps shards[w]; this thread is replica 0 */
-  private readonly shards: Set<string>[]
+  /** all-reduce mode: the optimizer shard this thread (replica 0) steps, and the parameters the workers step */
+  private readonly shard: { mine: Set<string>; others: Set<string> }
 
   private constructor(private readonly threads: Worker[], private readonly model: Model) {
     this.stale = threads.map(() => false)
-    this.shards = shardsOf(model, threads.length + 1)
+    this.shard = shardOf(model, threads.length + 1, 0)
     threads.forEach((w, i) => {
       const fail = (why: string) => {
         for (const [id, p] of this.pending) if (p.worker === i) (this.pending.delete(id), p.reject(new AlignError(`worker ${i + 1} of ${threads.length + 1} ${why}; the run stops (the last checkpoint is intact)`)))
@@ -225,16 +226,12 @@ export class WorkerPool {
    */
   async update(opt: Optimizer, grads: Map<string, tf.Tensor>, lr: number, maxNorm: number): Promise<number> {
     const slot = this.weightSlot!
-    const norm = await applyUpdate(this.model, opt, grads, lr, maxNorm, this.shards[0])
-    await writeWeights(this.model, this.shards[0]!, slot)
+    const norm = await applyUpdate(this.model, opt, grads, lr, maxNorm, this.shard.mine)
+    await writeWeights(this.model, this.shard.mine, slot)
     await Promise.all(this.updating.splice(0)) // every worker has stepped its shard (a worker's reply comes after)
-    readWeights(this.model, this.notShard(0), slot)
+    readWeights(this.model, this.shard.others, slot)
     this.threads.forEach((_, i) => this.updating.push(this.call(i, { kind: 'shards', weightSlot: slot })))
     return norm
-  }
-
-  private notShard(w: number): Set<string> {
-    return new Set(this.shards.flatMap((s, i) => (i === w ? [] : [...s])))
   }
 
   /**
@@ -244,24 +241,22 @@ export class WorkerPool {
   async gatherOptimizer(opt: Optimizer): Promise<{ opt: Optimizer; release: () => void }> {
     await Promise.all(this.updating.splice(0))
     const theirs = await Promise.all(this.threads.map((_, i) => this.call<{ m: Weights; v: Weights }>(i, { kind: 'moments' })))
-    const copies = new Map<string, tf.Variable>()
-    const from = (mine: Map<string, tf.Variable>, kind: 'm' | 'v', name: string) => {
-      if (mine.has(name)) return mine.get(name)
-      const w = theirs.flatMap((t) => t[kind]).find((x) => x.name === name)
-      if (!w) return undefined
-      const v = tf.variable(tf.tensor(w.data, this.model.params.get(name)!.shape, 'float32'), false)
-      copies.set(`${kind}.${name}`, v)
-      return v
-    }
     const all = new Optimizer(opt.config)
     all.step = opt.step
-    for (const [name] of trainableParams(this.model)) {
-      for (const [kind, map] of [['m', all.m], ['v', all.v]] as const) {
-        const v = from(kind === 'm' ? opt.m : opt.v, kind, name)
-        if (v) map.set(name, v)
+    const copies: tf.Variable[] = []
+    for (const [mine, kind, into] of [[opt.m, 'm', all.m], [opt.v, 'v', all.v]] as const) {
+      const received = new Map(theirs.flatMap((t) => t[kind]).map((w) => [w.name, w.data]))
+      for (const [name, p] of trainableParams(this.model)) {
+        const data = received.get(name)
+        if (mine.has(name)) into.set(name, mine.get(name)!)
+        else if (data) {
+          const copy = variableOf(tf.tensor(data, p.shape, 'float32'), false)
+          copies.push(copy)
+          into.set(name, copy)
+        }
       }
     }
-    return { opt: all, release: () => tf.dispose([...copies.values()]) }
+    return { opt: all, release: () => tf.dispose(copies) }
   }
 
   /**
@@ -270,9 +265,12 @@ export class WorkerPool {
    */
   async sync(opt: Optimizer): Promise<void> {
     const only = (m: Map<string, tf.Variable>, shard: Set<string>) => readCopies(new Map([...m].filter(([name]) => shard.has(name))))
-    await Promise.all(this.threads.map(async (_, i) => this.call(i, { kind: 'sync', weights: await readCopies(new Map(trainableParams(this.model))), m: await only(opt.m, this.shards[i + 1]!), v: await only(opt.v, this.shards[i + 1]!), step: opt.step }))) // a fresh copy per worker: each is transferred
+    await Promise.all(this.threads.map(async (_, i) => {
+      const theirs = shardOf(this.model, this.size, i + 1).mine
+      return this.call(i, { kind: 'sync', weights: await readCopies(new Map(trainableParams(this.model))), m: await only(opt.m, theirs), v: await only(opt.v, theirs), step: opt.step }) // a fresh copy per worker: each is transferred
+    }))
     for (const map of [opt.m, opt.v]) {
-      for (const name of this.notShard(0)) {
+      for (const name of this.shard.others) {
         map.get(name)?.dispose()
         map.delete(name)
       }
