@@ -2,7 +2,7 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { Optimizer, clipScale, globalNorm, lrLambda, warmupSteps } from '../src/train/optim.ts'
-import { applyUpdate, shardsOf } from '../src/train/microbatch.ts'
+import { applyUpdate, gradSquares, normOf, shardsOf } from '../src/train/microbatch.ts'
 import type { Model } from '../src/model/mistral.ts'
 import { crc32c, encodeEvent, maskCrc, readEvents, record } from '../src/train/tfevents.ts'
 import { readFileSync } from 'node:fs'
@@ -75,15 +75,21 @@ test('global-norm clipping: norm before clipping, scaled to max_norm; a shard st
   assert.is(clipScale(5, 0), undefined) // max_norm 0: no clipping
   // two AdamW steps (the second depends on the gradients' scale) of all parameters, and of shard {b} alone
   const model = (): Model => ({ config: {} as Model['config'], params: new Map([['a', tf.variable(tf.tensor1d([1, 2]))], ['b', tf.variable(tf.tensor1d([3]))]]) })
-  const [all, part] = [model(), model()]
-  const [optAll, optPart] = [new Optimizer({ optimizer: 'adamw', beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, rmspropAlpha: 0.99 }), new Optimizer({ optimizer: 'adamw', beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, rmspropAlpha: 0.99 })]
+  const [all, part, scattered] = [model(), model(), model()]
+  const adamw = () => new Optimizer({ optimizer: 'adamw', beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, rmspropAlpha: 0.99 })
+  const [optAll, optPart, optScattered] = [adamw(), adamw(), adamw()]
   for (const [ga, gb] of [[[3, 0], [4]], [[-1, 2], [0.5]]]) {
     const grads = () => new Map([['a', tf.tensor1d(ga!)], ['b', tf.tensor1d(gb!)]])
     const g = grads()
     const norm = await applyUpdate(all, optAll, g, 0.1, 1)
     assert.is(await applyUpdate(part, optPart, grads(), 0.1, 1, new Set(['b'])), norm)
     assert.ok(g.get('a')!.isDisposed) // the gradients are consumed
+    // reduce-scattered (workers.ts): each replica squares its own shard's gradients, the norm adds them in model order
+    const [ofA, ofB] = [await gradSquares(new Map([['a', tf.tensor1d(ga!)]])), await gradSquares(new Map([['b', tf.tensor1d(gb!)]]))]
+    assert.is(normOf(all, new Map([...ofB, ...ofA])), norm) // bit for bit, whatever order the squares arrive in
+    await applyUpdate(scattered, optScattered, new Map([['b', tf.tensor1d(gb!)]]), 0.1, 1, new Set(['b']), norm)
   }
+  assert.equal([...scattered.params.get('b')!.dataSync()], [...all.params.get('b')!.dataSync()])
   assert.equal([...part.params.get('a')!.dataSync()], [1, 2]) // not in the shard: untouched, no moments
   assert.equal([...optPart.m.keys()], ['b'])
   assert.equal([...part.params.get('b')!.dataSync()], [...all.params.get('b')!.dataSync()]) // bit for bit

@@ -3,9 +3,10 @@
  * same bits wherever it runs:
  *   microBatchGrads   one micro-batch's gradients: the loss scaled by 1/GA, differentiated with respect to the
  *                     trainable parameters, LoRA dropout seeded by the micro-batch's place in the stream
- *   OrderedSum        the step's sum, added in micro-batch order
+ *   OrderedSum        the step's sum, added in micro-batch order (of every parameter, or of one replica's shard)
+ *   gradSquares, normOf   the global norm from per-parameter sums of squares, wherever each was computed
  *   applyUpdate       clip, then the optimizer's step (of all parameters, or of one replica's shard)
- *   writeGrads / readGrads   a micro-batch's gradients through a slot shared between replicas
+ *   writeGrads / readGrads   a micro-batch's gradients (or some parameters' of them) through a shared slot
  *   shardsOf, shardOf, writeWeights / readWeights   the optimizer's shards, and updated weights through a slot
  */
 import * as tf from '@tensorflow/tfjs'
@@ -15,7 +16,7 @@ import type { BatchStats, Objective } from '../preference/objective.ts'
 import type { PairIds } from '../preference/pairs.ts'
 import type { PairLogps } from '../preference/reference.ts'
 import { readInto, tensorCopy } from '../model/backend.ts'
-import { Optimizer, clipScale, globalNorm } from './optim.ts'
+import { Optimizer, clipScale, normOfSquares, sumSquares } from './optim.ts'
 
 export const trainableParams = (model: Model): [string, tf.Variable][] => [...model.params].filter(([, p]) => p.trainable)
 
@@ -38,19 +39,25 @@ export async function microBatchGrads(model: Model, objective: Objective, pairs:
 /**
  * The sum of a step's micro-batch gradients, added in micro-batch order whatever order they come in: the additions
  * a single worker makes (parameter by parameter, in the model's order), so every replica and every worker count
- * gets the same bits. A micro-batch is added once all before it are in, so only early ones are held: one worker
- * keeps two gradient sets, not GA. Added tensors are disposed.
+ * gets the same bits. With `names`, only those parameters are summed (a replica's optimizer shard: a
+ * reduce-scatter) and the rest of each added set is disposed. A micro-batch is added once all before it are in, so
+ * only early ones are held: one worker keeps two gradient sets, not GA. Added tensors are disposed.
  */
 export class OrderedSum {
   private acc: Map<string, tf.Tensor> | undefined
   private readonly early = new Map<number, Map<string, tf.Tensor>>()
+  private readonly names: string[]
   /** how many micro-batches are in the sum */
   added = 0
 
-  constructor(private readonly model: Model) {}
+  constructor(model: Model, names?: ReadonlySet<string>) {
+    this.names = trainableParams(model).map(([name]) => name).filter((name) => !names || names.has(name))
+  }
 
   add(a: number, grads: Map<string, tf.Tensor>): void {
-    this.early.set(a, grads)
+    const kept = new Map(this.names.map((name) => [name, grads.get(name)!]))
+    tf.dispose([...grads].filter(([name]) => !kept.has(name)).map(([, g]) => g))
+    this.early.set(a, kept)
     for (let g = this.early.get(this.added); g; g = this.early.get(this.added)) {
       this.early.delete(this.added++)
       const acc = this.acc
@@ -58,7 +65,7 @@ export class OrderedSum {
         this.acc = g
         continue
       }
-      for (const [name] of trainableParams(this.model)) {
+      for (const name of this.names) {
         const [prev, next] = [acc.get(name)!, g.get(name)!]
         acc.set(name, tf.add(prev, next))
         tf.dispose([prev, next])
@@ -81,14 +88,33 @@ export class OrderedSum {
   }
 }
 
+/** Each gradient's sum of squares (float32, as the backend computes it), by parameter name. */
+export async function gradSquares(grads: Map<string, tf.Tensor>): Promise<Map<string, number>> {
+  const squares = await sumSquares([...grads.values()])
+  return new Map([...grads.keys()].map((name, i) => [name, squares[i]!]))
+}
+
+/**
+ * The global gradient norm from every trainable parameter's sum of squares, added in the model's order: the same
+ * bits whichever replica computed each sum (workers.ts: each replica squares its own shard).
+ */
+export function normOf(model: Model, squares: ReadonlyMap<string, number>): number {
+  return normOfSquares(trainableParams(model).map(([name]) => {
+    const s = squares.get(name)
+    if (s === undefined) throw new Error(`normOf: no sum of squares for ${name}`)
+    return s
+  }))
+}
+
 /**
  * One optimizer update from summed gradients: the global norm over all of them, the clip (torch's
  * clip_grad_norm_), then the optimizer's step at `lr` — of every trainable parameter, or of those in `shard` only
- * (workers.ts: each replica steps its own shard). A non-finite norm applies nothing (the main thread stops the run
+ * (workers.ts: each replica steps its own shard, and holds only the shard's gradients; it is then given the
+ * `norm`, from every shard's sums of squares). A non-finite norm applies nothing (the main thread stops the run
  * there). The gradients are disposed. Returns the norm before clipping.
  */
-export async function applyUpdate(model: Model, opt: Optimizer, grads: Map<string, tf.Tensor>, lr: number, maxNorm: number, shard?: ReadonlySet<string>): Promise<number> {
-  const norm = await globalNorm([...grads.values()])
+export async function applyUpdate(model: Model, opt: Optimizer, grads: Map<string, tf.Tensor>, lr: number, maxNorm: number, shard?: ReadonlySet<string>, norm?: number): Promise<number> {
+  norm ??= normOf(model, await gradSquares(grads))
   if (Number.isFinite(norm)) {
     const scale = clipScale(norm, maxNorm)
     const params = new Map(trainableParams(model).filter(([name]) => !shard || shard.has(name)))
@@ -121,10 +147,13 @@ export function touchedRows(model: Model, pairs: PairIds[], padId: number): Int3
  */
 export const slotFloats = (model: Model) => trainableParams(model).reduce((n, [, p]) => n + p.size, 0)
 
-/** Write a micro-batch's gradients into `slot`, the embedding's as `rows` only (touchedRows; undefined: dense). */
-export async function writeGrads(model: Model, grads: Map<string, tf.Tensor>, rows: Int32Array | undefined, slot: SharedArrayBuffer): Promise<void> {
-  let at = 0
-  for (const [name, p] of trainableParams(model)) {
+/**
+ * Write a micro-batch's gradients into `slot` — of the parameters in `names` (default: all), each at its place —
+ * the embedding's as `rows` only (touchedRows; undefined: dense).
+ */
+export async function writeGrads(model: Model, grads: Map<string, tf.Tensor>, rows: Int32Array | undefined, slot: SharedArrayBuffer, names?: ReadonlySet<string>): Promise<void> {
+  for (const [name, p, at] of slotPlaces(model)) {
+    if (names && !names.has(name)) continue
     const g = grads.get(name)!
     if (name === EMBED && rows) {
       const picked = tf.tidy(() => tf.gather(g, tf.tensor1d(rows, 'int32'))) // [rows, hidden]
@@ -133,21 +162,18 @@ export async function writeGrads(model: Model, grads: Map<string, tf.Tensor>, ro
     } else {
       await readInto(g, new Float32Array(slot, at * 4, p.size))
     }
-    at += p.size
   }
 }
 
 /**
- * The gradients in `slot` as tensors, sparse rows scattered back into zeros (bit-identical to the dense tensor).
- * A backend may keep a view of the slot instead of a copy (cpu does): use them within the step that wrote it.
+ * The gradients in `slot` of the parameters in `names` (default: all) as tensors, sparse rows scattered back into
+ * zeros (bit-identical to the dense tensor). A backend may keep a view of the slot instead of a copy (cpu does):
+ * use them within the step that wrote it.
  */
-export function readGrads(model: Model, slot: SharedArrayBuffer, rows: Int32Array | undefined): Map<string, tf.Tensor> {
-  let at = 0
-  return new Map(trainableParams(model).map(([name, p]) => {
+export function readGrads(model: Model, slot: SharedArrayBuffer, rows: Int32Array | undefined, names?: ReadonlySet<string>): Map<string, tf.Tensor> {
+  return new Map(slotPlaces(model).filter(([name]) => !names || names.has(name)).map(([name, p, at]) => {
     const sparse = name === EMBED && rows
-    const n = sparse ? rows.length * p.shape[1]! : p.size
-    const data = new Float32Array(slot, at * 4, n)
-    at += p.size
+    const data = new Float32Array(slot, at * 4, sparse ? rows.length * p.shape[1]! : p.size)
     if (!sparse) return [name, tf.tensor(data, p.shape, 'float32')]
     return [name, tf.tidy(() => tf.scatterND(tf.tensor2d(rows, [rows.length, 1], 'int32'), tf.tensor2d(data, [rows.length, p.shape[1]!], 'float32'), p.shape))]
   }))

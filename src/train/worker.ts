@@ -13,27 +13,20 @@ import type { Model } from '../model/mistral.ts'
 import { dpoObjective, evalBatch, sftObjective, type Objective } from '../preference/objective.ts'
 import { pairLogps } from '../preference/reference.ts'
 import { readCopies, type Update, type WorkerInit, type WorkerRequest } from './workers.ts'
-import { OrderedSum, applyUpdate, microBatchGrads, readGrads, readWeights, shardOf, touchedRows, writeGrads, writeWeights } from './microbatch.ts'
+import { OrderedSum, applyUpdate, gradSquares, microBatchGrads, readGrads, readWeights, shardOf, touchedRows, writeGrads, writeWeights } from './microbatch.ts'
 import { Optimizer } from './optim.ts'
 
 let model: Model | undefined
 let objective: Objective | undefined
 let padId = 0
 let opt: Optimizer | undefined
-/** all-reduce mode: this step's update, the sum of its micro-batch gradients until all GA are in, the weight slot */
-let pending: { ga: number; update: Update; sum: OrderedSum; weightSlot: SharedArrayBuffer } | undefined
+/**
+ * all-reduce mode: this step's update, the sum of its micro-batch gradients (of this replica's shard) until all GA
+ * are in, then the summed gradients until the norm comes, and the weight slot
+ */
+let pending: { ga: number; update: Update; sum: OrderedSum; grads?: Map<string, tf.Tensor>; weightSlot: SharedArrayBuffer } | undefined
 /** all-reduce mode: the parameters this replica steps (its optimizer shard, workers.ts), and all the others */
 let shard: { mine: Set<string>; others: Set<string> } | undefined
-
-/** Once every micro-batch's gradients are in the sum: clip, step this replica's shard, write it to the weight slot. */
-async function maybeUpdate(): Promise<number | undefined> {
-  if (!pending || pending.sum.added < pending.ga) return undefined
-  const { update: { lr, maxNorm }, sum, weightSlot } = pending
-  pending = undefined
-  const norm = await applyUpdate(model!, opt!, sum.take(), lr, maxNorm, shard!.mine)
-  await writeWeights(model!, shard!.mine, weightSlot)
-  return norm
-}
 
 function build(init: WorkerInit): void {
   const params = new Map(init.params.map((p) => [p.name, variableOf(tf.tensor(p.data, p.shape, 'float32'), p.trainable)]))
@@ -63,21 +56,33 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
     }
     case 'grads': {
       setWeights(req.weights)
-      if (req.update) pending = { ga: req.ga, update: req.update, sum: new OrderedSum(model!), weightSlot: req.weightSlot! }
+      if (req.update) pending = { ga: req.ga, update: req.update, sum: new OrderedSum(model!, shard!.mine), weightSlot: req.weightSlot! }
       const out = []
       for (const j of req.jobs) {
         const { grads, stats } = await microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, dropoutSeed: j.dropoutSeed })
         const rows = touchedRows(model!, j.pairs, padId)
-        await writeGrads(model!, grads, rows, req.slots[j.a]!)
+        await writeGrads(model!, grads, rows, req.slots[j.a]!, pending ? shard!.others : undefined) // all-reduce: the shards the others sum
         if (pending) pending.sum.add(j.a, grads)
         else tf.dispose([...grads.values()])
         out.push({ a: j.a, rows, stats })
       }
       return { value: out, transfer: [] }
     }
-    case 'peers':
-      for (const w of req.written) pending!.sum.add(w.a, readGrads(model!, req.slots[w.a]!, w.rows))
-      return { value: (await maybeUpdate()) ?? null, transfer: [] }
+    case 'peers': {
+      // this replica's shard of the micro-batches it did not compute; once all are in, its sums of squares
+      for (const w of req.written) pending!.sum.add(w.a, readGrads(model!, req.slots[w.a]!, w.rows, shard!.mine))
+      if (pending!.sum.added < pending!.ga) return { value: null, transfer: [] }
+      pending!.grads = pending!.sum.take()
+      return { value: [...(await gradSquares(pending!.grads))], transfer: [] }
+    }
+    case 'update': {
+      // the global norm: clip, step this replica's shard, write it to the weight slot
+      const { update: { lr, maxNorm }, grads, weightSlot } = pending!
+      pending = undefined
+      await applyUpdate(model!, opt!, grads!, lr, maxNorm, shard!.mine, req.norm)
+      await writeWeights(model!, shard!.mine, weightSlot)
+      return { value: true, transfer: [] }
+    }
     case 'shards':
       readWeights(model!, shard!.others, req.weightSlot)
       return { value: true, transfer: [] }

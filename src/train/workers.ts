@@ -2,11 +2,13 @@
  * Data parallelism over the cores: the main thread is worker 0 and N−1 worker threads (worker.ts) each hold a
  * tfjs backend and a replica of the model. What is spread, and why the numbers never depend on N:
  *   - a training step's GA micro-batches: micro-batch a runs on worker a mod N. With two or more micro-batches a
- *     step (all-reduce), every replica gets the gradients it did not compute and sums all of them in micro-batch
- *     order (microbatch.ts `OrderedSum`, the additions a single worker makes). The optimizer is sharded (ZeRO
- *     stage 1): replica w keeps the moments of shard w of the parameters (microbatch.ts `shardsOf`), takes the
- *     global norm of all gradients, clips and steps its shard — the ops one worker would run on those parameters —
- *     and the updated shards pass between replicas through the step's weight slot. Checkpoints gather the moments.
+ *     step, the optimizer is sharded (ZeRO stage 1): replica w keeps the moments of shard w of the parameters
+ *     (microbatch.ts `shardsOf`). The gradients are reduce-scattered: each replica writes the other shards'
+ *     gradients of its micro-batches, and sums its own shard's over all micro-batches in micro-batch order
+ *     (microbatch.ts `OrderedSum`, the additions a single worker makes). Each squares its shard's sums; the main
+ *     thread adds every parameter's square in model order into the global norm and hands it out; each replica
+ *     clips and steps its shard — the ops one worker would run on those parameters — and the updated shards pass
+ *     between replicas through the step's weight slot. Checkpoints gather the moments.
  *     With one micro-batch a step, only the main thread trains and the weights go out lazily, when a worker is
  *     next asked for something (eval).
  *   - the reference precompute and eval: contiguous runs of whole batches per worker, results in batch order.
@@ -23,7 +25,7 @@ import type { PairIds } from '../preference/pairs.ts'
 import { pairLogps, type PairLogps } from '../preference/reference.ts'
 import * as tf from '@tensorflow/tfjs'
 import { variableOf } from '../model/backend.ts'
-import { OrderedSum, applyUpdate, microBatchGrads, readGrads, readWeights, shardOf, slotFloats, touchedRows, trainableParams, writeGrads, writeWeights } from './microbatch.ts'
+import { OrderedSum, applyUpdate, gradSquares, microBatchGrads, normOf, readGrads, readWeights, shardOf, slotFloats, touchedRows, trainableParams, writeGrads, writeWeights } from './microbatch.ts'
 import { Optimizer, type OptimConfig } from './optim.ts'
 
 export interface WorkerInit {
@@ -42,14 +44,16 @@ export interface WorkerInit {
 
 type Weights = { name: string; data: Float32Array }[]
 /**
- * `update`: all-reduce mode, the worker keeps its gradients, steps its optimizer shard once `peers` completes them
- * and writes the shard's new values into `weightSlot`; `shards` then brings it the other replicas' shards.
+ * `update` in `grads`: all-reduce mode. The worker sums its shard's gradients; the `peers` message that completes
+ * the sum is answered with the shard's sums of squares; `update` brings the global norm, and the worker steps its
+ * optimizer shard and writes the shard's new values into `weightSlot`; `shards` then brings it the other replicas'.
  */
 export type Update = { lr: number; maxNorm: number }
 export type WorkerRequest =
   | { kind: 'init'; init: WorkerInit; me: number; workers: number }
   | { kind: 'grads'; ga: number; weights?: Weights; update?: Update; slots: SharedArrayBuffer[]; weightSlot?: SharedArrayBuffer; jobs: { a: number; pairs: PairIds[]; ref?: PairLogps; dropoutSeed: number }[] }
   | { kind: 'peers'; slots: SharedArrayBuffer[]; written: Written[] }
+  | { kind: 'update'; norm: number }
   | { kind: 'shards'; weightSlot: SharedArrayBuffer }
   | { kind: 'moments' }
   | { kind: 'sync'; weights: Weights; m: Weights; v: Weights; step: number }
@@ -104,7 +108,7 @@ export class WorkerPool {
   private stale: boolean[] = []
 
   /** all-reduce mode: the optimizer shard this thread (replica 0) steps, and the parameters the workers step */
-  private readonly shard: { mine: Set<string>; others: Set<string> }
+  readonly shard: { mine: Set<string>; others: Set<string> }
 
   private constructor(private readonly threads: Worker[], private readonly model: Model) {
     this.stale = threads.map(() => false)
@@ -175,8 +179,8 @@ export class WorkerPool {
    * fresh arrays: filling fresh memory costs more than the copy itself (backend.ts `readInto`). Why a step's slots
    * are free again two steps later: they are read while that step runs — by this thread before it asks for the
    * next step, and by each worker in its `peers` and `shards` messages of that step, which it handles before its
-   * next step's `grads`; a writer of step s + 2 got its request (or, for a shard, the gradients it waits for) only
-   * after every worker had answered step s + 1's `grads`, so after every read of step s.
+   * next step's `grads`; a writer of step s + 2 got its request (or, for a shard, the norm it waits for) only after
+   * every worker had answered step s + 1's `grads`, so after every read of step s.
    */
   private slotSets: { grads: SharedArrayBuffer[]; weights?: SharedArrayBuffer }[] = [{ grads: [] }, { grads: [] }]
   private steps = 0
@@ -211,7 +215,7 @@ export class WorkerPool {
     return { results: Promise.all([earlier, ...calls]).then(([, ...r]) => (r as RemoteGrads[][]).flat()), slots }
   }
 
-  /** All-reduce mode: tell each worker which slots hold micro-batches it did not compute; it then steps its optimizer. */
+  /** All-reduce mode: tell each worker which slots hold micro-batches it did not compute; it sums its shard of them. */
   peers(slots: SharedArrayBuffer[], written: (Written & { worker: number })[]): void {
     this.threads.forEach((_, i) => {
       const theirs = written.filter((w) => w.worker !== i + 1).map(({ a, rows }) => ({ a, rows }))
@@ -220,13 +224,19 @@ export class WorkerPool {
   }
 
   /**
-   * All-reduce mode, the update of a step whose gradients `stepGradients` summed: this thread steps shard 0 and
-   * writes it into the step's weight slot; once every worker has stepped and written its shard, this thread reads
-   * theirs and each worker is told to read the others'. Returns the global norm before clipping.
+   * All-reduce mode, the update of a step whose shard-0 gradients `stepGradients` summed: the global norm from
+   * every shard's sums of squares (each worker answers the `peers` that completed its sum with its own), sent to
+   * the workers; this thread steps shard 0 and writes it into the step's weight slot; once every worker has
+   * stepped and written its shard, this thread reads theirs and each worker is told to read the others'.
+   * Returns the global norm before clipping.
    */
   async update(opt: Optimizer, grads: Map<string, tf.Tensor>, lr: number, maxNorm: number): Promise<number> {
     const slot = this.weightSlot!
-    const norm = await applyUpdate(this.model, opt, grads, lr, maxNorm, this.shard.mine)
+    const squares = await gradSquares(grads)
+    for (const theirs of await Promise.all(this.updating.splice(0))) for (const [name, sq] of (theirs as [string, number][] | null) ?? []) squares.set(name, sq)
+    const norm = normOf(this.model, squares)
+    this.threads.forEach((_, i) => this.updating.push(this.call(i, { kind: 'update', norm })))
+    await applyUpdate(this.model, opt, grads, lr, maxNorm, this.shard.mine, norm)
     await writeWeights(this.model, this.shard.mine, slot)
     await Promise.all(this.updating.splice(0)) // every worker has stepped its shard (a worker's reply comes after)
     readWeights(this.model, this.shard.others, slot)
@@ -328,19 +338,20 @@ export interface Job {
 /**
  * The summed gradients of one optimizer step: its micro-batches, each computed where `job.worker` says, added in
  * micro-batch order (microbatch.ts `OrderedSum`), and their stats in that order. Workers pass gradients through
- * the step's slots. With `update` (all-reduce) every worker also reads the micro-batches it did not compute, and
- * steps its own optimizer once it has them all.
+ * the step's slots. With `update` (all-reduce) they are reduce-scattered: each replica writes the other shards'
+ * gradients and sums its own shard's, so the sum returned here is of this thread's shard only (`pool.update`).
  */
 export async function stepGradients(model: Model, objective: Objective, pool: WorkerPool | undefined, jobs: Job[], o: { padId: number; ga: number; update?: Update }): Promise<{ grads: Map<string, tf.Tensor>; stats: BatchStats[] }> {
   const remote = pool ? await pool.grads(o.ga, jobs.filter((j) => j.worker !== 0), o.update) : undefined
-  const sum = new OrderedSum(model)
+  const shard = o.update ? pool!.shard : undefined
+  const sum = new OrderedSum(model, shard?.mine)
   const stats = new Map<number, BatchStats>()
   try {
     for (const j of jobs.filter((j) => j.worker === 0)) {
       const r = await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, dropoutSeed: j.dropoutSeed })
       if (o.update) {
         const rows = touchedRows(model, j.pairs, o.padId)
-        await writeGrads(model, r.grads, rows, remote!.slots[j.a]!)
+        await writeGrads(model, r.grads, rows, remote!.slots[j.a]!, shard!.others)
         pool!.peers(remote!.slots, [{ a: j.a, worker: 0, rows }]) // ours, for every worker now
       }
       sum.add(j.a, r.grads)
@@ -349,7 +360,7 @@ export async function stepGradients(model: Model, objective: Objective, pool: Wo
     if (remote) {
       const fromWorkers = await remote.results
       if (o.update && pool!.size > 2) pool!.peers(remote.slots, fromWorkers.map((r) => ({ a: r.a, rows: r.rows, worker: jobs.find((j) => j.a === r.a)!.worker })))
-      for (const r of fromWorkers) (sum.add(r.a, readGrads(model, remote.slots[r.a]!, r.rows)), stats.set(r.a, r.stats))
+      for (const r of fromWorkers) (sum.add(r.a, readGrads(model, remote.slots[r.a]!, r.rows, shard?.mine)), stats.set(r.a, r.stats))
     }
     return { grads: sum.take(), stats: jobs.map((j) => stats.get(j.a)!) }
   } catch (e) {
