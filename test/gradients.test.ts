@@ -11,6 +11,7 @@ import type { SeqBatch } from '../src/model/logprobs.ts'
 import { packPairs, padBatch, pairSequences } from '../src/preference/batch.ts'
 import { dpoBatchLoss } from '../src/preference/objective.ts'
 import { Rng } from '../src/rng.ts'
+import { blockedHeadLogProbs, linear, targetLogProbs } from '../src/model/autograd.ts'
 import { maxAbsDiff, SMALL_DPO } from './tfjs-helpers.ts'
 
 const { config, pairs, ref, opts } = SMALL_DPO
@@ -105,6 +106,28 @@ test('cpu and wasm agree on the loss and every gradient of a DPO step', async ()
   }
   clearCaches()
   await initBackend('cpu')
+})
+
+test('the LM head in vocabulary blocks gives the log-probs and gradients of one whole-vocabulary head', async () => {
+  const [N, D, V] = [6, 5, 23]
+  const rng = Rng.fromKey('blocked-head')
+  const h = tf.tensor2d(Array.from({ length: N * D }, () => rng.normal()), [N, D])
+  const w = tf.tensor2d(Array.from({ length: D * V }, () => rng.normal()), [D, V])
+  const targets = [0, 22, 7, 7, 15, 3] // blocks of 5: the first, the last (3 wide), two in one block, none in [10, 15)
+  const dy = tf.tensor1d([0.5, -1, 2, 0.25, -0.75, 1])
+  const run = (f: (h: tf.Tensor2D, w: tf.Tensor2D) => tf.Tensor1D) => {
+    const { value, grads } = tf.valueAndGrads((hh: tf.Tensor, ww: tf.Tensor) => tf.sum(tf.mul(f(hh as tf.Tensor2D, ww as tf.Tensor2D), dy)))([h, w])
+    const lp = f(h, w)
+    return { lp: lp.dataSync() as Float32Array, value: value.dataSync()[0]!, dh: grads[0]!.dataSync() as Float32Array, dw: grads[1]!.dataSync() as Float32Array }
+  }
+  const whole = run((hh, ww) => targetLogProbs(linear(hh, ww), tf.tensor1d(targets, 'int32')))
+  for (const block of [5, 23, 64]) {
+    const b = run((hh, ww) => blockedHeadLogProbs(hh, ww, targets, block))
+    assert.ok(maxAbsDiff(b.lp, whole.lp) < 1e-5, `block ${block}: log-probs ${b.lp} vs ${whole.lp}`)
+    assert.ok(maxAbsDiff(b.dh, whole.dh) < 1e-5, `block ${block}: dh ${maxAbsDiff(b.dh, whole.dh)}`)
+    assert.ok(maxAbsDiff(b.dw, whole.dw) < 1e-5, `block ${block}: dW ${maxAbsDiff(b.dw, whole.dw)}`)
+  }
+  assert.ok(Math.abs(whole.lp[1]! - (-Math.log(V))) > 0.1) // the weights are not degenerate: log-probs far from uniform
 })
 
 test('the chunked LM head gives the same log-probs and gradients as the whole head', async () => {

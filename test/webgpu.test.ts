@@ -12,6 +12,7 @@ import * as tf from '@tensorflow/tfjs'
 import { readHeader, readTensor } from '../src/checkpoint/safetensors.ts'
 import { initBackend, type BackendInfo } from '../src/model/backend.ts'
 import { parseConfig, type ModelConfig } from '../src/model/config.ts'
+import { targetLogProbs } from '../src/model/autograd.ts'
 import { headChunkTokens, type SeqBatch } from '../src/model/logprobs.ts'
 import { clearCaches, disposeModel, forward, hidden } from '../src/model/mistral.ts'
 import { diskData, initModel, loadModel, modelFromTensors } from '../src/model/weights.ts'
@@ -158,9 +159,14 @@ gpu('the LM head over more than 2^24 logits runs in chunks and matches wasm (a f
   }
   const [w, g] = [await logpsOn('wasm'), await logpsOn('webgpu')]
   assert.ok(maxAbsDiff(w, g) < 2e-3, `summed log-probs (~ -3000) wasm ${w} webgpu ${g}`)
-  // the head forced into one block of 600 × 32000 logits (77 MB: it binds) would pick targets past 2^24: refused, not read wrong
+  // one pair's 600 tokens forced into one chunk: the head runs in vocabulary blocks of [600, 4096], whose positions
+  // stay below 2^24, and gives the chunked numbers; one [600, 32000] block of logits would pick targets past 2^24
+  // (77 MB: it binds), refused rather than read wrong
   const m = build(big, weights)
-  await rejects(async () => tf.tidy(() => dpoBatchLoss(m, packPairs(long.slice(0, 1), 0, 1), { chosen: [0], rejected: [0] }, opts, 4096).loss), /a \[600, 32000\] block of logits has positions past 16777216, which this backend cannot index exactly/)
+  const one = { chosen: [0], rejected: [0] }
+  const [chunked, forced] = [await read(tf.tidy(() => dpoBatchLoss(m, packPairs(long.slice(0, 1), 0, 1), one, opts).logps)), await read(tf.tidy(() => dpoBatchLoss(m, packPairs(long.slice(0, 1), 0, 1), one, opts, 4096).logps))]
+  assert.ok(maxAbsDiff(chunked, forced) < 2e-3, `summed log-probs chunked ${chunked} forced into one chunk ${forced}`)
+  await rejects(async () => tf.tidy(() => targetLogProbs(tf.zeros([600, 32000]), tf.zeros([600], 'int32'))), /a \[600, 32000\] block of logits has positions past 16777216, which this backend cannot index exactly/)
   disposeModel(m)
   clearCaches()
 })

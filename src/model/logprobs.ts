@@ -6,9 +6,9 @@
  * pairs) is the caller's business (preference/batch.ts); this file only reads a `SeqBatch`.
  */
 import * as tf from '@tensorflow/tfjs'
-import { chunkedHeadLogProbs, gatherRows, targetLogProbs } from './autograd.ts'
+import { blockedHeadLogProbs, chunkedHeadLogProbs, gatherRows } from './autograd.ts'
 import { backendLimits } from './backend.ts'
-import { hidden, lmHead, param, type Model, type Packing } from './mistral.ts'
+import { hidden, param, type Model, type Packing } from './mistral.ts'
 
 /** The scored tokens of a batch: the flat position [B*T] whose hidden state predicts `target`, summed into `row`. */
 export interface Scored {
@@ -51,10 +51,18 @@ export function headChunkTokens(V: number): number {
 }
 
 /**
- * Target log-probs [N] and mean logits [N] of final hidden states h [N, D]. Untied heads too large for one block
- * run in chunks of `chunkTokens` tokens (default: a block's worth), recomputed in the backward pass.
+ * Columns of the vocabulary the head takes at a time (autograd.ts `blockedHeadLogProbs`): products contract over
+ * at most this many, and a block's [tokens, columns] logits stay a few MB (wasm, 536 tokens × 32k vocab: the
+ * head's three products 960 → 780 ms in blocks of 4096; 2048 measured the same within this machine's noise).
  */
-export function headLogProbs(model: Model, h: tf.Tensor2D, targets: tf.Tensor1D, chunkTokens = 0): { logps: tf.Tensor1D; meanLogits: tf.Tensor1D } {
+export const HEAD_VOCAB_BLOCK = 4096
+
+/**
+ * Target log-probs [N] and mean logits [N] of final hidden states h [N, D]: the head in blocks of the vocabulary,
+ * or, for more tokens than one [tokens, vocab] block holds, in chunks of `chunkTokens` tokens (default: a
+ * block's worth), recomputed in the backward pass.
+ */
+export function headLogProbs(model: Model, h: tf.Tensor2D, targets: readonly number[], chunkTokens = 0): { logps: tf.Tensor1D; meanLogits: tf.Tensor1D } {
   const [N] = h.shape
   const V = model.config.vocabSize
   const chunk = chunkTokens > 0 ? chunkTokens : headChunkTokens(V)
@@ -63,8 +71,9 @@ export function headLogProbs(model: Model, h: tf.Tensor2D, targets: tf.Tensor1D,
   // the mean over the vocabulary of h·W is h · (mean column of W): no [N, V] pass for the logits/* metrics
   const meanColumn = tied ? tf.reshape(tf.mean(table, 0), [-1, 1]) : tf.mean(table, 1, true) // [D, 1]
   const meanLogits = tf.reshape(tf.matMul(h, meanColumn), [N]) as tf.Tensor1D // [N]
-  if (N <= chunk) return { logps: targetLogProbs(lmHead(model, h), targets), meanLogits }
-  return { logps: chunkedHeadLogProbs(h, tied ? tf.transpose(table) : table, targets, chunk), meanLogits } // [D, V] either way
+  const w = tied ? tf.transpose(table) : table // [D, V] either way
+  if (N <= chunk) return { logps: blockedHeadLogProbs(h, w, targets, HEAD_VOCAB_BLOCK), meanLogits }
+  return { logps: chunkedHeadLogProbs(h, w, tf.tensor1d(targets as number[], 'int32'), chunk), meanLogits }
 }
 
 /** Per-row summed completion log-probs and logit sums of a batch, one forward pass. */
@@ -76,7 +85,7 @@ export function rowLogps(model: Model, batch: SeqBatch, chunkTokens = 0): RowLog
   scored.row.forEach((r, n) => (select[r * N + n] = 1))
   const h = hidden(model, tf.tensor2d(batch.ids, [B, T], 'int32'), batch.packing) // [B*T, D]
   const pos = tf.tensor1d(scored.index, 'int32')
-  const { logps: lp, meanLogits } = headLogProbs(model, gatherRows(h, pos), tf.tensor1d(scored.target, 'int32'), chunkTokens) // [N], [N]
+  const { logps: lp, meanLogits } = headLogProbs(model, gatherRows(h, pos), scored.target, chunkTokens) // [N], [N]
   const sel = tf.tensor2d(select, [rows, N])
   const logps = tf.reshape(tf.matMul(sel, tf.reshape(lp, [N, 1])), [rows]) as tf.Tensor1D // Σ per row
   const logitSums = tf.reshape(tf.matMul(sel, tf.reshape(meanLogits, [N, 1])), [rows]) as tf.Tensor1D
