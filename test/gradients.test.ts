@@ -4,7 +4,7 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import * as tf from '@tensorflow/tfjs'
 import { initBackend } from '../src/model/backend.ts'
-import { parameterShapes } from '../src/model/config.ts'
+import { parameterShapes, parseConfig } from '../src/model/config.ts'
 import { clearCaches, disposeModel, type Model } from '../src/model/mistral.ts'
 import { diskData, initModel, modelFromTensors } from '../src/model/weights.ts'
 import type { SeqBatch } from '../src/model/logprobs.ts'
@@ -75,6 +75,34 @@ test('cpu: analytic gradients match central finite differences (float64 accumula
     }
   }
   assert.ok(checked >= 3 * 20)
+  disposeModel(m)
+})
+
+test("tied embeddings: the table's gradient (embedding scatter + the head's blocks through a transpose) matches finite differences", async () => {
+  await initBackend('cpu')
+  const tied = parseConfig({ ...config.raw, tie_word_embeddings: true })
+  const m = initModel(tied, Rng.fromKey('grad-test-tied'), 0.3)
+  assert.not.ok(m.params.has('lm_head.weight'))
+  const loss = () => tf.tidy(() => dpoBatchLoss(m, batch, ref, opts).loss.dataSync()[0]!)
+  const table = m.params.get('model.embed_tokens.weight')!
+  const { grads: g, value } = tf.variableGrads(() => dpoBatchLoss(m, batch, ref, opts).loss, [table])
+  const gn = g[table.name]!.dataSync() as Float32Array
+  tf.dispose([value, ...Object.values(g)])
+  const data = table.dataSync() as Float32Array
+  const order = [...gn.keys()].sort((a, b) => Math.abs(gn[b]!) - Math.abs(gn[a]!))
+  const unused = [...gn.keys()].find((i) => Math.floor(i / 16) === 39)! // token 39 is in no row: only the head's softmax reaches it
+  for (const i of [order[0]!, order[1]!, order[50]!, unused]) {
+    const at = (x: number) => {
+      const d = data.slice()
+      d[i] = x
+      table.assign(tf.tensor(d, table.shape))
+      return loss()
+    }
+    const fd = (at(data[i]! + 1e-2) - at(data[i]! - 1e-2)) / 2e-2
+    at(data[i]!)
+    assert.ok(Math.abs(fd - gn[i]!) <= 2e-3 + 0.05 * Math.abs(gn[i]!), `embed_tokens[${i}]: analytic ${gn[i]} vs finite difference ${fd}`)
+  }
+  assert.ok(Math.abs(gn[unused]!) > 1e-6) // a tied table gets a dense gradient
   disposeModel(m)
 })
 
