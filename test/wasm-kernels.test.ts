@@ -13,11 +13,11 @@ test.before(async () => {
 })
 
 test('the wasm backend dispatches to these kernels, and align info says so', async () => {
-  for (const name of ['BatchMatMul', 'Slice', 'SplitV']) {
+  for (const name of ['BatchMatMul', 'Slice', 'SplitV', 'Transpose']) {
     assert.ok(installedKernels.has(name), name)
     assert.is(tf.getKernel(name, 'wasm')?.kernelFunc, installedKernels.get(name), name)
   }
-  assert.match(describeBackend(await initBackend('wasm')), /kernels replaced by align's .*: BatchMatMul, Slice, SplitV/) // `align info`
+  assert.match(describeBackend(await initBackend('wasm')), /kernels replaced by align's .*: BatchMatMul, Transpose, Slice, SplitV/) // `align info`
 })
 
 const rng = Rng.fromKey('wasm-kernels')
@@ -95,6 +95,28 @@ test('strided slices and splits read the right elements', () => {
   const parts = tf.split(tf.tensor1d([1, 2, 3, 4, 5]), [2, 3])
   assert.equal([...parts[1]!.dataSync()], [3, 4, 5])
   tf.dispose([x, lo, hi, s, c, ...parts])
+})
+
+test('transposes of the last two axes move every element (tiles with ragged edges), others go to the stock kernel', () => {
+  for (const shape of [[37, 70], [3, 33, 65], [2, 2, 5, 1]]) {
+    const n = shape.reduce((a, b) => a * b, 1)
+    const x = tf.tensor(Float32Array.from({ length: n }, (_, i) => i), shape)
+    const perm = shape.map((_, i) => i)
+    perm.splice(-2, 2, perm.length - 1, perm.length - 2)
+    const y = tf.transpose(x, perm)
+    const [R, C] = shape.slice(-2) as [number, number]
+    assert.equal(y.shape, [...shape.slice(0, -2), C, R])
+    const got = y.dataSync()
+    const want = Float32Array.from({ length: n }, (_, o) => {
+      const [b, c, r] = [Math.floor(o / (R * C)), Math.floor((o % (R * C)) / R), o % R]
+      return b * R * C + r * C + c
+    })
+    assert.equal([...got], [...want], `${shape}`)
+    tf.dispose([x, y])
+  }
+  const z = tf.tensor3d(Float32Array.from({ length: 24 }, (_, i) => i), [2, 3, 4])
+  assert.equal([...tf.transpose(z, [1, 0, 2]).dataSync()].slice(0, 6), [0, 1, 2, 3, 12, 13]) // another permutation
+  assert.equal([...tf.transpose(tf.tensor2d([1, 2, 3, 4], [2, 2], 'int32')).dataSync()], [1, 3, 2, 4]) // int32
 })
 
 test.run()
