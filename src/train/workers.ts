@@ -233,7 +233,7 @@ export class WorkerPool {
   async update(opt: Optimizer, grads: Map<string, tf.Tensor>, lr: number, maxNorm: number): Promise<number> {
     const slot = this.weightSlot!
     const squares = await gradSquares(grads)
-    for (const theirs of await Promise.all(this.updating.splice(0))) for (const [name, sq] of (theirs as [string, number][] | null) ?? []) squares.set(name, sq)
+    for (const theirs of await Promise.all(this.updating.splice(0))) if (Array.isArray(theirs)) for (const [name, sq] of theirs as [string, number][]) squares.set(name, sq)
     const norm = normOf(this.model, squares)
     this.threads.forEach((_, i) => this.updating.push(this.call(i, { kind: 'update', norm })))
     await applyUpdate(this.model, opt, grads, lr, maxNorm, this.shard.mine, norm)
