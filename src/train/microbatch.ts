@@ -16,7 +16,7 @@ import type { BatchStats, Objective } from '../preference/objective.ts'
 import type { PairIds } from '../preference/pairs.ts'
 import type { PairLogps } from '../preference/reference.ts'
 import { readInto, tensorCopy } from '../model/backend.ts'
-import { Optimizer, clipScale, normOfSquares, sumSquares } from './optim.ts'
+import { Optimizer, clipScale } from './optim.ts'
 
 export const trainableParams = (model: Model): [string, tf.Variable][] => [...model.params].filter(([, p]) => p.trainable)
 
@@ -88,22 +88,28 @@ export class OrderedSum {
   }
 }
 
-/** Each gradient's sum of squares (float32, as the backend computes it), by parameter name. */
+/** Each gradient's sum of squares (float32, as the backend computes it; one read for all), by parameter name. */
 export async function gradSquares(grads: Map<string, tf.Tensor>): Promise<Map<string, number>> {
-  const squares = await sumSquares([...grads.values()])
-  return new Map([...grads.keys()].map((name, i) => [name, squares[i]!]))
+  if (!grads.size) return new Map()
+  const sq = tf.tidy(() => tf.stack([...grads.values()].map((g) => tf.sum(tf.square(g)))))
+  const values = (await sq.data()) as Float32Array
+  sq.dispose()
+  return new Map([...grads.keys()].map((name, i) => [name, values[i]!]))
 }
 
 /**
- * The global gradient norm from every trainable parameter's sum of squares, added in the model's order: the same
- * bits whichever replica computed each sum (workers.ts: each replica squares its own shard).
+ * The global gradient norm (torch's clip_grad_norm_ total_norm) from every trainable parameter's sum of squares,
+ * added in float64 in the model's order: the same bits whichever replica computed each sum (workers.ts: each
+ * replica squares its own shard), so for any number of workers.
  */
 export function normOf(model: Model, squares: ReadonlyMap<string, number>): number {
-  return normOfSquares(trainableParams(model).map(([name]) => {
+  let total = 0
+  for (const [name] of trainableParams(model)) {
     const s = squares.get(name)
     if (s === undefined) throw new Error(`normOf: no sum of squares for ${name}`)
-    return s
-  }))
+    total += s
+  }
+  return Math.sqrt(total)
 }
 
 /**

@@ -7,7 +7,8 @@
  *   weight decay is L2 here, not decoupled); v ← α·v + (1−α)·g²; p ← p − lr · g / (√v + ε), α = 0.99.
  * - Schedules as transformers' get_{linear,cosine,constant}_schedule_with_warmup; warmup steps =
  *   ceil(warmup_ratio · total steps).
- * - Global-norm gradient clipping (torch.nn.utils.clip_grad_norm_); the logged grad_norm is the norm before clipping.
+ * - Global-norm gradient clipping (torch.nn.utils.clip_grad_norm_; the norm itself: microbatch.ts `normOf`); the
+ *   logged grad_norm is the norm before clipping.
  */
 import * as tf from '@tensorflow/tfjs'
 import { variableOf } from '../model/backend.ts'
@@ -83,27 +84,6 @@ export function lrLambda(kind: (typeof SCHEDULES)[number], step: number, total: 
 }
 
 export const warmupSteps = (ratio: number, total: number) => Math.ceil(ratio * total)
-
-/** Each gradient's sum of squares, in float32 as the backend computes it (one read for all of them). */
-export async function sumSquares(grads: tf.Tensor[]): Promise<number[]> {
-  if (!grads.length) return []
-  const sq = tf.tidy(() => tf.stack(grads.map((g) => tf.sum(tf.square(g)))))
-  const out = [...((await sq.data()) as Float32Array)]
-  sq.dispose()
-  return out
-}
-
-/**
- * The global L2 norm from per-tensor sums of squares, added in float64 in the order given (torch's
- * clip_grad_norm_ total_norm). Sharded replicas each compute their parameters' sums and one adds them all in
- * parameter order, so the norm has the same bits for any number of workers.
- */
-export const normOfSquares = (squares: number[]): number => Math.sqrt(squares.reduce((a, b) => a + b, 0))
-
-/** Global L2 norm of the gradients (torch.nn.utils.clip_grad_norm_'s total_norm). */
-export async function globalNorm(grads: tf.Tensor[]): Promise<number> {
-  return normOfSquares(await sumSquares(grads))
-}
 
 /** The factor clipping multiplies the gradients by, torch's max_norm / (total_norm + 1e-6); undefined: no clipping. */
 export const clipScale = (norm: number, maxNorm: number): number | undefined => (maxNorm > 0 && norm > maxNorm ? maxNorm / (norm + 1e-6) : undefined)

@@ -150,8 +150,8 @@ export function dryRunReport(run: Run): string {
 /**
  * Memory with data-parallel workers (workers.ts). GA >= 2 (all-reduce): every replica holds the weights, 1/N of the
  * optimizer state and of the running gradient sum (its shard: the sum is reduce-scattered), activations and one
- * micro-batch's gradients; the slots (two sets of GA gradient slots and one weight slot) are shared. GA 1: only this thread trains; the others hold the
- * weights, to score and evaluate with.
+ * micro-batch's gradients; the slots (two sets of GA gradient slots and one weight slot) are shared. GA 1: only
+ * this thread trains; the others hold the weights, to score and evaluate with.
  */
 function workersLine(row: PlanRow, ga: number, w: { n: number; why: string }): string {
   const gb = (x: number) => `${(x / 1e9).toFixed(2)} GB`
