@@ -86,7 +86,7 @@ test('global-norm clipping: norm before clipping, scaled to max_norm; a shard st
     assert.ok(g.get('a')!.isDisposed) // the gradients are consumed
     // reduce-scattered (workers.ts): each replica squares its own shard's gradients, the norm adds them in model order
     const [ofA, ofB] = [await gradSquares(new Map([['a', tf.tensor1d(ga!)]])), await gradSquares(new Map([['b', tf.tensor1d(gb!)]]))]
-    assert.is(normOf(all, new Map([...ofB, ...ofA])), norm) // bit for bit: normOf adds in model order, not arrival order
+    assert.is(normOf(all, new Map([...ofB, ...ofA])), norm) // bit for bit (that the order is the model's: the next test)
     await applyUpdate(scattered, optScattered, new Map([['b', tf.tensor1d(gb!)]]), 0.1, 1, new Set(['b']), norm)
   }
   assert.equal([...scattered.params.get('b')!.dataSync()], [...all.params.get('b')!.dataSync()])
@@ -95,6 +95,15 @@ test('global-norm clipping: norm before clipping, scaled to max_norm; a shard st
   assert.equal([...part.params.get('b')!.dataSync()], [...all.params.get('b')!.dataSync()]) // bit for bit
   assert.equal(shardsOf(all, 2).map((s) => [...s]), [['a'], ['b']]) // a's middle (1 of 3) in the first half
   assert.equal(shardsOf(all, 1).map((s) => [...s]), [['a', 'b']])
+})
+
+test('global norm: the squares are added in model order, whatever order the replicas sent them in', () => {
+  const model: Model = { config: {} as Model['config'], params: new Map(['a', 'b', 'c'].map((n) => [n, tf.variable(tf.scalar(0))])) }
+  const [a, b, c] = [3 * 2 ** 52, 1, 1] // float64: (a + b) + c rounds each 1 away, (c + b) + a keeps their 2
+  assert.not.equal(Math.sqrt(a + b + c), Math.sqrt(c + b + a)) // the fixture can tell the two orders apart
+  assert.is(normOf(model, new Map([['c', c], ['b', b], ['a', a]])), Math.sqrt(a + b + c))
+  assert.throws(() => normOf(model, new Map([['a', a], ['b', b]])), /no sum of squares for c/)
+  tf.dispose([...model.params.values()])
 })
 
 test('tfevents: CRC32C test vector, masked CRCs, and scalar events read back', () => {
