@@ -42,7 +42,7 @@ export async function tinyRun(): Promise<{ work: string; policyDir: string; data
     `dpo.output_dir=${out}`, `sft.output_dir=${out}`, 'dpo.max_length=48', 'dpo.max_prompt_length=24', 'sft.max_length=48',
     'dpo.per_device_train_batch_size=2', 'dpo.gradient_accumulation_steps=2', 'dpo.per_device_eval_batch_size=4', 'dpo.learning_rate=1e-2',
     'dpo.logging_steps=1', 'dpo.eval_steps=2', 'dpo.save_steps=2', 'dpo.save_total_limit=2', 'dpo.max_steps=4', 'dpo.warmup_ratio=0.25',
-    'sft.per_device_train_batch_size=4', 'sft.max_steps=3', 'sft.logging_steps=1', 'sft.learning_rate=1e-2', 'sft.eval_steps=0',
+    'sft.per_device_train_batch_size=4', 'sft.gradient_accumulation_steps=1', 'sft.max_steps=3', 'sft.logging_steps=1', 'sft.learning_rate=1e-2', 'sft.eval_steps=0',
     ...more,
   ]
   return { work, policyDir, dataDir, base }
