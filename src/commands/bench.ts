@@ -81,7 +81,7 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     const { chunk, ref } = pairsOf(s)
     const n = t.oneMicroBatch ? 1 : W
     const parts = Array.from({ length: n }, (_, w) => [Math.floor((w * chunk.length) / n), Math.floor(((w + 1) * chunk.length) / n)] as const)
-    const jobs = parts.map(([b, e], w) => ({ a: w, worker: t.pool ? w : 0, pairs: chunk.slice(b, e), ref: { chosen: ref.chosen.slice(b, e), rejected: ref.rejected.slice(b, e) }, dropoutSeed: 0 }))
+    const jobs = parts.map(([b, e], w) => ({ a: w, pairs: chunk.slice(b, e), ref: { chosen: ref.chosen.slice(b, e), rejected: ref.rejected.slice(b, e) }, dropoutSeed: 0 }))
     const { grads, stats } = await stepGradients(t.model, objective, t.pool, jobs, { padId: 0, ga: n, update: t.pool ? { lr: LR, maxNorm: 0 } : undefined })
     await update(t, grads)
     return { chunk, packed: stats[0]!.packed ?? false }

@@ -10,9 +10,10 @@ import { initBackend, variableOf } from '../model/backend.ts'
 import { parseConfig } from '../model/config.ts'
 import type { LoraState } from '../model/lora.ts'
 import type { Model } from '../model/mistral.ts'
-import { dpoObjective, evalBatch, sftObjective, type Objective } from '../preference/objective.ts'
-import { pairLogps } from '../preference/reference.ts'
-import { readCopies, type Update, type WorkerInit, type WorkerRequest } from './workers.ts'
+import { dpoObjective, evalBatch, sftObjective, type BatchStats, type Objective } from '../preference/objective.ts'
+import { pairLogps, type PairLogps } from '../preference/reference.ts'
+import { unpackPairs } from './pairpack.ts'
+import { readCopies, takeJob, type Update, type WorkerInit, type WorkerRequest } from './workers.ts'
 import { OrderedSum, applyUpdate, gradSquares, microBatchGrads, readGrads, readWeights, shardOf, touchedRows, writeGrads, writeWeights } from './microbatch.ts'
 import { Optimizer } from './optim.ts'
 
@@ -58,7 +59,8 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
       setWeights(req.weights)
       if (req.update) pending = { ga: req.ga, update: req.update, sum: new OrderedSum(model!, shard!.mine), weightSlot: req.weightSlot! }
       const out = []
-      for (const j of req.jobs) {
+      for (let k = takeJob(req.jobs.length, req.next); k !== undefined; k = takeJob(req.jobs.length, req.next)) {
+        const j = req.jobs[k]!
         const { grads, stats } = await microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, dropoutSeed: j.dropoutSeed })
         const rows = touchedRows(model!, j.pairs, padId)
         await writeGrads(model!, grads, rows, req.slots[j.a]!, pending ? shard!.others : undefined) // all-reduce: the shards the others sum
@@ -97,13 +99,17 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
       opt!.step = req.step
       return { value: true, transfer: [] }
     }
-    case 'logps':
+    case 'logps': {
       setWeights(req.weights)
-      return { value: await pairLogps(model!, req.pairs, req.batchSize, req.adapters), transfer: [] }
+      const [n, bs] = [new Int32Array(req.pack)[0]!, req.batchSize]
+      const out: [number, PairLogps][] = []
+      for (let k = takeJob(Math.ceil(n / bs), req.next); k !== undefined; k = takeJob(Math.ceil(n / bs), req.next)) out.push([k, await pairLogps(model!, unpackPairs(req.pack, k * bs, (k + 1) * bs), bs, req.adapters)])
+      return { value: out, transfer: [] }
+    }
     case 'eval': {
       setWeights(req.weights)
-      const out = []
-      for (const b of req.batches) out.push(await evalBatch(objective!, model!, b.pairs, b.ref, padId))
+      const out: [number, BatchStats][] = []
+      for (let k = takeJob(req.refs.length, req.next); k !== undefined; k = takeJob(req.refs.length, req.next)) out.push([k, await evalBatch(objective!, model!, unpackPairs(req.pack, req.bounds[k]!, req.bounds[k + 1]!), req.refs[k], padId)])
       return { value: out, transfer: [] }
     }
   }

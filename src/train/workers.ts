@@ -1,7 +1,9 @@
 /**
  * Data parallelism over the cores: the main thread is worker 0 and N−1 worker threads (worker.ts) each hold a
  * tfjs backend and a replica of the model. What is spread, and why the numbers never depend on N:
- *   - a training step's GA micro-batches: micro-batch a runs on worker a mod N. With two or more micro-batches a
+ *   - a training step's GA micro-batches: each replica takes the step's next micro-batch whenever it is free (a
+ *     counter in shared memory, `takeJob`), so a longer micro-batch or a slower core holds no one back: no replica
+ *     waits while a micro-batch is left, whatever the spread of lengths or core speeds. With two or more micro-batches a
  *     step, the optimizer is sharded (ZeRO stage 1): replica w keeps the moments of shard w of the parameters
  *     (microbatch.ts `shardsOf`). The gradients are reduce-scattered: each replica writes the other shards'
  *     gradients of its micro-batches, and sums its own shard's over all micro-batches in micro-batch order
@@ -11,7 +13,8 @@
  *     between replicas through the step's weight slot. Checkpoints gather the moments.
  *     With one micro-batch a step, only the main thread trains and the weights go out lazily, when a worker is
  *     next asked for something (eval).
- *   - the reference precompute and eval: contiguous runs of whole batches per worker, results in batch order.
+ *   - the reference precompute and eval: whole batches, taken the same way from a counter, results in batch order;
+ *     the pairs sit once in shared memory (pairpack.ts).
  * A micro-batch or batch computes the same bits on any worker (same backend, same weights, same function), so
  * metrics and checkpoints are bit-identical for any N (test/workers.test.ts).
  * On a GPU backend a worker would be one device (a child process per GPU); here every worker is a CPU core.
@@ -25,6 +28,7 @@ import type { PairIds } from '../preference/pairs.ts'
 import { pairLogps, type PairLogps } from '../preference/reference.ts'
 import * as tf from '@tensorflow/tfjs'
 import { variableOf } from '../model/backend.ts'
+import { packPairs, type PairPack } from './pairpack.ts'
 import { OrderedSum, applyUpdate, gradSquares, microBatchGrads, normOf, readGrads, readWeights, shardOf, slotFloats, touchedRows, trainableParams, writeGrads, writeWeights } from './microbatch.ts'
 import { Optimizer, type OptimConfig } from './optim.ts'
 
@@ -51,14 +55,14 @@ type Weights = { name: string; data: Float32Array }[]
 export type Update = { lr: number; maxNorm: number }
 export type WorkerRequest =
   | { kind: 'init'; init: WorkerInit; me: number; workers: number }
-  | { kind: 'grads'; ga: number; weights?: Weights; update?: Update; slots: SharedArrayBuffer[]; weightSlot?: SharedArrayBuffer; jobs: { a: number; pairs: PairIds[]; ref?: PairLogps; dropoutSeed: number }[] }
+  | { kind: 'grads'; ga: number; weights?: Weights; update?: Update; slots: SharedArrayBuffer[]; weightSlot?: SharedArrayBuffer; jobs: Job[]; next: SharedArrayBuffer }
   | { kind: 'peers'; slots: SharedArrayBuffer[]; written: Written[] }
   | { kind: 'update'; norm: number }
   | { kind: 'shards'; weightSlot: SharedArrayBuffer }
   | { kind: 'moments' }
   | { kind: 'sync'; weights: Weights; m: Weights; v: Weights; step: number }
-  | { kind: 'logps'; weights?: Weights; pairs: PairIds[]; batchSize: number; adapters: boolean }
-  | { kind: 'eval'; weights?: Weights; batches: { pairs: PairIds[]; ref?: PairLogps }[] }
+  | { kind: 'logps'; weights?: Weights; pack: PairPack; batchSize: number; adapters: boolean; next: SharedArrayBuffer }
+  | { kind: 'eval'; weights?: Weights; pack: PairPack; bounds: number[]; refs: (PairLogps | undefined)[]; next: SharedArrayBuffer }
 
 /** Micro-batch `a`'s gradients are in this step's slot `a`; `rows`: the embedding rows written (microbatch.ts) */
 export interface Written {
@@ -68,6 +72,8 @@ export interface Written {
 
 export interface RemoteGrads extends Written {
   stats: BatchStats
+  /** the worker that computed it (1..n−1) */
+  worker: number
 }
 
 /** How many workers `--workers` means: `auto` is the cores Node reports on CPU backends, 1 on device backends. */
@@ -106,6 +112,8 @@ export class WorkerPool {
   private nextId = 0
   /** per worker: the trainable weights changed since it last received them */
   private stale: boolean[] = []
+  /** per worker: why it is gone (it exited or failed), once it is */
+  private readonly dead: (string | undefined)[] = []
 
   /** all-reduce mode: the optimizer shard this thread (replica 0) steps, and the parameters the workers step */
   readonly shard: { mine: Set<string>; others: Set<string> }
@@ -115,7 +123,8 @@ export class WorkerPool {
     this.shard = shardOf(model, threads.length + 1, 0)
     threads.forEach((w, i) => {
       const fail = (why: string) => {
-        for (const [id, p] of this.pending) if (p.worker === i) (this.pending.delete(id), p.reject(new AlignError(`worker ${i + 1} of ${threads.length + 1} ${why}; the run stops (the last checkpoint is intact)`)))
+        this.dead[i] ??= `worker ${i + 1} of ${threads.length + 1} ${why}; the run stops (the last checkpoint is intact)`
+        for (const [id, p] of this.pending) if (p.worker === i) (this.pending.delete(id), p.reject(new AlignError(this.dead[i]!)))
       }
       w.on('message', (m: { id: number; value?: unknown; error?: string }) => {
         const p = this.pending.get(m.id)
@@ -144,6 +153,7 @@ export class WorkerPool {
   }
 
   private call<T>(worker: number, req: WorkerRequest): Promise<T> {
+    if (this.dead[worker]) return Promise.reject(new AlignError(this.dead[worker])) // posting to it would never be answered
     const id = this.nextId++
     // weights are fresh copies made for this worker: transferred, not cloned (cloning 76 MB takes ~0.4 s)
     const transfer = [
@@ -196,23 +206,22 @@ export class WorkerPool {
   }
 
   /**
-   * Gradients of the micro-batches for workers 1..n−1 (job.worker), started now, resolved in any order. With
-   * `update` (all-reduce mode) every worker is asked, keeps its gradients and will step its own optimizer replica
-   * once `peers` brings it the rest; without, only workers with jobs are asked and stale weights go along.
-   * Resolves once the requests are posted (so the caller computes its own share while the workers do theirs),
-   * with `results` to await and this step's gradient `slots`, one per micro-batch.
+   * A step's micro-batches for the workers to take their share of: every worker is asked, with all the jobs and the
+   * step's counter `next` (takeJob), and computes micro-batches until none is left. With `update` (all-reduce
+   * mode) each keeps its shard of the gradients and will step its own optimizer replica once `peers` brings it the
+   * rest; without, stale weights go along. Resolves once the requests are posted (so the caller takes micro-batches
+   * too while the workers do), with `results` to await — the micro-batches the workers computed, each with its
+   * worker — and this step's gradient `slots`, one per micro-batch.
    */
-  async grads(ga: number, jobs: Job[], update?: Update): Promise<{ results: Promise<RemoteGrads[]>; slots: SharedArrayBuffer[] }> {
-    const mine = this.threads.map((_, i) => jobs.filter((j) => j.worker === i + 1))
-    const weights = await this.weightsFor(mine.map((m) => m.length > 0 && !update))
+  async grads(ga: number, jobs: Job[], next: SharedArrayBuffer, update?: Update): Promise<{ results: Promise<RemoteGrads[]>; slots: SharedArrayBuffer[] }> {
+    const weights = await this.weightsFor(this.threads.map(() => !update))
     // a worker handles its messages in order, so earlier updates are done before this runs; they are awaited
     // only so that their errors surface here (taken after the await above, so a failure is never left unhandled)
     const earlier = Promise.all(this.updating.splice(0))
-    const asked = mine.map((m) => m.length > 0 || update !== undefined)
-    const { grads: slots, weights: weightSlot } = asked.some(Boolean) ? this.nextSlots(ga, update !== undefined) : { grads: [] } // one micro-batch a step: nothing passes between replicas
+    const { grads: slots, weights: weightSlot } = this.nextSlots(ga, update !== undefined)
     this.weightSlot = weightSlot
-    const calls = mine.map((m, i) => (asked[i] ? this.call<RemoteGrads[]>(i, { kind: 'grads', ga, update, slots, weightSlot, weights: weights[i], jobs: m.map(({ worker: _w, ...j }) => j) }) : Promise.resolve([])))
-    return { results: Promise.all([earlier, ...calls]).then(([, ...r]) => (r as RemoteGrads[][]).flat()), slots }
+    const calls = this.threads.map((_, i) => this.call<Omit<RemoteGrads, 'worker'>[]>(i, { kind: 'grads', ga, update, slots, weightSlot, weights: weights[i], jobs, next }).then((r) => r.map((g) => ({ ...g, worker: i + 1 }))))
+    return { results: handledLater(Promise.all([earlier, ...calls]).then(([, ...r]) => (r as RemoteGrads[][]).flat())), slots }
   }
 
   /** All-reduce mode: tell each worker which slots hold micro-batches it did not compute; it sums its shard of them. */
@@ -287,34 +296,38 @@ export class WorkerPool {
     }
   }
 
-  /** Contiguous runs of whole batches: worker w gets batches [w·per, (w+1)·per). Returns [start, end) pair ranges. */
-  private ranges(count: number, batchSize: number): [number, number][] {
-    const batches = Math.ceil(count / batchSize)
-    const per = Math.ceil(batches / this.size)
-    return Array.from({ length: this.size }, (_, w) => [Math.min(count, w * per * batchSize), Math.min(count, (w + 1) * per * batchSize)] as [number, number])
+  /**
+   * Batches [0, count), taken by every replica from one counter (takeJob) — a longer batch or a slower core holds no
+   * one back — in batch order. `request` asks a worker (with the weights it lacks), `local` runs one here.
+   */
+  private async pulled<T>(count: number, request: (next: SharedArrayBuffer, weights: Weights | undefined) => WorkerRequest, local: (k: number) => Promise<T>): Promise<T[]> {
+    const earlier = handledLater(Promise.all(this.updating.splice(0)))
+    const next = new SharedArrayBuffer(4)
+    const weights = await this.weightsFor(this.threads.map(() => true))
+    const remote = handledLater(Promise.all(this.threads.map((_, i) => this.call<[number, T][]>(i, request(next, weights[i])))))
+    const out: T[] = []
+    for (let k = takeJob(count, next); k !== undefined; k = takeJob(count, next)) out[k] = await local(k)
+    await earlier
+    for (const r of await remote) for (const [k, v] of r) out[k] = v
+    return out
   }
 
   /** Summed completion log-probs of `pairs` (the reference precompute), batches spread over all workers. */
-  async logps(pairs: PairIds[], batchSize: number, adapters: boolean, onLocal?: (done: number) => void): Promise<PairLogps> {
-    const [mine, ...theirs] = this.ranges(pairs.length, batchSize)
-    const weights = await this.weightsFor(theirs.map(([s, e]) => e > s))
-    const remote = theirs.map(([s, e], i) => (e > s ? this.call<PairLogps>(i, { kind: 'logps', weights: weights[i], pairs: pairs.slice(s, e), batchSize, adapters }) : Promise.resolve({ chosen: [], rejected: [] })))
-    const local = await pairLogps(this.model, pairs.slice(mine![0], mine![1]), batchSize, adapters, onLocal)
-    const parts = [local, ...(await Promise.all(remote))]
+  async logps(pairs: PairIds[], batchSize: number, adapters: boolean, onBatch?: (done: number) => void): Promise<PairLogps> {
+    const pack = packPairs(pairs)
+    const parts = await this.pulled(Math.ceil(pairs.length / batchSize), (next, weights) => ({ kind: 'logps', weights, pack, batchSize, adapters, next }), (k) => {
+      onBatch?.(k * batchSize) // batches before k are taken, most of them done
+      return pairLogps(this.model, pairs.slice(k * batchSize, (k + 1) * batchSize), batchSize, adapters)
+    })
     return { chosen: parts.flatMap((p) => p.chosen), rejected: parts.flatMap((p) => p.rejected) }
   }
 
   /** Eval batches spread over all workers, the stats in batch order. */
   async eval(objective: Objective, batches: { pairs: PairIds[]; ref?: PairLogps }[], padId: number): Promise<BatchStats[]> {
-    const earlier = Promise.all(this.updating.splice(0))
-    const per = Math.ceil(batches.length / this.size)
-    const mine = this.threads.map((_, i) => batches.slice((i + 1) * per, (i + 2) * per))
-    const weights = await this.weightsFor(mine.map((m) => m.length > 0))
-    const remote = mine.map((m, i) => (m.length ? this.call<BatchStats[]>(i, { kind: 'eval', weights: weights[i], batches: m }) : Promise.resolve([])))
-    const local: BatchStats[] = []
-    for (const b of batches.slice(0, per)) local.push(await evalBatch(objective, this.model, b.pairs, b.ref, padId))
-    await earlier
-    return [...local, ...(await Promise.all(remote)).flat()]
+    const pack = packPairs(batches.flatMap((b) => b.pairs))
+    const bounds = batches.reduce((b, x) => [...b, b.at(-1)! + x.pairs.length], [0])
+    const refs = batches.map((b) => b.ref)
+    return this.pulled(batches.length, (next, weights) => ({ kind: 'eval', weights, pack, bounds, refs, next }), (k) => evalBatch(objective, this.model, batches[k]!.pairs, batches[k]!.ref, padId))
   }
 
   async close(): Promise<void> {
@@ -328,26 +341,48 @@ export class WorkerPool {
 export interface Job {
   /** the micro-batch's place in the step */
   a: number
-  /** 0 = this thread */
-  worker: number
   pairs: PairIds[]
   ref?: PairLogps
   dropoutSeed: number
 }
 
 /**
- * The summed gradients of one optimizer step: its micro-batches, each computed where `job.worker` says, added in
- * micro-batch order (microbatch.ts `OrderedSum`), and their stats in that order. Workers pass gradients through
- * the step's slots. With `update` (all-reduce) they are reduce-scattered: each replica writes the other shards'
- * gradients and sums its own shard's, so the sum returned here is of this thread's shard only (`pool.update`).
+ * The next of `count` micro-batches (or batches) for the replica asking, from the counter all replicas share
+ * (`Atomics.add`: each index is handed out once), in order; undefined once all are taken.
+ */
+export function takeJob(count: number, next: SharedArrayBuffer): number | undefined {
+  const k = Atomics.add(new Int32Array(next), 0, 1)
+  return k < count ? k : undefined
+}
+
+/**
+ * A promise awaited later, after other work: marked handled now, so that a worker dying meanwhile does not end the
+ * process as an unhandled rejection; the `await` still throws its one-line error.
+ */
+function handledLater<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => {})
+  return p
+}
+
+/**
+ * The summed gradients of one optimizer step: its micro-batches (`jobs`, in micro-batch order), each computed by
+ * whichever replica took it (takeJob), added in micro-batch order (microbatch.ts `OrderedSum`), and their stats in
+ * that order. Workers pass gradients through the step's slots. With `update` (all-reduce) they are
+ * reduce-scattered: each replica writes the other shards' gradients and sums its own shard's, so the sum returned
+ * here is of this thread's shard only (`pool.update`).
  */
 export async function stepGradients(model: Model, objective: Objective, pool: WorkerPool | undefined, jobs: Job[], o: { padId: number; ga: number; update?: Update }): Promise<{ grads: Map<string, tf.Tensor>; stats: BatchStats[] }> {
-  const remote = pool ? await pool.grads(o.ga, jobs.filter((j) => j.worker !== 0), o.update) : undefined
+  // micro-batch 0 is this thread's, the rest go to whoever takes them: so in all-reduce mode every worker gets at
+  // least one `peers` message after its share, and answers the one that completes its sum with its squares
+  const next = new SharedArrayBuffer(4)
+  new Int32Array(next)[0] = 1
+  const remote = pool && jobs.length > 1 ? await pool.grads(o.ga, jobs, next, o.update) : undefined // one micro-batch: this thread's
   const shard = o.update ? pool!.shard : undefined
   const sum = new OrderedSum(model, shard?.mine)
   const stats = new Map<number, BatchStats>()
   try {
-    for (const j of jobs.filter((j) => j.worker === 0)) {
+    for (let k: number | undefined = 0; k !== undefined; k = takeJob(jobs.length, next)) {
+      const j = jobs[k]!
       const r = await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, dropoutSeed: j.dropoutSeed })
       if (o.update) {
         const rows = touchedRows(model, j.pairs, o.padId)
@@ -359,7 +394,7 @@ export async function stepGradients(model: Model, objective: Objective, pool: Wo
     }
     if (remote) {
       const fromWorkers = await remote.results
-      if (o.update && pool!.size > 2) pool!.peers(remote.slots, fromWorkers.map((r) => ({ a: r.a, rows: r.rows, worker: jobs.find((j) => j.a === r.a)!.worker })))
+      if (o.update && pool!.size > 2) pool!.peers(remote.slots, fromWorkers.map(({ a, rows, worker }) => ({ a, rows, worker })))
       for (const r of fromWorkers) (sum.add(r.a, readGrads(model, remote.slots[r.a]!, r.rows, shard?.mine)), stats.set(r.a, r.stats))
     }
     return { grads: sum.take(), stats: jobs.map((j) => stats.get(j.a)!) }
