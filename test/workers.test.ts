@@ -10,7 +10,7 @@ import { loadRecipe } from '../src/recipe.ts'
 import { TRAIN_SCHEMA } from '../src/train/schema.ts'
 import { train } from '../src/train/loop.ts'
 import { WorkerPool, takeJob, workerCount, workerInit } from '../src/train/workers.ts'
-import { packPairs, unpackPairs } from '../src/train/pairpack.ts'
+import { packPairs, packedCount, unpackPairs } from '../src/train/pairpack.ts'
 import { disposeModel } from '../src/model/mistral.ts'
 import { readGrads, slotFloats, touchedRows, trainableParams, writeGrads } from '../src/train/microbatch.ts'
 import { readInto } from '../src/model/backend.ts'
@@ -117,6 +117,7 @@ test('pair packs: the pairs back, any range of them, from one shared buffer', ()
   assert.equal(unpackPairs(pack, 1, 2), [pairs[1]])
   assert.equal(unpackPairs(pack, 2, 8), [pairs[2]]) // a last batch past the end: what is there
   assert.equal(unpackPairs(packPairs([]), 0, 4), [])
+  assert.equal([packedCount(pack), packedCount(packPairs([]))], [3, 0])
 })
 
 test('workers take micro-batches from a shared counter: one that is free takes all that are left', async () => {

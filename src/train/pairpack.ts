@@ -27,6 +27,8 @@ export function packPairs(pairs: readonly PairIds[]): PairPack {
   return out.buffer as SharedArrayBuffer
 }
 
+export const packedCount = (pack: PairPack): number => new Int32Array(pack)[0]!
+
 /** Pairs [start, end) of a pack, as plain arrays (what the model code takes). */
 export function unpackPairs(pack: PairPack, start: number, end: number): PairIds[] {
   const v = new Int32Array(pack)

@@ -12,7 +12,7 @@ import type { LoraState } from '../model/lora.ts'
 import type { Model } from '../model/mistral.ts'
 import { dpoObjective, evalBatch, sftObjective, type BatchStats, type Objective } from '../preference/objective.ts'
 import { pairLogps, type PairLogps } from '../preference/reference.ts'
-import { unpackPairs } from './pairpack.ts'
+import { packedCount, unpackPairs } from './pairpack.ts'
 import { readCopies, takeJob, type Update, type WorkerInit, type WorkerRequest } from './workers.ts'
 import { OrderedSum, applyUpdate, gradSquares, microBatchGrads, readGrads, readWeights, shardOf, touchedRows, writeGrads, writeWeights } from './microbatch.ts'
 import { Optimizer } from './optim.ts'
@@ -101,9 +101,9 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
     }
     case 'logps': {
       setWeights(req.weights)
-      const [n, bs] = [new Int32Array(req.pack)[0]!, req.batchSize]
+      const [bs, count] = [req.batchSize, Math.ceil(packedCount(req.pack) / req.batchSize)]
       const out: [number, PairLogps][] = []
-      for (let k = takeJob(Math.ceil(n / bs), req.next); k !== undefined; k = takeJob(Math.ceil(n / bs), req.next)) out.push([k, await pairLogps(model!, unpackPairs(req.pack, k * bs, (k + 1) * bs), bs, req.adapters)])
+      for (let k = takeJob(count, req.next); k !== undefined; k = takeJob(count, req.next)) out.push([k, await pairLogps(model!, unpackPairs(req.pack, k * bs, (k + 1) * bs), bs, req.adapters)])
       return { value: out, transfer: [] }
     }
     case 'eval': {

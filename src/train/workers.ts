@@ -325,7 +325,8 @@ export class WorkerPool {
   /** Eval batches spread over all workers, the stats in batch order. */
   async eval(objective: Objective, batches: { pairs: PairIds[]; ref?: PairLogps }[], padId: number): Promise<BatchStats[]> {
     const pack = packPairs(batches.flatMap((b) => b.pairs))
-    const bounds = batches.reduce((b, x) => [...b, b.at(-1)! + x.pairs.length], [0])
+    const bounds = [0]
+    for (const b of batches) bounds.push(bounds.at(-1)! + b.pairs.length) // batch k: pairs [bounds[k], bounds[k + 1])
     const refs = batches.map((b) => b.ref)
     return this.pulled(batches.length, (next, weights) => ({ kind: 'eval', weights, pack, bounds, refs, next }), (k) => evalBatch(objective, this.model, batches[k]!.pairs, batches[k]!.ref, padId))
   }
