@@ -11,7 +11,7 @@ import { TRAIN_SCHEMA } from '../src/train/schema.ts'
 import { train } from '../src/train/loop.ts'
 import { WorkerPool, takeJob, workerCount, workerInit } from '../src/train/workers.ts'
 import { packPairs, packedCount, unpackPairs } from '../src/train/pairpack.ts'
-import { disposeModel } from '../src/model/mistral.ts'
+import { disposeModel, type Model } from '../src/model/mistral.ts'
 import { readGrads, slotFloats, touchedRows, trainableParams, writeGrads } from '../src/train/microbatch.ts'
 import { readInto } from '../src/model/backend.ts'
 import * as tf from '@tensorflow/tfjs'
@@ -109,6 +109,10 @@ test('gradient slots: gradients come back bit for bit, the embedding sent as its
   tf.dispose([...grads.values(), ...back.values()])
 })
 
+/** A pool of this thread and one worker thread over `model` (SFT); `kill` ends that worker as a crash would. */
+const twoWorkers = async (model: Model) => (await WorkerPool.start(2, model, () => workerInit(model, 'wasm', sftObjective(), undefined, 2, ADAMW_DEFAULTS)))!
+const kill = (pool: WorkerPool) => (pool as unknown as { threads: { terminate(): Promise<number> }[] }).threads[0]!.terminate()
+
 test('pair packs: the pairs back, any range of them, from one shared buffer', () => {
   const pairs = [{ promptIds: [1, 5], chosenIds: [7, 2], rejectedIds: [] }, { promptIds: [], chosenIds: [9], rejectedIds: [3, 4, 2] }, { promptIds: [8], chosenIds: [2], rejectedIds: [6] }]
   const pack = packPairs(pairs)
@@ -122,7 +126,7 @@ test('pair packs: the pairs back, any range of them, from one shared buffer', ()
 
 test('workers take micro-batches from a shared counter: one that is free takes all that are left', async () => {
   const model = initModel(parseConfig(TINY_CONFIG), Rng.fromKey('w'))
-  const pool = (await WorkerPool.start(2, model, () => workerInit(model, 'wasm', sftObjective(), undefined, 2, ADAMW_DEFAULTS)))!
+  const pool = await twoWorkers(model)
   const pair = (i: number) => ({ promptIds: [1, 3 + i, 9], chosenIds: [7, 8, 2], rejectedIds: [7, 2] })
   const next = new SharedArrayBuffer(4)
   const { results } = await pool.grads(3, [0, 1, 2].map((a) => ({ a, pairs: [pair(a)], dropoutSeed: 0 })), next) // this thread takes none
@@ -134,18 +138,18 @@ test('workers take micro-batches from a shared counter: one that is free takes a
 
 test('a worker that dies ends the request with one line naming it; --workers is checked', async () => {
   const model = initModel(parseConfig(TINY_CONFIG), Rng.fromKey('w'))
-  const pool = (await WorkerPool.start(2, model, () => workerInit(model, 'wasm', sftObjective(), undefined, 2, ADAMW_DEFAULTS)))!
+  const pool = await twoWorkers(model)
   assert.is(pool.size, 2)
   const big = Array.from({ length: 64 }, (_, i) => ({ promptIds: Array.from({ length: 60 }, (_, j) => 3 + ((i + j) % 500)), chosenIds: Array.from({ length: 60 }, (_, j) => 7 + j), rejectedIds: [7, 2] }))
   const { results: pending } = await pool.grads(1, [{ a: 0, pairs: big, dropoutSeed: 0 }], new SharedArrayBuffer(4)) // long enough to be running when the worker is killed
-  await (pool as unknown as { threads: { terminate(): Promise<number> }[] }).threads[0]!.terminate()
+  await kill(pool)
   await rejects(() => pending, /worker 1 of 2 exited \(code \d+: out of memory or killed\); the run stops \(the last checkpoint is intact\)/)
   await rejects(() => pool.logps(big, 8, false), /^worker 1 of 2 exited/) // asking a dead worker: the same line, not a hang
   await pool.close()
   // a worker dying while this thread scores batches too: this thread takes what is left, then the same line
-  const again = (await WorkerPool.start(2, model, () => workerInit(model, 'wasm', sftObjective(), undefined, 2, ADAMW_DEFAULTS)))!
+  const again = await twoWorkers(model)
   let killed: Promise<number> | undefined
-  const scoring = again.logps(big, 4, false, () => void (killed ??= (again as unknown as { threads: { terminate(): Promise<number> }[] }).threads[0]!.terminate())) // as this thread takes its first batch
+  const scoring = again.logps(big, 4, false, () => void (killed ??= kill(again))) // as this thread takes its first batch
   await rejects(() => scoring, /^worker 1 of 2 exited \(code \d+: out of memory or killed\)/)
   await again.close()
   disposeModel(model)

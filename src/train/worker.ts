@@ -13,7 +13,7 @@ import type { Model } from '../model/mistral.ts'
 import { dpoObjective, evalBatch, sftObjective, type BatchStats, type Objective } from '../preference/objective.ts'
 import { pairLogps, type PairLogps } from '../preference/reference.ts'
 import { packedCount, unpackPairs } from './pairpack.ts'
-import { readCopies, takeJob, type Update, type WorkerInit, type WorkerRequest } from './workers.ts'
+import { readCopies, taken, type Update, type WorkerInit, type WorkerRequest } from './workers.ts'
 import { OrderedSum, applyUpdate, gradSquares, microBatchGrads, readGrads, readWeights, shardOf, touchedRows, writeGrads, writeWeights } from './microbatch.ts'
 import { Optimizer } from './optim.ts'
 
@@ -59,7 +59,7 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
       setWeights(req.weights)
       if (req.update) pending = { ga: req.ga, update: req.update, sum: new OrderedSum(model!, shard!.mine), weightSlot: req.weightSlot! }
       const out = []
-      for (let k = takeJob(req.jobs.length, req.next); k !== undefined; k = takeJob(req.jobs.length, req.next)) {
+      for (const k of taken(req.jobs.length, req.next)) {
         const j = req.jobs[k]!
         const { grads, stats } = await microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, dropoutSeed: j.dropoutSeed })
         const rows = touchedRows(model!, j.pairs, padId)
@@ -103,13 +103,13 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
       setWeights(req.weights)
       const [bs, count] = [req.batchSize, Math.ceil(packedCount(req.pack) / req.batchSize)]
       const out: [number, PairLogps][] = []
-      for (let k = takeJob(count, req.next); k !== undefined; k = takeJob(count, req.next)) out.push([k, await pairLogps(model!, unpackPairs(req.pack, k * bs, (k + 1) * bs), bs, req.adapters)])
+      for (const k of taken(count, req.next)) out.push([k, await pairLogps(model!, unpackPairs(req.pack, k * bs, (k + 1) * bs), bs, req.adapters)])
       return { value: out, transfer: [] }
     }
     case 'eval': {
       setWeights(req.weights)
       const out: [number, BatchStats][] = []
-      for (let k = takeJob(req.refs.length, req.next); k !== undefined; k = takeJob(req.refs.length, req.next)) out.push([k, await evalBatch(objective!, model!, unpackPairs(req.pack, req.bounds[k]!, req.bounds[k + 1]!), req.refs[k], padId)])
+      for (const k of taken(req.refs.length, req.next)) out.push([k, await evalBatch(objective!, model!, unpackPairs(req.pack, req.bounds[k]!, req.bounds[k + 1]!), req.refs[k], padId)])
       return { value: out, transfer: [] }
     }
   }

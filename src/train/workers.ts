@@ -306,7 +306,7 @@ export class WorkerPool {
     const weights = await this.weightsFor(this.threads.map(() => true))
     const remote = handledLater(Promise.all(this.threads.map((_, i) => this.call<[number, T][]>(i, request(next, weights[i])))))
     const out: T[] = []
-    for (let k = takeJob(count, next); k !== undefined; k = takeJob(count, next)) out[k] = await local(k)
+    for (const k of taken(count, next)) out[k] = await local(k)
     await earlier
     for (const r of await remote) for (const [k, v] of r) out[k] = v
     return out
@@ -356,6 +356,12 @@ export function takeJob(count: number, next: SharedArrayBuffer): number | undefi
   return k < count ? k : undefined
 }
 
+/** The indices this replica takes (takeJob), one at a time as it asks for the next; `first` given before them. */
+export function* taken(count: number, next: SharedArrayBuffer, first?: number): Generator<number> {
+  if (first !== undefined) yield first
+  for (let k = takeJob(count, next); k !== undefined; k = takeJob(count, next)) yield k
+}
+
 /**
  * A promise awaited later, after other work: marked handled now, so that a worker dying meanwhile does not end the
  * process as an unhandled rejection; the `await` still throws its one-line error.
@@ -382,7 +388,7 @@ export async function stepGradients(model: Model, objective: Objective, pool: Wo
   const sum = new OrderedSum(model, shard?.mine)
   const stats = new Map<number, BatchStats>()
   try {
-    for (let k: number | undefined = 0; k !== undefined; k = takeJob(jobs.length, next)) {
+    for (const k of taken(jobs.length, next, 0)) {
       const j = jobs[k]!
       const r = await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, dropoutSeed: j.dropoutSeed })
       if (o.update) {
