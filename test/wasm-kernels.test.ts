@@ -1,5 +1,5 @@
 // The wasm kernels registered over tfjs's stock ones (src/model/wasm-kernels.ts) against plain-JS references:
-// batched / transposed / broadcast matMuls, their gradients, and strided slices and splits.
+// batched / transposed / broadcast matMuls, their gradients, clones that share storage, and strided slices and splits.
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import * as tf from '@tensorflow/tfjs'
@@ -13,11 +13,11 @@ test.before(async () => {
 })
 
 test('the wasm backend dispatches to these kernels, and align info says so', async () => {
-  for (const name of ['BatchMatMul', 'Slice', 'SplitV', 'Transpose']) {
+  for (const name of ['BatchMatMul', 'Identity', 'Slice', 'SplitV', 'Transpose']) {
     assert.ok(installedKernels.has(name), name)
     assert.is(tf.getKernel(name, 'wasm')?.kernelFunc, installedKernels.get(name), name)
   }
-  assert.match(describeBackend(await initBackend('wasm')), /kernels replaced by align's .*: BatchMatMul, Transpose, Slice, SplitV/) // `align info`
+  assert.match(describeBackend(await initBackend('wasm')), /kernels replaced by align's .*: BatchMatMul, Identity, Transpose, Slice, SplitV/) // `align info`
 })
 
 const rng = Rng.fromKey('wasm-kernels')
@@ -74,6 +74,25 @@ test('the batched matMul gradient matches the product rule', () => {
   assert.ok(maxAbsDiff(da!.dataSync(), refMatMul(dy, [2, 4, 5], b.dataSync() as Float32Array, [2, 5, 3], false, false)) < 1e-5)
   assert.ok(maxAbsDiff(db!.dataSync(), refMatMul(dy, [2, 4, 5], a.dataSync() as Float32Array, [2, 4, 3], true, false)) < 1e-5)
   tf.dispose([a, b, da!, db!])
+})
+
+test('a clone shares storage and outlives its source; a variable assigned after a clone leaves the clone as it was', () => {
+  const buffers = () => tf.engine().backend.numDataIds()
+  const before = buffers()
+  const x = tf.tensor1d([1, 2, 3])
+  const y = tf.clone(x)
+  assert.is(buffers() - before, 1) // two tensors, one buffer
+  x.dispose()
+  assert.equal([...y.dataSync()], [1, 2, 3])
+  const init = tf.tensor1d([4, 5, 6])
+  const v = tf.variable(init)
+  const saved = tf.clone(v)
+  const next = tf.tensor1d([7, 8, 9])
+  v.assign(next)
+  assert.equal([...saved.dataSync()], [4, 5, 6])
+  assert.equal([...v.dataSync()], [7, 8, 9])
+  tf.dispose([y, init, v, saved, next])
+  assert.is(buffers(), before)
 })
 
 test('strided slices and splits read the right elements', () => {

@@ -12,6 +12,10 @@
  * - Transpose of the last two axes (the weights of dx = dy·Wᵀ, the LM head's blocks, attention's Kᵀ): the stock
  *   kernel walks the output element by element, ~4.5 ms for a [256, 4096] block; a copy in 32 × 32 tiles between
  *   heap views takes ~2 ms alone, ~3 ms inside a profiled step. Other permutations stay with the stock kernel.
+ * - Identity: tfjs clones every tensor an op or customGrad saves for the backward pass, and the stock kernel copies
+ *   it (~40 ms of a tiny-bench micro-batch: attention's probabilities, the head's blocks). Tensors are never
+ *   written in place (Variable.assign swaps storage), so the clone shares the storage and counts a reference, as
+ *   the cpu backend's Identity and the wasm backend's own Reshape do.
  * The aliases are tensor ids registered with the C++ side only (registerTensor / disposeData there never
  * allocate or free memory); they live for the duration of one call.
  */
@@ -28,6 +32,7 @@ interface WasmBackend {
   dataIdMap: { get(dataId: object): { memoryOffset: number } }
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo
   disposeData(dataId: object): boolean
+  incRef(dataId: object): void
   typedArrayFromHeap(t: tf.TensorInfo): Float32Array | Int32Array | Uint8Array
 }
 
@@ -141,6 +146,11 @@ export function installWasmKernels(): void {
     installedKernels.set(kernelName, kernelFunc)
   }
   override('BatchMatMul', batchMatMul)
+  override('Identity', (args) => {
+    const x = args.inputs.x as tf.TensorInfo
+    args.backend.incRef(x.dataId)
+    return { dataId: x.dataId, shape: x.shape, dtype: x.dtype }
+  })
   override('Transpose', (args) => {
     const x = args.inputs.x as tf.TensorInfo
     const perm = args.attrs.perm as number[]
