@@ -128,11 +128,12 @@ test('dry run: step counts and a memory plan — 7B zephyr-lora fits an 80 GB GP
   // two workers, GA 2 (all-reduce): each replica sums and steps half of the gradients and optimizer state; slots are
   // 2·(GA + 1) sets of weights
   const w2 = await train({ stage: 'dpo', recipe: recipe(...base(join(work, 'dry'), 'model.policy=preset:mistral-7b', 'dpo.max_length=1024', 'dpo.per_device_train_batch_size=1')), quiet: true, dryRun: true, workers: 2 })
-  const [, main, other, slots, total] = (w2.plan!.match(/^workers: 2 \(requested\) · main ([\d.]+) GB · each other worker ([\d.]+) GB \(a replica summing and stepping 1\/2 of the gradients and optimizer state\) · slots ([\d.]+) GB \(shared: 2 sets of 2 gradient slots and a weight slot\) · total ([\d.]+) GB$/m) ?? []).map(Number)
+  const [, main, other, slots, total] = (w2.plan!.match(/^workers: 2 \(requested\) · main ([\d.]+) GB · each other worker ([\d.]+) GB \(a replica summing and stepping 1\/2 of the gradients and optimizer state\) · slots ([\d.]+) GB \(shared: 2 sets, each of 2 gradient slots and a weight slot\) · total ([\d.]+) GB$/m) ?? []).map(Number)
   assert.is(slots, 173.8) // 2 sets · (GA 2 gradient slots + 1 weight slot) · 7241.7M trainable · 4 bytes
   const one = Number(r.plan!.match(/^workers: 1 \(.*\) · ([\d.]+) GB$/m)![1])
-  // half of AdamW's 2 × 28.97 GB of moments and half of the 28.97 GB gradient sum live on the other worker
-  assert.ok(Math.abs(one - main! - 28.97 - 14.48) < 0.02, `${one} − ${main}`)
+  // half of AdamW's 2 × 28.97 GB of moments and half of the 28.97 GB gradient sum live on the other worker; each
+  // replica may hold its half of one micro-batch that came early (14.48 GB)
+  assert.ok(Math.abs(one - main! - 28.97) < 0.02, `${one} − ${main}`)
   assert.is(other, main) // precomputed reference: nothing only the main thread holds
   assert.ok(Math.abs(main! + other! + slots! - total!) < 0.02, `${main} + ${other} + ${slots} != ${total}`)
   // without --dry-run a 7B preset (random weights) is refused before anything is allocated

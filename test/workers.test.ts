@@ -12,7 +12,7 @@ import { train } from '../src/train/loop.ts'
 import { WorkerPool, takeJob, workerCount, workerInit } from '../src/train/workers.ts'
 import { packPairs, packedCount, unpackPairs } from '../src/train/pairpack.ts'
 import { disposeModel, type Model } from '../src/model/mistral.ts'
-import { readGrads, slotFloats, touchedRows, trainableParams, writeGrads } from '../src/train/microbatch.ts'
+import { OrderedSum, readGrads, shardOf, slotFloats, touchedRows, trainableParams, writeGrads } from '../src/train/microbatch.ts'
 import { readInto } from '../src/model/backend.ts'
 import * as tf from '@tensorflow/tfjs'
 import { sftObjective } from '../src/preference/objective.ts'
@@ -36,9 +36,10 @@ for (const [name, extra] of [['full fine-tuning', []], ['LoRA with dropout', ['l
   test(`${name}: 1 and 2 workers log the same values and save the same weights, bit for bit`, async () => {
     const runs = []
     const held: number[] = [] // tensor bytes alive after each run
+    // GA 5: a replica takes two or more micro-batches that come early, and later ones wait in their slots (OrderedSum)
     for (const w of name.startsWith('LoRA') ? [1, 2] : [1, 2, 3]) { // 3: workers read each other's gradient slots
       const out = join(work, `${name.split(' ')[0]}-w${w}`)
-      runs.push({ out, r: await train({ stage: 'dpo', recipe: recipe(...base(out, 'dpo.max_steps=4', 'dpo.gradient_accumulation_steps=3', ...extra)), quiet: true, workers: w }) })
+      runs.push({ out, r: await train({ stage: 'dpo', recipe: recipe(...base(out, 'dpo.max_steps=4', 'dpo.gradient_accumulation_steps=5', ...extra)), quiet: true, workers: w }) })
       held.push(tf.memory().numBytes)
     }
     // every run frees what it made, checkpoints' moments gathered from the workers too (the first may leave caches)
@@ -107,6 +108,45 @@ test('gradient slots: gradients come back bit for bit, the embedding sent as its
   const wrong = await readInto(tf.tensor([1, 2]), out).then(() => 'none', (e: Error) => e.message) // a bug, not bad input
   assert.is(wrong, 'readInto: a float32 tensor of 2 values into 3')
   tf.dispose([...grads.values(), ...back.values()])
+})
+
+test('ordered sum: micro-batches in any order give the in-order bits; one early set is held, the rest wait in their slots', async () => {
+  const model = initModel(parseConfig(TINY_CONFIG), Rng.fromKey('sum'))
+  const pairs = [{ promptIds: [5, 900], chosenIds: [7, 2], rejectedIds: [12, 2] }]
+  const rows = touchedRows(model, pairs, 2)!
+  const grads = (a: number) => new Map(trainableParams(model).map(([name, p], i) => [name, tf.tidy(() => {
+    const v = (shape: number[]) => tf.mul(tf.randomNormal(shape, 0, 1, 'float32', 1 + 100 * a + i), 1 / 3) // made by a kernel, as a real gradient (seed 0 would be random)
+    return name === 'model.embed_tokens.weight' ? tf.scatterND(tf.tensor2d(rows, [rows.length, 1], 'int32'), v([rows.length, p.shape[1]!]), p.shape) : v(p.shape)
+  })]))
+  const shard = shardOf(model, 2, 0).mine
+  const bits = async (m: Map<string, tf.Tensor>) => Promise.all([...m].map(async ([name, g]) => [name, [...new Uint32Array(((await g.data()) as Float32Array).slice().buffer)]]))
+  const inOrder = new OrderedSum(model, shard)
+  for (let a = 0; a < 5; a++) inOrder.add(a, grads(a))
+  const want = inOrder.take()
+  const wantBits = await bits(want)
+  tf.dispose([...want.values()])
+  const slots = Array.from({ length: 5 }, () => new SharedArrayBuffer(slotFloats(model) * 4))
+  const sum = new OrderedSum(model, shard)
+  const tensors = () => tf.memory().numTensors
+  const start = tensors()
+  await sum.addShared(3, grads(3), slots[3]!, rows) // early, the first: held as tensors
+  const held = tensors() - start
+  assert.is(held, shard.size)
+  await sum.addShared(1, grads(1), slots[1]!, rows) // early while one is held: waits in its slot
+  await sum.addShared(4, grads(4), slots[4]!, rows)
+  assert.is(tensors() - start, held)
+  const other = grads(2) // another replica's micro-batch, in its slot
+  await writeGrads(model, other, rows, slots[2]!)
+  tf.dispose([...other.values()])
+  let reads = 0
+  sum.add(2, () => (reads++, readGrads(model, slots[2]!, rows, shard)))
+  assert.is(reads, 0) // read only when its turn comes
+  sum.add(0, grads(0))
+  assert.is(reads, 1)
+  const got = sum.take()
+  assert.equal(await bits(got), wantBits)
+  tf.dispose([...got.values()])
+  assert.is(tensors(), start)
 })
 
 /** A pool of this thread and one worker thread over `model` (SFT); `kill` ends that worker as a crash would. */

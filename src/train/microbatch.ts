@@ -36,45 +36,62 @@ export async function microBatchGrads(model: Model, objective: Objective, pairs:
   return { grads: new Map(trainable.map(([name, p]) => [name, grads[p.name]!])), stats: { ...batchStats, loss: lossData[0]! * o.ga } }
 }
 
+type Grads = Map<string, tf.Tensor>
+
 /**
  * The sum of a step's micro-batch gradients, added in micro-batch order whatever order they come in: the additions
  * a single worker makes (parameter by parameter, in the model's order), so every replica and every worker count
  * gets the same bits. With `names`, only those parameters are summed (a replica's optimizer shard: a
- * reduce-scatter) and the rest of each added set is disposed. A micro-batch is added once all before it are in, so
- * only early ones are held: one worker keeps two gradient sets, not GA. Added tensors are disposed.
+ * reduce-scatter) and the rest of each added set is disposed. A micro-batch is added once all before it are in.
+ * One that comes early waits: as tensors, or, given as a reader of its slot (workers.ts), in the slot, read only
+ * when its turn comes; `addShared` keeps at most one early set as tensors and leaves the others in their slots. So
+ * a replica holds the sum, one early set and the micro-batch it computes, at any GA. Added tensors are disposed.
  */
 export class OrderedSum {
-  private acc: Map<string, tf.Tensor> | undefined
-  private readonly early = new Map<number, Map<string, tf.Tensor>>()
+  private acc: Grads | undefined
+  private readonly early = new Map<number, Grads | (() => Grads)>()
   private readonly names: string[]
   /** how many micro-batches are in the sum */
   added = 0
 
-  constructor(model: Model, names?: ReadonlySet<string>) {
-    this.names = trainableParams(model).map(([name]) => name).filter((name) => !names || names.has(name))
+  constructor(private readonly model: Model, private readonly shard?: ReadonlySet<string>) {
+    this.names = trainableParams(model).map(([name]) => name).filter((name) => !shard || shard.has(name))
   }
 
-  add(a: number, grads: Map<string, tf.Tensor>): void {
-    const kept = new Map(this.names.map((name) => [name, grads.get(name)!]))
-    tf.dispose([...grads].filter(([name]) => !kept.has(name)).map(([, g]) => g))
-    this.early.set(a, kept)
+  /** Add micro-batch `a`'s gradients, or a reader of them (called once, when a's turn comes). */
+  add(a: number, grads: Grads | (() => Grads)): void {
+    this.early.set(a, typeof grads === 'function' ? grads : this.kept(grads))
     for (let g = this.early.get(this.added); g; g = this.early.get(this.added)) {
       this.early.delete(this.added++)
+      const next = typeof g === 'function' ? this.kept(g()) : g
       const acc = this.acc
       if (!acc) {
-        this.acc = g
+        this.acc = next
         continue
       }
       for (const name of this.names) {
-        const [prev, next] = [acc.get(name)!, g.get(name)!]
-        acc.set(name, tf.add(prev, next))
-        tf.dispose([prev, next])
+        const [prev, add] = [acc.get(name)!, next.get(name)!]
+        acc.set(name, tf.add(prev, add))
+        tf.dispose([prev, add])
       }
     }
   }
 
+  /**
+   * Add a micro-batch this replica computed, whose other shards it has written into `slot` (writeGrads): if it
+   * comes early while another early set is held as tensors, its own shard goes into the slot too and waits there.
+   */
+  async addShared(a: number, grads: Grads, slot: SharedArrayBuffer, rows: Int32Array | undefined): Promise<void> {
+    const held = [...this.early.values()].some((g) => typeof g !== 'function')
+    if (a === this.added || !held) return this.add(a, grads)
+    const names = this.shard ?? new Set(this.names)
+    await writeGrads(this.model, grads, rows, slot, names)
+    tf.dispose([...grads.values()])
+    this.add(a, () => readGrads(this.model, slot, rows, names))
+  }
+
   /** The sum of micro-batches [0, added); the caller owns it. */
-  take(): Map<string, tf.Tensor> {
+  take(): Grads {
     if (!this.acc || this.early.size) throw new Error(`OrderedSum: micro-batch ${this.added} missing`)
     const acc = this.acc
     this.acc = undefined
@@ -82,9 +99,16 @@ export class OrderedSum {
   }
 
   dispose(): void {
-    for (const m of [this.acc, ...this.early.values()]) if (m) tf.dispose([...m.values()])
+    for (const m of [this.acc, ...this.early.values()]) if (m && typeof m !== 'function') tf.dispose([...m.values()])
     this.acc = undefined
     this.early.clear()
+  }
+
+  /** The parameters summed here; the rest disposed. */
+  private kept(grads: Grads): Grads {
+    const kept = new Map(this.names.map((name) => [name, grads.get(name)!]))
+    tf.dispose([...grads].filter(([name]) => !kept.has(name)).map(([, g]) => g))
+    return kept
   }
 }
 

@@ -149,20 +149,21 @@ export function dryRunReport(run: Run): string {
 
 /**
  * Memory with data-parallel workers (workers.ts). GA >= 2 (all-reduce): every replica holds the weights, 1/N of the
- * optimizer state and of the running gradient sum (its shard: the sum is reduce-scattered), activations and one
- * micro-batch's gradients; the slots (two sets of GA gradient slots and one weight slot) are shared. GA 1: only
+ * optimizer state and of the running gradient sum (its shard: the sum is reduce-scattered), activations, one
+ * micro-batch's gradients and its shard of at most one micro-batch that came early (OrderedSum: later early ones
+ * wait in their slots); the slots (two sets, each of GA gradient slots and one weight slot) are shared. GA 1: only
  * this thread trains; the others hold the weights, to score and evaluate with.
  */
 function workersLine(row: PlanRow, ga: number, w: { n: number; why: string }): string {
   const gb = (x: number) => `${(x / 1e9).toFixed(2)} GB`
   const allReduce = ga >= 2 && w.n > 1
-  // with GA >= 2: the running sum beside the micro-batch being added; all-reduce: this thread's shard of both the
-  // sum and the optimizer state only
-  const main = row.total + (ga >= 2 ? row.gradients / (allReduce ? w.n : 1) : 0) - (allReduce ? row.optimizer * (1 - 1 / w.n) : 0)
+  // with GA >= 2: the running sum beside the micro-batch being added; all-reduce: this thread's shard of the sum,
+  // of one early micro-batch and of the optimizer state only
+  const main = row.total + (ga >= 2 ? row.gradients / (allReduce ? w.n : 1) : 0) + (allReduce ? row.gradients / w.n : 0) - (allReduce ? row.optimizer * (1 - 1 / w.n) : 0)
   if (w.n === 1) return `workers: 1 (${w.why}) · ${gb(main)}`
   const replica = allReduce ? main - row.reference : row.weights + row.activations // a frozen reference stays here
   const slots = allReduce ? 2 * (ga + 1) * row.gradients : 0
-  return `workers: ${w.n} (${w.why}) · main ${gb(main)} · each other worker ${gb(replica)} (${allReduce ? `a replica summing and stepping 1/${w.n} of the gradients and optimizer state` : 'weights only: GA 1 trains here'})${slots ? ` · slots ${gb(slots)} (shared: 2 sets of ${ga} gradient slots and a weight slot)` : ''} · total ${gb(main + (w.n - 1) * replica + slots)}`
+  return `workers: ${w.n} (${w.why}) · main ${gb(main)} · each other worker ${gb(replica)} (${allReduce ? `a replica summing and stepping 1/${w.n} of the gradients and optimizer state` : 'weights only: GA 1 trains here'})${slots ? ` · slots ${gb(slots)} (shared: 2 sets, each of ${ga} gradient slots and a weight slot)` : ''} · total ${gb(main + (w.n - 1) * replica + slots)}`
 }
 
 /** The starting policy, with LoRA adapters added (base frozen) when the recipe enables them. */

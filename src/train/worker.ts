@@ -64,7 +64,7 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
         const { grads, stats } = await microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, dropoutSeed: j.dropoutSeed })
         const rows = touchedRows(model!, j.pairs, padId)
         await writeGrads(model!, grads, rows, req.slots[j.a]!, pending ? shard!.others : undefined) // all-reduce: the shards the others sum
-        if (pending) pending.sum.add(j.a, grads)
+        if (pending) await pending.sum.addShared(j.a, grads, req.slots[j.a]!, rows)
         else tf.dispose([...grads.values()])
         out.push({ a: j.a, rows, stats })
       }
@@ -72,7 +72,7 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
     }
     case 'peers': {
       // this replica's shard of the micro-batches it did not compute; once all are in, its sums of squares
-      for (const w of req.written) pending!.sum.add(w.a, readGrads(model!, req.slots[w.a]!, w.rows, shard!.mine))
+      for (const w of req.written) pending!.sum.add(w.a, () => readGrads(model!, req.slots[w.a]!, w.rows, shard!.mine))
       if (pending!.sum.added < pending!.ga) return { value: null, transfer: [] }
       pending!.grads = pending!.sum.take()
       return { value: [...(await gradSquares(pending!.grads))], transfer: [] }

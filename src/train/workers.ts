@@ -395,14 +395,14 @@ export async function stepGradients(model: Model, objective: Objective, pool: Wo
         const rows = touchedRows(model, j.pairs, o.padId)
         await writeGrads(model, r.grads, rows, remote!.slots[j.a]!, shard!.others)
         pool!.peers(remote!.slots, [{ a: j.a, worker: 0, rows }]) // ours, for every worker now
-      }
-      sum.add(j.a, r.grads)
+        await sum.addShared(j.a, r.grads, remote!.slots[j.a]!, rows)
+      } else sum.add(j.a, r.grads)
       stats.set(j.a, r.stats)
     }
     if (remote) {
       const fromWorkers = await remote.results
       if (o.update && pool!.size > 2) pool!.peers(remote.slots, fromWorkers.map(({ a, rows, worker }) => ({ a, rows, worker })))
-      for (const r of fromWorkers) (sum.add(r.a, readGrads(model, remote.slots[r.a]!, r.rows, shard?.mine)), stats.set(r.a, r.stats))
+      for (const r of fromWorkers) (sum.add(r.a, () => readGrads(model, remote.slots[r.a]!, r.rows, shard?.mine)), stats.set(r.a, r.stats))
     }
     return { grads: sum.take(), stats: jobs.map((j) => stats.get(j.a)!) }
   } catch (e) {
