@@ -18,10 +18,20 @@ for round in 1 2; do
   align+=("$(bench --layout packed --paired $([ "$round" = 1 ] && echo --profile))") # what align train runs: default workers (auto: every core); matMul efficiency in the step
   echo "${align[-1]}"
 done
-# the ceiling for the workers: two separate one-worker processes side by side, half the pairs each, nothing shared
-batch_pairs=2 bench --layout packed --workers 1 > bench/out/side-a.json & first=$!
-batch_pairs=2 bench --layout packed --workers 1 > bench/out/side-b.json
+# the ceiling for the workers: two separate one-worker processes side by side, half the pairs each, nothing shared;
+# their timed steps start together (--start-after: each warms up, says it is ready, and waits for the go file)
+go=bench/out/side-go
+rm -f "$go" "$go".ready.*
+batch_pairs=2 bench --layout packed --workers 1 --start-after "$go" > bench/out/side-a.json & first=$!
+batch_pairs=2 bench --layout packed --workers 1 --start-after "$go" > bench/out/side-b.json & second=$!
+until [ "$(ls "$go".ready.* 2>/dev/null | wc -l)" -ge 2 ]; do
+  kill -0 "$first" 2>/dev/null && kill -0 "$second" 2>/dev/null || { echo "a side-by-side bench process ended before its timed steps" >&2; exit 1; }
+  sleep 0.05
+done
+touch "$go"
 wait "$first"
+wait "$second"
+rm -f "$go" "$go".ready.*
 side=$(node -e 'const [a, b] = process.argv.slice(1).map((f) => JSON.parse(require("fs").readFileSync(f, "utf8"))); console.log(JSON.stringify({ bench: "dpo", side_by_side: 2, pairs_per_second: +(a.pairs_per_second + b.pairs_per_second).toFixed(3) }))' bench/out/side-a.json bench/out/side-b.json)
 echo "$side"
 concat=$(bench --layout concatenated)                 # TRL's layout, 2n rows: the packing's saving

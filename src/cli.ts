@@ -176,6 +176,7 @@ const benchCmd = subcommands({
         profile: flag({ long: 'profile', description: 'one more, profiled step: matMul GFLOP/s inside the step against the best plain matMul' }),
         workers: workersOpt,
         paired: flag({ long: 'paired', description: 'with workers: each step also run on one worker with the same micro-batches (weights checked bit-identical) and with its pairs as one micro-batch, timed apart: workers_scaling from steps next to each other in time' }),
+        startAfter: option({ type: optional(string), long: 'start-after', description: 'after the warm-up, write <file>.ready.<pid> and wait for <file> to exist before the timed steps (a start barrier for processes timed side by side)' }),
         json: flag({ long: 'json', description: 'one JSON object' }),
         backend: backendOpt,
       },

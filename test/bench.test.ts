@@ -1,5 +1,5 @@
 // `align bench dpo`: the fields scripts read (with --profile), and no tensor leak across steps (numTensors flat).
-import { writeFileSync } from 'node:fs'
+import { existsSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
@@ -37,6 +37,22 @@ test('bench dpo --paired with 2 workers: the one-worker steps timed apart, the s
   assert.ok(whole > 0 && Math.abs((r.workers_scaling_vs_one_micro_batch as number) - two / whole) < 0.02, `${r.workers_scaling_vs_one_micro_batch} vs ${two / whole}`)
   const plain = await benchDpo({ model: join(dir, 'config.json'), pairs: join(dir, 'pairs.jsonl'), batchPairs: 4, steps: 1, warmup: 0, backend: 'wasm', layout: 'packed', workers: 1, paired: true })
   assert.is(plain.one_worker_pairs_per_second, undefined) // one worker: nothing to pair with
+})
+
+test('bench dpo --start-after: ready after the warm-up, the timed steps only once the file exists', async () => {
+  const dir = tmp()
+  writeFileSync(join(dir, 'config.json'), JSON.stringify({ architectures: ['MistralForCausalLM'], vocab_size: 300, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1, rms_norm_eps: 1e-5, rope_theta: 10000, sliding_window: 64 }))
+  writeFileSync(join(dir, 'pairs.jsonl'), JSON.stringify({ prompt_ids: [1, 5, 7], chosen_ids: [11, 2], rejected_ids: [13, 2] }))
+  const go = join(dir, 'go')
+  let done = false
+  const run = benchDpo({ model: join(dir, 'config.json'), pairs: join(dir, 'pairs.jsonl'), batchPairs: 1, steps: 1, warmup: 1, backend: 'wasm', layout: 'packed', startAfter: go }).finally(() => (done = true))
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+  while (!existsSync(`${go}.ready.${process.pid}`) && !done) await sleep(5)
+  assert.ok(existsSync(`${go}.ready.${process.pid}`), 'the ready file')
+  await sleep(300)
+  assert.is(done, false) // waiting at the barrier
+  writeFileSync(go, '')
+  assert.ok(((await run).pairs_per_second as number) > 0)
 })
 
 test.run()

@@ -3,7 +3,7 @@
  * policy on a batch of `batchPairs` pairs + the AdamW update, reference log-probs read from the file
  * (`reference_chosen_logp` / `reference_rejected_logp`, 0 when absent). Warm-up steps are not timed.
  */
-import { existsSync } from 'node:fs'
+import { existsSync, writeFileSync } from 'node:fs'
 import * as tf from '@tensorflow/tfjs'
 import { AlignError } from '../errors.ts'
 import { readJson } from '../files.ts'
@@ -37,6 +37,11 @@ export interface BenchArgs {
    * `--workers 1` runs for the same recipe), then the step's pairs as one micro-batch (a third), each timed apart
    */
   paired?: boolean
+  /**
+   * a start barrier for processes timed side by side: after the warm-up steps, write `<file>.ready.<pid>` and wait
+   * until `<file>` exists (the caller makes it once every process is ready), so the timed steps run together
+   */
+  startAfter?: string
 }
 
 export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
@@ -105,6 +110,7 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   // steps measured ~7 % slower, 2026-11-29); without, one timed step per round
   const perRound = solo ? 2 : 1
   for (let r = 0; r < a.warmup + a.steps; r++) {
+    if (r === a.warmup && a.startAfter) await startBarrier(a.startAfter)
     for (const [i, t] of trainers.entries()) {
       for (let k = 0; k < perRound; k++) {
         const t0 = performance.now()
@@ -147,6 +153,12 @@ async function sameWeights(a: Model, b: Model): Promise<boolean> {
 }
 
 /** A policy, its optimizer, and the workers holding its replicas (none: this thread alone). */
+/** Announce this process ready (`<file>.ready.<pid>`), then wait until `file` exists. */
+async function startBarrier(file: string): Promise<void> {
+  writeFileSync(`${file}.ready.${process.pid}`, '')
+  while (!existsSync(file)) await new Promise((r) => setTimeout(r, 10))
+}
+
 interface Trainer {
   model: Model
   opt: Optimizer
