@@ -3,7 +3,8 @@
  * same bits wherever it runs:
  *   microBatchGrads   one micro-batch's gradients: the loss scaled by 1/GA, differentiated with respect to the
  *                     trainable parameters, LoRA dropout seeded by the micro-batch's place in the stream
- *   OrderedSum        the step's sum, added in micro-batch order (of every parameter, or of one replica's shard)
+ *   OrderedSum        the step's sum, added in micro-batch order (of every parameter, or of one replica's shard);
+ *                     early micro-batches past the first wait in their slots
  *   gradSquares, normOf   the global norm from per-parameter sums of squares, wherever each was computed
  *   applyUpdate       clip, then the optimizer's step (of all parameters, or of one replica's shard)
  *   writeGrads / readGrads   a micro-batch's gradients (or some parameters' of them) through a shared slot
@@ -41,7 +42,7 @@ type Grads = Map<string, tf.Tensor>
 /**
  * The sum of a step's micro-batch gradients, added in micro-batch order whatever order they come in: the additions
  * a single worker makes (parameter by parameter, in the model's order), so every replica and every worker count
- * gets the same bits. With `names`, only those parameters are summed (a replica's optimizer shard: a
+ * gets the same bits. With `shard`, only those parameters are summed (a replica's optimizer shard: a
  * reduce-scatter) and the rest of each added set is disposed. A micro-batch is added once all before it are in.
  * One that comes early waits: as tensors, or, given as a reader of its slot (workers.ts), in the slot, read only
  * when its turn comes; `addShared` keeps at most one early set as tensors and leaves the others in their slots. So
