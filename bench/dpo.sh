@@ -8,32 +8,37 @@
 # with nothing shared, the ceiling for the workers on this machine.
 steps=5
 source "$(dirname "$0")/lib.sh"
+# the ceiling for the workers: two separate one-worker processes side by side, half the pairs each, nothing shared;
+# their timed steps start together (--start-after: each warms up, says it is ready, and waits for the go file)
+side_by_side() {
+  local go=bench/out/side-go first second
+  rm -f "$go" "$go".ready.*
+  batch_pairs=2 bench --layout packed --workers 1 --start-after "$go" > bench/out/side-a.json & first=$!
+  batch_pairs=2 bench --layout packed --workers 1 --start-after "$go" > bench/out/side-b.json & second=$!
+  until [ "$(ls "$go".ready.* 2>/dev/null | wc -l)" -ge 2 ]; do
+    kill -0 "$first" 2>/dev/null && kill -0 "$second" 2>/dev/null || { echo "a side-by-side bench process ended before its timed steps" >&2; exit 1; }
+    sleep 0.05
+  done
+  touch "$go"
+  wait "$first"
+  wait "$second"
+  rm -f "$go" "$go".ready.*
+  node -e 'const [a, b] = process.argv.slice(1).map((f) => JSON.parse(require("fs").readFileSync(f, "utf8"))); console.log(JSON.stringify({ bench: "dpo", side_by_side: 2, pairs_per_second: +(a.pairs_per_second + b.pairs_per_second).toFixed(3) }))' bench/out/side-a.json bench/out/side-b.json
+}
 # default workers, each step followed by the same micro-batches on one worker (--paired: a second policy on the main
 # thread, what --workers 1 runs for the same recipe; its weights must stay bit-identical), then by the step's pairs as
 # one micro-batch on one worker (a third: the best one worker does), each policy two steps in a row with the second
 # timed (the first warms the threads back up), in two runs: this VM's speed drifts by 10-40 % over minutes, and steps
 # next to each other in time give the 1 -> N scaling without the drift
+# — what align train runs: default workers (auto: every core); the first run profiled (matMul efficiency in the step);
+# the ceiling is measured between the two runs, so that it and their mean come from the same minutes
 align=()
-for round in 1 2; do
-  align+=("$(bench --layout packed --paired $([ "$round" = 1 ] && echo --profile))") # what align train runs: default workers (auto: every core); matMul efficiency in the step
-  echo "${align[-1]}"
-done
-# the ceiling for the workers: two separate one-worker processes side by side, half the pairs each, nothing shared;
-# their timed steps start together (--start-after: each warms up, says it is ready, and waits for the go file)
-go=bench/out/side-go
-rm -f "$go" "$go".ready.*
-batch_pairs=2 bench --layout packed --workers 1 --start-after "$go" > bench/out/side-a.json & first=$!
-batch_pairs=2 bench --layout packed --workers 1 --start-after "$go" > bench/out/side-b.json & second=$!
-until [ "$(ls "$go".ready.* 2>/dev/null | wc -l)" -ge 2 ]; do
-  kill -0 "$first" 2>/dev/null && kill -0 "$second" 2>/dev/null || { echo "a side-by-side bench process ended before its timed steps" >&2; exit 1; }
-  sleep 0.05
-done
-touch "$go"
-wait "$first"
-wait "$second"
-rm -f "$go" "$go".ready.*
-side=$(node -e 'const [a, b] = process.argv.slice(1).map((f) => JSON.parse(require("fs").readFileSync(f, "utf8"))); console.log(JSON.stringify({ bench: "dpo", side_by_side: 2, pairs_per_second: +(a.pairs_per_second + b.pairs_per_second).toFixed(3) }))' bench/out/side-a.json bench/out/side-b.json)
+align+=("$(bench --layout packed --paired --profile)")
+echo "${align[-1]}"
+side=$(side_by_side)
 echo "$side"
+align+=("$(bench --layout packed --paired)")
+echo "${align[-1]}"
 concat=$(bench --layout concatenated)                 # TRL's layout, 2n rows: the packing's saving
 echo "$concat"
 if ! /usr/bin/python3 -c 'import torch' 2>/dev/null || ! dpkg -s libopenblas0-pthread >/dev/null 2>&1; then
