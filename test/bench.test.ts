@@ -6,9 +6,12 @@ import * as assert from 'uvu/assert'
 import { benchDpo } from '../src/commands/bench.ts'
 import { tmp } from './helpers.ts'
 
+/** A 1-layer Mistral config.json in `dir`, vocab 300. */
+const writeConfig = (dir: string) => writeFileSync(join(dir, 'config.json'), JSON.stringify({ architectures: ['MistralForCausalLM'], vocab_size: 300, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1, rms_norm_eps: 1e-5, rope_theta: 10000, sliding_window: 64 }))
+
 test('bench dpo on a 1-layer model: pairs/s, tokens/s counted once per pair, flat tensor count', async () => {
   const dir = tmp()
-  writeFileSync(join(dir, 'config.json'), JSON.stringify({ architectures: ['MistralForCausalLM'], vocab_size: 300, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1, rms_norm_eps: 1e-5, rope_theta: 10000, sliding_window: 64 }))
+  writeConfig(dir)
   writeFileSync(join(dir, 'pairs.jsonl'), [0, 1, 2].map((i) => JSON.stringify({ prompt_ids: [1, 5 + i, 7, 9], chosen_ids: [11, 12, 2], rejected_ids: [13, 2], reference_chosen_logp: -17, reference_rejected_logp: -11 })).join('\n'))
   const r = await benchDpo({ model: join(dir, 'config.json'), pairs: join(dir, 'pairs.jsonl'), batchPairs: 2, steps: 3, warmup: 1, backend: 'wasm', layout: 'packed', profile: true })
   assert.is(r.backend, 'wasm')
@@ -23,7 +26,7 @@ test('bench dpo on a 1-layer model: pairs/s, tokens/s counted once per pair, fla
 
 test('bench dpo --paired with 2 workers: the one-worker steps timed apart, the scaling between them, the same weights', async () => {
   const dir = tmp()
-  writeFileSync(join(dir, 'config.json'), JSON.stringify({ architectures: ['MistralForCausalLM'], vocab_size: 300, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1, rms_norm_eps: 1e-5, rope_theta: 10000, sliding_window: 64 }))
+  writeConfig(dir)
   writeFileSync(join(dir, 'pairs.jsonl'), [0, 1, 2, 3].map((i) => JSON.stringify({ prompt_ids: [1, 5 + i, 7, 9], chosen_ids: [11, 12, 2], rejected_ids: [13, 2] })).join('\n'))
   const r = await benchDpo({ model: join(dir, 'config.json'), pairs: join(dir, 'pairs.jsonl'), batchPairs: 4, steps: 2, warmup: 1, backend: 'wasm', layout: 'packed', workers: 2, paired: true })
   assert.is(r.workers, 2)
@@ -41,7 +44,7 @@ test('bench dpo --paired with 2 workers: the one-worker steps timed apart, the s
 
 test('bench dpo --start-after: ready after the warm-up, the timed steps only once the file exists', async () => {
   const dir = tmp()
-  writeFileSync(join(dir, 'config.json'), JSON.stringify({ architectures: ['MistralForCausalLM'], vocab_size: 300, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1, rms_norm_eps: 1e-5, rope_theta: 10000, sliding_window: 64 }))
+  writeConfig(dir)
   writeFileSync(join(dir, 'pairs.jsonl'), JSON.stringify({ prompt_ids: [1, 5, 7], chosen_ids: [11, 2], rejected_ids: [13, 2] }))
   const go = join(dir, 'go')
   let done = false

@@ -152,13 +152,13 @@ async function sameWeights(a: Model, b: Model): Promise<boolean> {
   return true
 }
 
-/** A policy, its optimizer, and the workers holding its replicas (none: this thread alone). */
 /** Announce this process ready (`<file>.ready.<pid>`), then wait until `file` exists. */
 async function startBarrier(file: string): Promise<void> {
   writeFileSync(`${file}.ready.${process.pid}`, '')
   while (!existsSync(file)) await new Promise((r) => setTimeout(r, 10))
 }
 
+/** A policy, its optimizer, and the workers holding its replicas (none: this thread alone). */
 interface Trainer {
   model: Model
   opt: Optimizer

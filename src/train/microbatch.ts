@@ -85,10 +85,9 @@ export class OrderedSum {
   async addShared(a: number, grads: Grads, slot: SharedArrayBuffer, rows: Int32Array | undefined): Promise<void> {
     const held = [...this.early.values()].some((g) => typeof g !== 'function')
     if (a === this.added || !held) return this.add(a, grads)
-    const names = this.shard ?? new Set(this.names)
-    await writeGrads(this.model, grads, rows, slot, names)
+    await writeGrads(this.model, grads, rows, slot, this.shard)
     tf.dispose([...grads.values()])
-    this.add(a, () => readGrads(this.model, slot, rows, names))
+    this.add(a, () => readGrads(this.model, slot, rows, this.shard))
   }
 
   /** The sum of micro-batches [0, added); the caller owns it. */

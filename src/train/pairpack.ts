@@ -9,10 +9,13 @@ import type { PairIds } from '../preference/pairs.ts'
 
 export type PairPack = SharedArrayBuffer
 
+/** Where the tokens start: after n and the 3n + 1 run starts. */
+const headOf = (n: number) => 2 + 3 * n
+
 export function packPairs(pairs: readonly PairIds[]): PairPack {
   const n = pairs.length
   const tokens = pairs.reduce((a, p) => a + p.promptIds.length + p.chosenIds.length + p.rejectedIds.length, 0)
-  const head = 1 + 3 * n + 1
+  const head = headOf(n)
   const out = new Int32Array(new SharedArrayBuffer((head + tokens) * 4))
   out[0] = n
   let at = 0
@@ -33,7 +36,7 @@ export const packedCount = (pack: PairPack): number => new Int32Array(pack)[0]!
 export function unpackPairs(pack: PairPack, start: number, end: number): PairIds[] {
   const v = new Int32Array(pack)
   const n = v[0]!
-  const head = 1 + 3 * n + 1
+  const head = headOf(n)
   const run = (s: number) => Array.from(v.subarray(head + v[1 + s]!, head + v[2 + s]!))
   return Array.from({ length: Math.max(0, Math.min(end, n) - start) }, (_, i) => ({ promptIds: run(3 * (start + i)), chosenIds: run(3 * (start + i) + 1), rejectedIds: run(3 * (start + i) + 2) }))
 }

@@ -401,7 +401,7 @@ export async function stepGradients(model: Model, objective: Objective, pool: Wo
     }
     if (remote) {
       const fromWorkers = await remote.results
-      if (o.update && pool!.size > 2) pool!.peers(remote.slots, fromWorkers.map(({ a, rows, worker }) => ({ a, rows, worker })))
+      if (o.update && pool!.size > 2) pool!.peers(remote.slots, fromWorkers)
       for (const r of fromWorkers) (sum.add(r.a, () => readGrads(model, remote.slots[r.a]!, r.rows, shard?.mine)), stats.set(r.a, r.stats))
     }
     return { grads: sum.take(), stats: jobs.map((j) => stats.get(j.a)!) }
