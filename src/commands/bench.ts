@@ -17,7 +17,8 @@ import { dpoObjective, type Layout } from '../preference/objective.ts'
 import { isTokenized, pairTokens, tokenizedPair } from '../preference/pairs.ts'
 import { ADAMW_DEFAULTS, Optimizer } from '../train/optim.ts'
 import { applyUpdate, microBatchGrads } from '../train/microbatch.ts'
-import { WorkerPool, stepGradients, workerCount, workerInit } from '../train/workers.ts'
+import { WorkerPool } from '../train/pool.ts'
+import { stepGradients, workerCount, workerInit } from '../train/workers.ts'
 
 export interface BenchArgs {
   model: string

@@ -13,7 +13,8 @@ import { dpoObjective, evaluate, type LossType } from '../preference/objective.t
 import { loadPairs } from '../preference/pairs.ts'
 import { liveReference, pairLogps, precomputedReference, type Reference } from '../preference/reference.ts'
 import type { Model } from '../model/mistral.ts'
-import { WorkerPool, workerCount, workerInit } from '../train/workers.ts'
+import { WorkerPool } from '../train/pool.ts'
+import { workerCount, workerInit } from '../train/workers.ts'
 import { ADAMW_DEFAULTS } from '../train/optim.ts'
 
 export interface EvalArgs {

@@ -172,7 +172,7 @@ export function touchedRows(model: Model, pairs: PairIds[], padId: number): Int3
 
 /**
  * A gradient slot: one micro-batch's gradients as they pass between replicas, in memory every worker maps (a
- * SharedArrayBuffer the pool makes once and reuses, workers.ts). The trainable parameters sit back to back in the
+ * SharedArrayBuffer the pool makes once and reuses, pool.ts). The trainable parameters sit back to back in the
  * model's order; the embedding's holds only the touched rows, listed in `rows` (sent beside the slot).
  */
 export const slotFloats = (model: Model) => trainableParams(model).reduce((n, [, p]) => n + p.size, 0)

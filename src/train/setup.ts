@@ -19,7 +19,7 @@ import { describePolicy, policyTokenizer, resolvePolicy, type PolicySpec } from 
 import type { ChatTokenizer } from '../model/tokenizer.ts'
 import { dpoObjective, sftObjective, type Objective } from '../preference/objective.ts'
 import type { PairIds } from '../preference/pairs.ts'
-import type { WorkerPool } from './workers.ts'
+import type { WorkerPool } from './pool.ts'
 import { filesSha256, loadPairs, resolveSplit, tokenizeRows, type DataStats, type LoadOptions, type PairSet } from '../preference/pairs.ts'
 import { mixtureRows, splitRows } from '../preference/datasets.ts'
 import { liveReference, precompute, precomputedReference, type Reference } from '../preference/reference.ts'
