@@ -8,11 +8,13 @@ import { parameterShapes, parseConfig } from '../src/model/config.ts'
 import { clearCaches, disposeModel, type Model } from '../src/model/mistral.ts'
 import { diskData, initModel, modelFromTensors } from '../src/model/weights.ts'
 import type { SeqBatch } from '../src/model/logprobs.ts'
-import { packPairs, padBatch, pairSequences } from '../src/preference/batch.ts'
-import { dpoBatchLoss } from '../src/preference/objective.ts'
+import { packPairs, padBatch, pairSequences, sftBatch, sftScoredTokens } from '../src/preference/batch.ts'
+import { dpoBatchLoss, dpoObjective, sftObjective } from '../src/preference/objective.ts'
+import { microBatchGrads } from '../src/train/microbatch.ts'
 import { Rng } from '../src/rng.ts'
 import { blockedHeadLogProbs, linear, targetLogProbs } from '../src/model/autograd.ts'
 import { maxAbsDiff, SMALL_DPO } from './tfjs-helpers.ts'
+import type { PairIds } from '../src/preference/pairs.ts'
 
 const { config, pairs, ref, opts } = SMALL_DPO
 const batch = packPairs(pairs, 0, 1)
@@ -118,6 +120,36 @@ test('packed pairs (prompt run once) give the loss, log-probs and gradients of t
   assert.ok(Math.abs(lossOf(m) - lossOf(m, concatenated)) < 1e-6)
   const [ga, gb] = [grads(m), grads(m, concatenated)]
   for (const [name, x] of ga) assert.ok(maxAbsDiff(x, gb.get(name)!) < 1e-5, `${name}: max |packed - concatenated| ${maxAbsDiff(x, gb.get(name)!)}`)
+  disposeModel(m)
+})
+
+test('SFT under gradient accumulation: micro-batches of 3 and 5 tokens sum to the step token mean, as one micro-batch of both', async () => {
+  await initBackend('cpu')
+  const m = build(W)
+  const sft = sftObjective()
+  const [p0, p1] = pairs as [PairIds, PairIds]
+  assert.equal([sftScoredTokens(p0), sftScoredTokens(p1)], [3, 5])
+  for (const p of [p0, p1, { promptIds: [], chosenIds: [4, 2], rejectedIds: [] }, { promptIds: [], chosenIds: [], rejectedIds: [] }]) assert.is(sftScoredTokens(p), sftBatch([p], 0).scored.index.length)
+  const run = async (mbs: PairIds[][], scales: number[]) => {
+    const out = await Promise.all(mbs.map((b, a) => microBatchGrads(m, sft, b, undefined, { padId: 0, ga: mbs.length, scale: scales[a]!, dropoutSeed: 0 })))
+    const grads = new Map([...out[0]!.grads.keys()].map((name) => [name, out.map((o) => o.grads.get(name)!.dataSync() as Float32Array).reduce((x, y) => x.map((v, i) => v + y[i]!))]))
+    for (const o of out) tf.dispose([...o.grads.values()])
+    return { grads, loss: out.reduce((a, o) => a + o.stats.loss, 0) / out.length } // a logged step: the mean of its micro-batches
+  }
+  assert.equal(sft.stepScales([[p0], [p1]]), [8, 8])
+  assert.equal(dpoObjective(opts).stepScales([[p0], [p1], [p0]]), [3, 3, 3])
+  const whole = await run([[p0, p1]], sft.stepScales([[p0, p1]]))
+  const split = await run([[p0], [p1]], sft.stepScales([[p0], [p1]]))
+  const perMicroBatch = await run([[p0], [p1]], [3 * 2, 5 * 2]) // each micro-batch's token mean / GA: before num_items_in_batch
+  assert.ok(Math.abs(whole.loss - split.loss) < 1e-6, `step loss: one micro-batch ${whole.loss}, two ${split.loss}`)
+  assert.ok(Math.abs(whole.loss - perMicroBatch.loss) > 1e-3, `the per-micro-batch mean weights tokens differently: ${whole.loss} vs ${perMicroBatch.loss}`)
+  let apart = 0
+  for (const [name, g] of whole.grads) {
+    const scale = Math.max(...g.map(Math.abs), 1e-6)
+    assert.ok(maxAbsDiff(g, split.grads.get(name)!) <= 1e-5 * scale, `${name}: max |one - two micro-batches| ${maxAbsDiff(g, split.grads.get(name)!)}`)
+    apart = Math.max(apart, maxAbsDiff(g, perMicroBatch.grads.get(name)!) / scale)
+  }
+  assert.ok(apart > 1e-2, `per-micro-batch means give other gradients (${apart})`)
   disposeModel(m)
 })
 

@@ -170,7 +170,7 @@ test('workers take micro-batches from a shared counter: one that is free takes a
   const pool = await twoWorkers(model)
   const pair = (i: number) => ({ promptIds: [1, 3 + i, 9], chosenIds: [7, 8, 2], rejectedIds: [7, 2] })
   const next = new SharedArrayBuffer(4)
-  const { results } = await pool.grads(3, [0, 1, 2].map((a) => ({ a, pairs: [pair(a)], dropoutSeed: 0 })), next) // this thread takes none
+  const { results } = await pool.grads(3, [0, 1, 2].map((a) => ({ a, pairs: [pair(a)], scale: 9, dropoutSeed: 0 })), next) // this thread takes none
   assert.equal((await results).map((r) => [r.a, r.worker]), [[0, 1], [1, 1], [2, 1]])
   assert.is(takeJob(3, next), undefined) // all taken
   await pool.close()
@@ -182,7 +182,7 @@ test('a worker that dies ends the request with one line naming it; --workers is 
   const pool = await twoWorkers(model)
   assert.is(pool.size, 2)
   const big = Array.from({ length: 64 }, (_, i) => ({ promptIds: Array.from({ length: 60 }, (_, j) => 3 + ((i + j) % 500)), chosenIds: Array.from({ length: 60 }, (_, j) => 7 + j), rejectedIds: [7, 2] }))
-  const { results: pending } = await pool.grads(1, [{ a: 0, pairs: big, dropoutSeed: 0 }], new SharedArrayBuffer(4)) // long enough to be running when the worker is killed
+  const { results: pending } = await pool.grads(1, [{ a: 0, pairs: big, scale: 1, dropoutSeed: 0 }], new SharedArrayBuffer(4)) // long enough to be running when the worker is killed
   await kill(pool)
   await rejects(() => pending, /worker 1 of 2 exited \(code \d+: out of memory or killed\); the run stops \(the last checkpoint is intact\)/)
   await rejects(() => pool.logps(big, 8, false), /^worker 1 of 2 exited/) // asking a dead worker: the same line, not a hang

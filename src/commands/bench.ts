@@ -87,7 +87,8 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     const { chunk, ref } = pairsOf(s)
     const n = t.oneMicroBatch ? 1 : W
     const parts = Array.from({ length: n }, (_, w) => [Math.floor((w * chunk.length) / n), Math.floor(((w + 1) * chunk.length) / n)] as const)
-    const jobs = parts.map(([b, e], w) => ({ a: w, pairs: chunk.slice(b, e), ref: { chosen: ref.chosen.slice(b, e), rejected: ref.rejected.slice(b, e) }, dropoutSeed: 0 }))
+    const scales = objective.stepScales(parts.map(([b, e]) => chunk.slice(b, e)))
+    const jobs = parts.map(([b, e], w) => ({ a: w, pairs: chunk.slice(b, e), ref: { chosen: ref.chosen.slice(b, e), rejected: ref.rejected.slice(b, e) }, scale: scales[w]!, dropoutSeed: 0 }))
     const { grads, stats } = await stepGradients(t.model, objective, t.pool, jobs, { padId: 0, ga: n, update: t.pool ? { lr: LR, maxNorm: 0 } : undefined })
     await update(t, grads)
     return { chunk, packed: stats[0]!.packed ?? false }
@@ -95,7 +96,7 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   // the profiled step runs here alone (tf.profile times this thread's kernels)
   const localStep = async (s: number) => {
     const { chunk, ref } = pairsOf(s)
-    const g = (await microBatchGrads(model, objective, chunk, ref, { padId: 0, ga: 1, dropoutSeed: 0 })).grads
+    const g = (await microBatchGrads(model, objective, chunk, ref, { padId: 0, ga: 1, scale: 1, dropoutSeed: 0 })).grads
     opt.apply(model.params, g, LR)
     tf.dispose([...g.values()])
   }

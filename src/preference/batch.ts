@@ -112,6 +112,12 @@ export function sftBatch(pairs: PairIds[], padId: number): SeqBatch {
   return padBatch(pairs.map((p) => ({ ids: [...p.promptIds, ...p.chosenIds], completionStart: p.promptIds.length })), padId)
 }
 
+/** The tokens sftBatch scores for a pair, from its lengths alone: each chosen token after the first sequence token. */
+export function sftScoredTokens(p: PairIds): number {
+  const [P, C] = [p.promptIds.length, p.chosenIds.length]
+  return Math.max(0, P + C - 1 - Math.max(0, P - 1))
+}
+
 /** Completion tokens per row. */
 export function rowCounts(batch: SeqBatch): number[] {
   const out = new Array<number>(batch.rows).fill(0)

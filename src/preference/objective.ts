@@ -8,18 +8,19 @@
  *   hinge:   relu(1 − βΔ)                         (SLiC, Zhao et al. 2023; RSO, Liu et al. 2023)
  * The batch loss is the mean over pairs. Implicit rewards β(π − ref) are logged only (no gradient), under TRL's
  * names (`get_batch_loss_metrics`): rewards/{chosen,rejected,accuracies,margins}, logps/*, logits/*.
- * SFT: the token-mean negative log-likelihood of the completion (assistant) tokens.
+ * SFT: the token-mean negative log-likelihood of the completion (assistant) tokens; under gradient accumulation the
+ * mean over all the step's tokens, whatever the split (HF Trainer's `num_items_in_batch`, transformers >= 4.46).
  *
  * One `step` per objective serves training (with gradients), in-loop eval, `align eval` and the bench; one
  * `metrics` turns the per-batch numbers into a logged row. As HF Trainer does, a training row's loss is the mean
- * of its micro-batch losses and an eval row's is weighted by examples (pairs, or scored tokens for SFT).
+ * of its steps' losses and an eval row's is weighted by examples (pairs, or scored tokens for SFT).
  * logσ(x) is written −softplus(−x): tf.logSigmoid's gradient throws on non-variable inputs in tfjs 4.22.
  */
 import * as tf from '@tensorflow/tfjs'
 import { rowLogps, type RowLogps, type SeqBatch } from '../model/logprobs.ts'
 import { withAdapters } from '../model/lora.ts'
 import type { Model } from '../model/mistral.ts'
-import { packPairs, padBatch, pairBatch, pairSequences, rowCounts, sftBatch } from './batch.ts'
+import { packPairs, padBatch, pairBatch, pairSequences, rowCounts, sftBatch, sftScoredTokens } from './batch.ts'
 import { pairTokens, type PairIds } from './pairs.ts'
 import type { PairLogps, Reference } from './reference.ts'
 
@@ -90,7 +91,10 @@ export function rewardMetrics(policy: PairLogps, reference: PairLogps, beta: num
 
 /** What one batch contributes to a logged row. */
 export interface BatchStats {
-  /** the batch's mean loss */
+  /**
+   * the batch's loss: its mean (eval), or in training its share of the step's loss times GA, so that the mean over a
+   * step's micro-batches is the step's loss (DPO: the batch's mean either way)
+   */
   loss: number
   /** what eval rows average the loss by: pairs (DPO) or scored tokens (SFT) */
   weight: number
@@ -107,11 +111,20 @@ export type Layout = 'auto' | 'packed' | 'concatenated'
 export interface Objective {
   stage: 'sft' | 'dpo'
   /**
-   * The loss of one batch divided by `scale` (gradient accumulation), differentiable, and `stats` to read the
-   * batch's numbers once the pass is done (reads are async on some backends, so not inside tf.variableGrads; the
-   * tensors it reads are kept until then). The stats' `loss` is the unscaled value, filled by the caller.
+   * The loss of one batch, differentiable, and `stats` to read the batch's numbers once the pass is done (reads are
+   * async on some backends, so not inside tf.variableGrads; the tensors it reads are kept until then; the stats'
+   * `loss` is filled by the caller). Without `scale`, the batch's mean (eval); with it (training, `stepScales`),
+   * the batch's share of its optimizer step's loss: DPO its mean over pairs / scale, SFT its summed token NLL / scale.
    */
   step(model: Model, pairs: PairIds[], ref: PairLogps | undefined, padId: number, scale?: number): { loss: tf.Scalar; stats: () => Promise<Omit<BatchStats, 'loss'>> }
+  /**
+   * The `scale` of each micro-batch of an optimizer step, so that their gradients sum to the step's loss. DPO: GA
+   * each, the mean of the micro-batch means (TRL's DPOTrainer under HF gradient accumulation; a mean over pairs
+   * when micro-batches are the same size). SFT: the step's scored tokens, so the step's loss is the token mean over
+   * all its micro-batches (HF Trainer's `num_items_in_batch` since transformers 4.46; before it, each micro-batch's
+   * token mean / GA, which weights the tokens of a short micro-batch more).
+   */
+  stepScales(microBatches: PairIds[][]): number[]
   /** A logged row from the batches since the last one; keys get `prefix` (TRL: `eval_` for eval rows). */
   metrics(batches: BatchStats[], mode: 'train' | 'eval', prefix?: string): Record<string, number>
 }
@@ -149,6 +162,7 @@ export function dpoObjective(o: DpoOptions, layout: Layout = 'auto'): Objective 
       }
       return { loss: tf.div(loss, scale) as tf.Scalar, stats }
     },
+    stepScales: (microBatches) => microBatches.map(() => microBatches.length),
     metrics(batches, mode, prefix = mode === 'eval' ? 'eval_' : '') {
       const stats = batches.flatMap((b) => (b.pairs ? [b.pairs] : []))
       const row: Record<string, number> = { loss: lossOf(batches, mode) }
@@ -167,11 +181,15 @@ export function dpoObjective(o: DpoOptions, layout: Layout = 'auto'): Objective 
 export function sftObjective(): Objective {
   return {
     stage: 'sft',
-    step(model, pairs, _ref, padId, scale = 1) {
+    step(model, pairs, _ref, padId, scale) {
       const batch = sftBatch(pairs, padId)
       const scoredTokens = Math.max(1, batch.scored.index.length)
-      const loss = tf.div(tf.neg(tf.sum(rowLogps(model, batch).logps)), scoredTokens * scale) as tf.Scalar
+      const loss = tf.div(tf.neg(tf.sum(rowLogps(model, batch).logps)), scale ?? scoredTokens) as tf.Scalar
       return { loss, stats: async () => ({ weight: scoredTokens, tokens: batch.tokens }) }
+    },
+    stepScales(microBatches) {
+      const stepTokens = Math.max(1, sum(microBatches.flat().map(sftScoredTokens)))
+      return microBatches.map(() => stepTokens)
     },
     metrics(batches, mode, prefix = mode === 'eval' ? 'eval_' : '') {
       return withPrefix({ loss: lossOf(batches, mode) }, prefix)

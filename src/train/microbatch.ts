@@ -1,8 +1,9 @@
 /**
  * A training step in parts, the same in the main thread and in every worker (workers.ts), so a micro-batch gives the
  * same bits wherever it runs:
- *   microBatchGrads   one micro-batch's gradients: the loss scaled by 1/GA, differentiated with respect to the
- *                     trainable parameters, LoRA dropout seeded by the micro-batch's place in the stream
+ *   microBatchGrads   one micro-batch's gradients: its share of the step's loss (Objective.stepScales),
+ *                     differentiated with respect to the trainable parameters, LoRA dropout seeded by the
+ *                     micro-batch's place in the stream
  *   OrderedSum        the step's sum, added in micro-batch order (of every parameter, or of one replica's shard);
  *                     early micro-batches past the first wait in their slots
  *   gradSquares, normOf   the global norm from per-parameter sums of squares, wherever each was computed
@@ -24,11 +25,11 @@ export const trainableParams = (model: Model): [string, tf.Variable][] => [...mo
 /** LoRA dropout seed of micro-batch k of the stream (the same on every worker and after a resume). */
 export const dropoutSeed = (seed: number, k: number) => seed * 1_000_003 + k
 
-export async function microBatchGrads(model: Model, objective: Objective, pairs: PairIds[], ref: PairLogps | undefined, o: { padId: number; ga: number; dropoutSeed: number }): Promise<{ grads: Map<string, tf.Tensor>; stats: BatchStats }> {
+export async function microBatchGrads(model: Model, objective: Objective, pairs: PairIds[], ref: PairLogps | undefined, o: { padId: number; ga: number; scale: number; dropoutSeed: number }): Promise<{ grads: Map<string, tf.Tensor>; stats: BatchStats }> {
   const trainable = trainableParams(model)
   let stats: (() => Promise<Omit<BatchStats, 'loss'>>) | undefined
   const { value, grads } = withAdapters(model, true, () => tf.variableGrads(() => {
-    const r = objective.step(model, pairs, ref, o.padId, o.ga)
+    const r = objective.step(model, pairs, ref, o.padId, o.scale)
     stats = r.stats
     return r.loss
   }, trainable.map(([, p]) => p)), o.dropoutSeed)

@@ -61,7 +61,7 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
       const out = []
       for (const k of taken(req.jobs.length, req.next)) {
         const j = req.jobs[k]!
-        const { grads, stats } = await microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, dropoutSeed: j.dropoutSeed })
+        const { grads, stats } = await microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, scale: j.scale, dropoutSeed: j.dropoutSeed })
         const rows = touchedRows(model!, j.pairs, padId)
         await writeGrads(model!, grads, rows, req.slots[j.a]!, pending ? shard!.others : undefined) // all-reduce: the shards the others sum
         if (pending) await pending.sum.addShared(j.a, grads, req.slots[j.a]!, rows)

@@ -109,6 +109,8 @@ export interface Job {
   a: number
   pairs: PairIds[]
   ref?: PairLogps
+  /** what its loss is divided by: its share of the step's loss (Objective.stepScales) */
+  scale: number
   dropoutSeed: number
 }
 
@@ -146,7 +148,7 @@ export async function stepGradients(model: Model, objective: Objective, pool: Wo
   try {
     for (const k of taken(jobs.length, next, 0)) {
       const j = jobs[k]!
-      const r = await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, dropoutSeed: j.dropoutSeed })
+      const r = await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, scale: j.scale, dropoutSeed: j.dropoutSeed })
       if (o.update) {
         const rows = touchedRows(model, j.pairs, o.padId)
         await writeGrads(model, r.grads, rows, remote!.slots[j.a]!, shard!.others)
