@@ -156,14 +156,16 @@ async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, s
 
 /**
  * The gradients of optimizer step `step`: its GA micro-batches (each on whichever worker takes it first, this
- * thread included), each loss its share of the step's (Objective.stepScales), summed by parameter name in micro-batch order — the same additions
- * whatever N is and whoever computed what. A non-finite loss stops the run here, before any update.
+ * thread included), each loss its share of the step's (Objective.stepScales), summed by parameter name in
+ * micro-batch order — the same additions whatever N is and whoever computed what. A non-finite loss stops the run
+ * here, before any update.
  */
 async function accumulate(run: Run, model: Model, refs: References | undefined, step: number, nextBatch: (k: number) => number[], pool: WorkerPool | undefined, update: Update | undefined): Promise<{ grads: Map<string, tf.Tensor>; batches: BatchStats[] }> {
   const ga = run.args.gradient_accumulation_steps
-  const idx = Array.from({ length: ga }, (_, a) => nextBatch(step * ga + a))
-  const scales = run.objective.stepScales(idx.map((b) => b.map((i) => run.data.train.pairs[i]!)))
-  const jobs = await Promise.all(idx.map(async (b, a) => ({ a, pairs: b.map((i) => run.data.train.pairs[i]!), ref: await refs?.train.logps(b), scale: scales[a]!, dropoutSeed: dropoutSeed(run.args.seed, step * ga + a) })))
+  const idx = Array.from({ length: ga }, (_, a) => nextBatch(step * ga + a)) // each micro-batch's pair indices
+  const pairs = idx.map((b) => b.map((i) => run.data.train.pairs[i]!))
+  const scales = run.objective.stepScales(pairs)
+  const jobs = await Promise.all(idx.map(async (b, a) => ({ a, pairs: pairs[a]!, ref: await refs?.train.logps(b), scale: scales[a]!, dropoutSeed: dropoutSeed(run.args.seed, step * ga + a) })))
   const { grads: acc, stats: batches } = await stepGradients(model, run.objective, pool, jobs, { padId: run.tok.padId, ga, update })
   const bad = batches.findIndex((b) => !Number.isFinite(b.loss))
   if (bad >= 0) {
