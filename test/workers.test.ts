@@ -119,15 +119,16 @@ test('ordered sum: micro-batches in any order give the in-order bits; one early 
     const v = (shape: number[]) => tf.mul(tf.randomNormal(shape, 0, 1, 'float32', 1 + 100 * a + i), 1 / 3) // made by a kernel, as a real gradient (seed 0 would be random)
     return name === 'model.embed_tokens.weight' ? tf.scatterND(tf.tensor2d(rows, [rows.length, 1], 'int32'), v([rows.length, p.shape[1]!]), p.shape) : v(p.shape)
   })]))
-  const shard = shardOf(model, 2, 0).mine
+  const replica = shardOf(model, 2, 0)
+  const shard = replica.mine
   const bits = async (m: Map<string, tf.Tensor>) => Promise.all([...m].map(async ([name, g]) => [name, [...new Uint32Array(((await g.data()) as Float32Array).slice().buffer)]]))
-  const inOrder = new OrderedSum(model, shard)
+  const inOrder = new OrderedSum(model, replica)
   for (let a = 0; a < 5; a++) inOrder.add(a, grads(a))
   const want = inOrder.take()
   const wantBits = await bits(want)
   tf.dispose([...want.values()])
   const slots = Array.from({ length: 5 }, () => new SharedArrayBuffer(slotFloats(model) * 4))
-  const sum = new OrderedSum(model, shard)
+  const sum = new OrderedSum(model, replica)
   const tensors = () => tf.memory().numTensors
   const start = tensors()
   await sum.addShared(3, grads(3), slots[3]!, rows) // early, the first: held as tensors

@@ -30,6 +30,12 @@ export function pairSequences(pairs: PairIds[]): Sequence[] {
 const PAD_MULTIPLE = 16
 const roundUp = (n: number, multiple: number) => Math.ceil(n / multiple) * multiple
 
+/**
+ * The first position of a row whose next token is scored: the one before the completion. An empty prompt leaves the
+ * first completion token unpredicted.
+ */
+const scoredFrom = (completionStart: number) => Math.max(0, completionStart - 1)
+
 export function padBatch(seqs: Sequence[], padId: number, multiple = PAD_MULTIPLE): SeqBatch {
   const B = seqs.length
   const T = roundUp(Math.max(...seqs.map((s) => s.ids.length)), multiple)
@@ -40,7 +46,7 @@ export function padBatch(seqs: Sequence[], padId: number, multiple = PAD_MULTIPL
     const L = s.ids.length
     tokens += L
     for (let t = 0; t < L; t++) ids[b * T + t] = s.ids[t]!
-    for (let t = Math.max(0, s.completionStart - 1); t + 1 < L; t++) {
+    for (let t = scoredFrom(s.completionStart); t + 1 < L; t++) {
       scored.index.push(b * T + t)
       scored.target.push(s.ids[t + 1]!)
       scored.row.push(b)
@@ -112,10 +118,10 @@ export function sftBatch(pairs: PairIds[], padId: number): SeqBatch {
   return padBatch(pairs.map((p) => ({ ids: [...p.promptIds, ...p.chosenIds], completionStart: p.promptIds.length })), padId)
 }
 
-/** The tokens sftBatch scores for a pair, from its lengths alone: each chosen token after the first sequence token. */
+/** The tokens sftBatch scores for a pair, from its lengths alone (padBatch's positions scoredFrom … L − 2). */
 export function sftScoredTokens(p: PairIds): number {
-  const [P, C] = [p.promptIds.length, p.chosenIds.length]
-  return Math.max(0, P + C - 1 - Math.max(0, P - 1))
+  const P = p.promptIds.length
+  return Math.max(0, P + p.chosenIds.length - 1 - scoredFrom(P))
 }
 
 /** Completion tokens per row. */

@@ -56,8 +56,9 @@ export class OrderedSum {
   /** how many micro-batches are in the sum */
   added = 0
 
-  constructor(private readonly model: Model, private readonly shard?: ReadonlySet<string>) {
-    this.names = trainableParams(model).map(([name]) => name).filter((name) => !shard || shard.has(name))
+  /** `shard`: this replica's (shardOf), whose parameters it sums; all of them without */
+  constructor(private readonly model: Model, private readonly shard?: Shard) {
+    this.names = trainableParams(model).map(([name]) => name).filter((name) => !shard || shard.mine.has(name))
   }
 
   /** Add micro-batch `a`'s gradients, or a reader of them (called once, when a's turn comes). */
@@ -80,15 +81,17 @@ export class OrderedSum {
   }
 
   /**
-   * Add a micro-batch this replica computed, whose other shards it has written into `slot` (writeGrads): if it
-   * comes early while another early set is held as tensors, its own shard goes into the slot too and waits there.
+   * Add a micro-batch this replica computed (all-reduce): its other shards are written into its `slot` for the
+   * other replicas (writeGrads, the embedding as `rows`); if it comes early while another early set is held as
+   * tensors, its own shard goes into the slot too and waits there.
    */
   async addShared(a: number, grads: Grads, slot: SharedArrayBuffer, rows: Int32Array | undefined): Promise<void> {
+    await writeGrads(this.model, grads, rows, slot, this.shard?.others ?? new Set())
     const held = [...this.early.values()].some((g) => typeof g !== 'function')
     if (a === this.added || !held) return this.add(a, grads)
-    await writeGrads(this.model, grads, rows, slot, this.shard)
+    await writeGrads(this.model, grads, rows, slot, this.shard?.mine)
     tf.dispose([...grads.values()])
-    this.add(a, () => readGrads(this.model, slot, rows, this.shard))
+    this.add(a, () => readGrads(this.model, slot, rows, this.shard?.mine))
   }
 
   /** The sum of micro-batches [0, added); the caller owns it. */
@@ -226,8 +229,14 @@ export function shardsOf(model: Model, n: number): Set<string>[] {
   return shards
 }
 
-/** Replica w's shard of n, and every other trainable parameter (what the other replicas step). */
-export function shardOf(model: Model, n: number, w: number): { mine: Set<string>; others: Set<string> } {
+/** Replica w's optimizer shard: its parameters, and every other trainable one (what the other replicas step). */
+export interface Shard {
+  mine: ReadonlySet<string>
+  others: ReadonlySet<string>
+}
+
+/** Replica w's shard of n. */
+export function shardOf(model: Model, n: number, w: number): Shard {
   const mine = shardsOf(model, n)[w]!
   return { mine, others: new Set(trainableParams(model).map(([name]) => name).filter((name) => !mine.has(name))) }
 }

@@ -14,7 +14,7 @@ import { pairLogps, type PairLogps } from '../preference/reference.ts'
 import * as tf from '@tensorflow/tfjs'
 import { variableOf } from '../model/backend.ts'
 import { packPairs } from './pairpack.ts'
-import { applyUpdate, gradSquares, normOf, readWeights, shardOf, slotFloats, trainableParams, writeWeights } from './microbatch.ts'
+import { applyUpdate, gradSquares, normOf, readWeights, shardOf, slotFloats, trainableParams, writeWeights, type Shard } from './microbatch.ts'
 import { Optimizer } from './optim.ts'
 import { readCopies, taken, type Job, type RemoteGrads, type Update, type Weights, type WorkerInit, type WorkerRequest, type Written } from './workers.ts'
 
@@ -30,7 +30,7 @@ export class WorkerPool {
   private readonly dead: (string | undefined)[] = []
 
   /** all-reduce mode: the optimizer shard this thread (replica 0) steps, and the parameters the workers step */
-  readonly shard: { mine: Set<string>; others: Set<string> }
+  readonly shard: Shard
 
   private constructor(private readonly threads: Worker[], private readonly model: Model) {
     this.stale = threads.map(() => false)
@@ -197,7 +197,7 @@ export class WorkerPool {
    * then keeps only shard 0's.
    */
   async sync(opt: Optimizer): Promise<void> {
-    const only = (m: Map<string, tf.Variable>, shard: Set<string>) => readCopies(new Map([...m].filter(([name]) => shard.has(name))))
+    const only = (m: Map<string, tf.Variable>, shard: ReadonlySet<string>) => readCopies(new Map([...m].filter(([name]) => shard.has(name))))
     await Promise.all(this.threads.map(async (_, i) => {
       const theirs = shardOf(this.model, this.size, i + 1).mine
       return this.call(i, { kind: 'sync', weights: await readCopies(new Map(trainableParams(this.model))), m: await only(opt.m, theirs), v: await only(opt.v, theirs), step: opt.step }) // a fresh copy per worker: each is transferred

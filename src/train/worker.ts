@@ -14,7 +14,7 @@ import { dpoObjective, evalBatch, sftObjective, type BatchStats, type Objective 
 import { pairLogps, type PairLogps } from '../preference/reference.ts'
 import { packedCount, unpackPairs } from './pairpack.ts'
 import { readCopies, taken, type Update, type WorkerInit, type WorkerRequest } from './workers.ts'
-import { OrderedSum, applyUpdate, gradSquares, microBatchGrads, readGrads, readWeights, shardOf, touchedRows, writeGrads, writeWeights } from './microbatch.ts'
+import { OrderedSum, applyUpdate, gradSquares, microBatchGrads, readGrads, readWeights, shardOf, touchedRows, writeGrads, writeWeights, type Shard } from './microbatch.ts'
 import { Optimizer } from './optim.ts'
 
 let model: Model | undefined
@@ -27,7 +27,7 @@ let opt: Optimizer | undefined
  */
 let pending: { ga: number; update: Update; sum: OrderedSum; grads?: Map<string, tf.Tensor>; weightSlot: SharedArrayBuffer } | undefined
 /** all-reduce mode: the parameters this replica steps (its optimizer shard, workers.ts), and all the others */
-let shard: { mine: Set<string>; others: Set<string> } | undefined
+let shard: Shard | undefined
 
 function build(init: WorkerInit): void {
   const params = new Map(init.params.map((p) => [p.name, variableOf(tf.tensor(p.data, p.shape, 'float32'), p.trainable)]))
@@ -57,15 +57,17 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
     }
     case 'grads': {
       setWeights(req.weights)
-      if (req.update) pending = { ga: req.ga, update: req.update, sum: new OrderedSum(model!, shard!.mine), weightSlot: req.weightSlot! }
+      if (req.update) pending = { ga: req.ga, update: req.update, sum: new OrderedSum(model!, shard), weightSlot: req.weightSlot! }
       const out = []
       for (const k of taken(req.jobs.length, req.next)) {
         const j = req.jobs[k]!
         const { grads, stats } = await microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, scale: j.scale, dropoutSeed: j.dropoutSeed })
         const rows = touchedRows(model!, j.pairs, padId)
-        await writeGrads(model!, grads, rows, req.slots[j.a]!, pending ? shard!.others : undefined) // all-reduce: the shards the others sum
-        if (pending) await pending.sum.addShared(j.a, grads, req.slots[j.a]!, rows)
-        else tf.dispose([...grads.values()])
+        if (pending) await pending.sum.addShared(j.a, grads, req.slots[j.a]!, rows) // all-reduce: the shards the others sum into its slot
+        else {
+          await writeGrads(model!, grads, rows, req.slots[j.a]!)
+          tf.dispose([...grads.values()])
+        }
         out.push({ a: j.a, rows, stats })
       }
       return { value: out, transfer: [] }

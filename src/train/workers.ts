@@ -28,7 +28,7 @@ import type { PairLogps } from '../preference/reference.ts'
 import * as tf from '@tensorflow/tfjs'
 import type { PairPack } from './pairpack.ts'
 import type { WorkerPool } from './pool.ts'
-import { OrderedSum, microBatchGrads, readGrads, touchedRows, writeGrads } from './microbatch.ts'
+import { OrderedSum, microBatchGrads, readGrads, touchedRows } from './microbatch.ts'
 import type { OptimConfig } from './optim.ts'
 
 export interface WorkerInit {
@@ -143,7 +143,7 @@ export async function stepGradients(model: Model, objective: Objective, pool: Wo
   new Int32Array(next)[0] = 1
   const remote = pool && jobs.length > 1 ? await pool.grads(o.ga, jobs, next, o.update) : undefined // one micro-batch: this thread's
   const shard = o.update ? pool!.shard : undefined
-  const sum = new OrderedSum(model, shard?.mine)
+  const sum = new OrderedSum(model, shard)
   const stats = new Map<number, BatchStats>()
   try {
     for (const k of taken(jobs.length, next, 0)) {
@@ -151,9 +151,8 @@ export async function stepGradients(model: Model, objective: Objective, pool: Wo
       const r = await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, scale: j.scale, dropoutSeed: j.dropoutSeed })
       if (o.update) {
         const rows = touchedRows(model, j.pairs, o.padId)
-        await writeGrads(model, r.grads, rows, remote!.slots[j.a]!, shard!.others)
+        await sum.addShared(j.a, r.grads, remote!.slots[j.a]!, rows) // the other shards into its slot
         pool!.peers(remote!.slots, [{ a: j.a, worker: 0, rows }]) // ours, for every worker now
-        await sum.addShared(j.a, r.grads, remote!.slots[j.a]!, rows)
       } else sum.add(j.a, r.grads)
       stats.set(j.a, r.stats)
     }
