@@ -14,6 +14,8 @@ import { takeJob, workerCount, workerInit } from '../src/train/workers.ts'
 import { packPairs, packedCount, unpackPairs } from '../src/train/pairpack.ts'
 import { disposeModel, type Model } from '../src/model/mistral.ts'
 import { OrderedSum, readGrads, shardOf, slotFloats, touchedRows, trainableParams, writeGrads } from '../src/train/microbatch.ts'
+import { Ring, ringBuffers } from '../src/train/ring.ts'
+import { AlignError } from '../src/errors.ts'
 import { readInto } from '../src/model/backend.ts'
 import * as tf from '@tensorflow/tfjs'
 import { sftObjective } from '../src/preference/objective.ts'
@@ -37,8 +39,8 @@ for (const [name, extra] of [['full fine-tuning', []], ['LoRA with dropout', ['l
   test(`${name}: 1 and 2 workers log the same values and save the same weights, bit for bit`, async () => {
     const runs = []
     const held: number[] = [] // tensor bytes alive after each run
-    // GA 5: a replica takes two or more micro-batches that come early, and later ones wait in their slots (OrderedSum)
-    for (const w of name.startsWith('LoRA') ? [1, 2] : [1, 2, 3]) { // 3: workers read each other's gradient slots
+    // GA 5: a replica takes two or more micro-batches, and some come early and wait in the replicas (OrderedSum)
+    for (const w of name.startsWith('LoRA') ? [1, 2] : [1, 2, 3]) { // 3: workers read each other's gradient slots (ring.ts)
       const out = join(work, `${name.split(' ')[0]}-w${w}`)
       runs.push({ out, r: await train({ stage: 'dpo', recipe: recipe(...base(out, 'dpo.max_steps=4', 'dpo.gradient_accumulation_steps=5', ...extra)), quiet: true, workers: w }) })
       held.push(tf.memory().numBytes)
@@ -111,44 +113,66 @@ test('gradient slots: gradients come back bit for bit, the embedding sent as its
   tf.dispose([...grads.values(), ...back.values()])
 })
 
-test('ordered sum: micro-batches in any order give the in-order bits; one early set is held, the rest wait in their slots', async () => {
-  const model = initModel(parseConfig(TINY_CONFIG), Rng.fromKey('sum'))
-  const pairs = [{ promptIds: [5, 900], chosenIds: [7, 2], rejectedIds: [12, 2] }]
-  const rows = touchedRows(model, pairs, 2)!
-  const grads = (a: number) => new Map(trainableParams(model).map(([name, p], i) => [name, tf.tidy(() => {
-    const v = (shape: number[]) => tf.mul(tf.randomNormal(shape, 0, 1, 'float32', 1 + 100 * a + i), 1 / 3) // made by a kernel, as a real gradient (seed 0 would be random)
-    return name === 'model.embed_tokens.weight' ? tf.scatterND(tf.tensor2d(rows, [rows.length, 1], 'int32'), v([rows.length, p.shape[1]!]), p.shape) : v(p.shape)
-  })]))
-  const replica = shardOf(model, 2, 0)
-  const shard = replica.mine
-  const bits = async (m: Map<string, tf.Tensor>) => Promise.all([...m].map(async ([name, g]) => [name, [...new Uint32Array(((await g.data()) as Float32Array).slice().buffer)]]))
-  const inOrder = new OrderedSum(model, replica)
-  for (let a = 0; a < 5; a++) inOrder.add(a, grads(a))
-  const want = inOrder.take()
-  const wantBits = await bits(want)
-  tf.dispose([...want.values()])
-  const slots = Array.from({ length: 5 }, () => new SharedArrayBuffer(slotFloats(model) * 4))
+/** Distinct gradients of micro-batch `a` for every trainable parameter, made by kernels as real ones (the embedding: a scatter of `rows`). */
+const fakeGrads = (model: Model, rows: Int32Array, a: number) => new Map(trainableParams(model).map(([name, p], i) => [name, tf.tidy(() => {
+  const v = (shape: number[]) => tf.mul(tf.randomNormal(shape, 0, 1, 'float32', 1 + 100 * a + i), 1 / 3) // seed 0 would be random
+  return name === 'model.embed_tokens.weight' ? tf.scatterND(tf.tensor2d(rows, [rows.length, 1], 'int32'), v([rows.length, p.shape[1]!]), p.shape) : v(p.shape)
+})]))
+const bits = async (m: Map<string, tf.Tensor>) => Promise.all([...m].map(async ([name, g]) => [name, [...new Uint32Array(((await g.data()) as Float32Array).slice().buffer)]]))
+/** The in-order sum of micro-batches 0..count−1 of `shard`'s parameters, as bits. */
+async function inOrderBits(model: Model, rows: Int32Array, count: number, replica: ReturnType<typeof shardOf>) {
   const sum = new OrderedSum(model, replica)
-  const tensors = () => tf.memory().numTensors
-  const start = tensors()
-  await sum.addShared(3, grads(3), slots[3]!, rows) // early, the first: held as tensors
-  const held = tensors() - start
-  assert.is(held, shard.size)
-  await sum.addShared(1, grads(1), slots[1]!, rows) // early while one is held: waits in its slot
-  await sum.addShared(4, grads(4), slots[4]!, rows)
-  assert.is(tensors() - start, held)
-  const other = grads(2) // another replica's micro-batch, in its slot
-  await writeGrads(model, other, rows, slots[2]!)
-  tf.dispose([...other.values()])
-  let reads = 0
-  sum.add(2, () => (reads++, readGrads(model, slots[2]!, rows, shard)))
-  assert.is(reads, 0) // read only when its turn comes
-  sum.add(0, grads(0))
-  assert.is(reads, 1)
+  for (let a = 0; a < count; a++) sum.add(a, fakeGrads(model, rows, a))
   const got = sum.take()
-  assert.equal(await bits(got), wantBits)
+  const b = await bits(got)
   tf.dispose([...got.values()])
-  assert.is(tensors(), start)
+  return b
+}
+
+test('ordered sum: micro-batches in any order give the in-order bits; early ones wait as tensors of the shard', async () => {
+  const model = initModel(parseConfig(TINY_CONFIG), Rng.fromKey('sum'))
+  const rows = touchedRows(model, [{ promptIds: [5, 900], chosenIds: [7, 2], rejectedIds: [12, 2] }], 2)!
+  const replica = shardOf(model, 2, 0)
+  const want = await inOrderBits(model, rows, 5, replica)
+  const sum = new OrderedSum(model, replica)
+  const start = tf.memory().numTensors
+  for (const a of [3, 1, 4]) sum.add(a, fakeGrads(model, rows, a))
+  assert.is(sum.waiting, 3)
+  assert.is(tf.memory().numTensors - start, 3 * replica.mine.size) // the other shard's gradients are freed
+  sum.add(0, fakeGrads(model, rows, 0))
+  assert.equal([sum.added, sum.waiting], [2, 2]) // 0 and 1 added; 3 and 4 wait for 2
+  sum.add(2, fakeGrads(model, rows, 2))
+  const got = sum.take()
+  assert.equal(await bits(got), want)
+  tf.dispose([...got.values()])
+  assert.is(tf.memory().numTensors, start)
+})
+
+test('gradient ring: each replica gets its shard of every micro-batch, bit for bit, through one reused slot', async () => {
+  const model = initModel(parseConfig(TINY_CONFIG), Rng.fromKey('ring'))
+  const rows = touchedRows(model, [{ promptIds: [5, 900, 31999], chosenIds: [7, 2], rejectedIds: [12, 2] }], 2)!
+  const buffers = ringBuffers(model, 2, 1) // one slot: every share must wait for the slot to be read
+  const noWait = (me: number) => () => { throw new AlignError(`replica ${me} waits`) } // one thread plays both replicas: a wait would never end
+  const shards = [shardOf(model, 2, 0), shardOf(model, 2, 1)]
+  const sums = shards.map((s) => new OrderedSum(model, s))
+  const rings = shards.map((s, me) => new Ring(model, buffers, me, 2, s, noWait(me)))
+  await rings[0]!.share(0, fakeGrads(model, rows, 0), rows, sums[0]!) // replica 0 computed 0; 1 reads its shard
+  assert.is(rings[1]!.consume(sums[1]!), 1)
+  await rings[1]!.share(1, fakeGrads(model, rows, 1), undefined, sums[1]!) // the slot is free again; dense this time
+  const two = fakeGrads(model, rows, 2)
+  await rejects(() => rings[1]!.share(2, two, rows, sums[1]!), /^replica 1 waits$/) // the slot holds 1, unread by replica 0
+  // replica 0, sharing 3, first reads 1 from the slot (freeing it), then takes it
+  await rings[0]!.share(3, fakeGrads(model, rows, 3), rows, sums[0]!)
+  assert.is(rings[0]!.consume(sums[0]!), 0) // the slot now holds 3, for replica 1
+  assert.is(rings[1]!.consume(sums[1]!), 1)
+  await rings[1]!.share(2, two, rows, sums[1]!)
+  await rings[0]!.complete(sums[0]!, 4)
+  await rings[1]!.complete(sums[1]!, 4)
+  for (const [w, sum] of sums.entries()) {
+    const got = sum.take()
+    assert.equal(await bits(got), await inOrderBits(model, rows, 4, shards[w]!), `replica ${w}`)
+    tf.dispose([...got.values()])
+  }
 })
 
 /** A pool of this thread and one worker thread over `model` (SFT); `kill` ends that worker as a crash would. */
@@ -171,9 +195,12 @@ test('workers take micro-batches from a shared counter: one that is free takes a
   const pool = await twoWorkers(model)
   const pair = (i: number) => ({ promptIds: [1, 3 + i, 9], chosenIds: [7, 8, 2], rejectedIds: [7, 2] })
   const next = new SharedArrayBuffer(4)
-  const { results } = await pool.grads(3, [0, 1, 2].map((a) => ({ a, pairs: [pair(a)], scale: 9, dropoutSeed: 0 })), next) // this thread takes none
+  const { results, ring } = await pool.grads(3, [0, 1, 2].map((a) => ({ a, pairs: [pair(a)], scale: 9, dropoutSeed: 0 })), next, { lr: 0, maxNorm: 0 }) // this thread takes none
+  const sum = new OrderedSum(model, pool.shard)
+  await ring.complete(sum, 3) // its shard of the worker's three, from the ring
   assert.equal((await results).map((r) => [r.a, r.worker]), [[0, 1], [1, 1], [2, 1]])
   assert.is(takeJob(3, next), undefined) // all taken
+  sum.dispose()
   await pool.close()
   disposeModel(model)
 })
@@ -183,9 +210,14 @@ test('a worker that dies ends the request with one line naming it; --workers is 
   const pool = await twoWorkers(model)
   assert.is(pool.size, 2)
   const big = Array.from({ length: 64 }, (_, i) => ({ promptIds: Array.from({ length: 60 }, (_, j) => 3 + ((i + j) % 500)), chosenIds: Array.from({ length: 60 }, (_, j) => 7 + j), rejectedIds: [7, 2] }))
-  const { results: pending } = await pool.grads(1, [{ a: 0, pairs: big, scale: 1, dropoutSeed: 0 }], new SharedArrayBuffer(4)) // long enough to be running when the worker is killed
+  const next = new SharedArrayBuffer(4)
+  const { results: pending, ring } = await pool.grads(1, [{ a: 0, pairs: big, scale: 1, dropoutSeed: 0 }], next, { lr: 0, maxNorm: 0 }) // long enough to be running when the worker is killed
+  while (Atomics.load(new Int32Array(next), 0) === 0) await new Promise((r) => setTimeout(r, 1)) // the worker took it
   await kill(pool)
-  await rejects(() => pending, /worker 1 of 2 exited \(code \d+: out of memory or killed\); the run stops \(the last checkpoint is intact\)/)
+  const sum = new OrderedSum(model, pool.shard)
+  // this thread, waiting for that micro-batch in the ring, hears it too
+  await rejects(() => ring.complete(sum, 1), /^worker 1 of 2 exited \(code \d+: out of memory or killed\); the run stops \(the last checkpoint is intact\)$/)
+  await rejects(() => pending, /^worker 1 of 2 exited \(code \d+: out of memory or killed\)/)
   await rejects(() => pool.logps(big, 8, false), /^worker 1 of 2 exited/) // asking a dead worker: the same line, not a hang
   await pool.close()
   // a worker dying while this thread scores batches too: this thread takes what is left, then the same line

@@ -5,10 +5,10 @@
  *                     differentiated with respect to the trainable parameters, LoRA dropout seeded by the
  *                     micro-batch's place in the stream
  *   OrderedSum        the step's sum, added in micro-batch order (of every parameter, or of one replica's shard);
- *                     early micro-batches past the first wait in their slots
+ *                     early micro-batches wait in it
  *   gradSquares, normOf   the global norm from per-parameter sums of squares, wherever each was computed
  *   applyUpdate       clip, then the optimizer's step (of all parameters, or of one replica's shard)
- *   writeGrads / readGrads   a micro-batch's gradients (or some parameters' of them) through a shared slot
+ *   writeGrads / readGrads   a micro-batch's gradients (or some parameters' of them) through a shared slot (ring.ts)
  *   shardsOf, shardOf, writeWeights / readWeights   the optimizer's shards, and updated weights through a slot
  */
 import * as tf from '@tensorflow/tfjs'
@@ -44,29 +44,26 @@ type Grads = Map<string, tf.Tensor>
  * The sum of a step's micro-batch gradients, added in micro-batch order whatever order they come in: the additions
  * a single worker makes (parameter by parameter, in the model's order), so every replica and every worker count
  * gets the same bits. With `shard`, only those parameters are summed (a replica's optimizer shard: a
- * reduce-scatter) and the rest of each added set is disposed. A micro-batch is added once all before it are in.
- * One that comes early waits: as tensors, or, given as a reader of its slot (workers.ts), in the slot, read only
- * when its turn comes; `addShared` keeps at most one early set as tensors and leaves the others in their slots. So
- * a replica holds the sum, one early set and the micro-batch it computes, at any GA. Added tensors are disposed.
+ * reduce-scatter, ring.ts) and the rest of each added set is disposed. A micro-batch is added once all before it
+ * are in; one that comes early waits here, as tensors (of the shard). Added tensors are disposed.
  */
 export class OrderedSum {
   private acc: Grads | undefined
-  private readonly early = new Map<number, Grads | (() => Grads)>()
+  private readonly early = new Map<number, Grads>()
   private readonly names: string[]
   /** how many micro-batches are in the sum */
   added = 0
 
   /** `shard`: this replica's (shardOf), whose parameters it sums; all of them without */
-  constructor(private readonly model: Model, private readonly shard?: Shard) {
+  constructor(model: Model, shard?: Shard) {
     this.names = trainableParams(model).map(([name]) => name).filter((name) => !shard || shard.mine.has(name))
   }
 
-  /** Add micro-batch `a`'s gradients, or a reader of them (called once, when a's turn comes). */
-  add(a: number, grads: Grads | (() => Grads)): void {
-    this.early.set(a, typeof grads === 'function' ? grads : this.kept(grads))
-    for (let g = this.early.get(this.added); g; g = this.early.get(this.added)) {
+  /** Add micro-batch `a`'s gradients (this takes them over). */
+  add(a: number, grads: Grads): void {
+    this.early.set(a, this.kept(grads))
+    for (let next = this.early.get(this.added); next; next = this.early.get(this.added)) {
       this.early.delete(this.added++)
-      const next = typeof g === 'function' ? this.kept(g()) : g
       const acc = this.acc
       if (!acc) {
         this.acc = next
@@ -80,18 +77,9 @@ export class OrderedSum {
     }
   }
 
-  /**
-   * Add a micro-batch this replica computed (all-reduce): its other shards are written into its `slot` for the
-   * other replicas (writeGrads, the embedding as `rows`); if it comes early while another early set is held as
-   * tensors, its own shard goes into the slot too and waits there.
-   */
-  async addShared(a: number, grads: Grads, slot: SharedArrayBuffer, rows: Int32Array | undefined): Promise<void> {
-    await writeGrads(this.model, grads, rows, slot, this.shard?.others ?? new Set())
-    const held = [...this.early.values()].some((g) => typeof g !== 'function')
-    if (a === this.added || !held) return this.add(a, grads)
-    await writeGrads(this.model, grads, rows, slot, this.shard?.mine)
-    tf.dispose([...grads.values()])
-    this.add(a, () => readGrads(this.model, slot, rows, this.shard?.mine))
+  /** micro-batches that came early and wait to be added */
+  get waiting(): number {
+    return this.early.size
   }
 
   /** The sum of micro-batches [0, added); the caller owns it. */
@@ -103,7 +91,7 @@ export class OrderedSum {
   }
 
   dispose(): void {
-    for (const m of [this.acc, ...this.early.values()]) if (m && typeof m !== 'function') tf.dispose([...m.values()])
+    for (const m of [this.acc, ...this.early.values()]) if (m) tf.dispose([...m.values()])
     this.acc = undefined
     this.early.clear()
   }
@@ -176,8 +164,8 @@ export function touchedRows(model: Model, pairs: PairIds[], padId: number): Int3
 
 /**
  * A gradient slot: one micro-batch's gradients as they pass between replicas, in memory every worker maps (a
- * SharedArrayBuffer the pool makes once and reuses, pool.ts). The trainable parameters sit back to back in the
- * model's order; the embedding's holds only the touched rows, listed in `rows` (sent beside the slot).
+ * SharedArrayBuffer the pool makes once and reuses, ring.ts). The trainable parameters sit back to back in the
+ * model's order; the embedding's holds only the touched rows, listed in `rows` (ring.ts stores them after the floats).
  */
 export const slotFloats = (model: Model) => trainableParams(model).reduce((n, [, p]) => n + p.size, 0)
 
@@ -200,16 +188,15 @@ export async function writeGrads(model: Model, grads: Map<string, tf.Tensor>, ro
 }
 
 /**
- * The gradients in `slot` of the parameters in `names` (default: all) as tensors, sparse rows scattered back into
- * zeros (bit-identical to the dense tensor). A backend may keep a view of the slot instead of a copy (cpu does):
- * use them within the step that wrote it.
+ * The gradients in `slot` of the parameters in `names` (default: all) as tensors of their own (the slot is reused),
+ * sparse rows scattered back into zeros (bit-identical to the dense tensor).
  */
 export function readGrads(model: Model, slot: SharedArrayBuffer, rows: Int32Array | undefined, names?: ReadonlySet<string>): Map<string, tf.Tensor> {
   return new Map(slotPlaces(model).filter(([name]) => !names || names.has(name)).map(([name, p, at]) => {
     const sparse = name === EMBED && rows
     const data = new Float32Array(slot, at * 4, sparse ? rows.length * p.shape[1]! : p.size)
-    if (!sparse) return [name, tf.tensor(data, p.shape, 'float32')]
-    return [name, tf.tidy(() => tf.scatterND(tf.tensor2d(rows, [rows.length, 1], 'int32'), tf.tensor2d(data, [rows.length, p.shape[1]!], 'float32'), p.shape))]
+    if (!sparse) return [name, tensorCopy(data, p.shape)]
+    return [name, tf.tidy(() => tf.scatterND(tf.tensor2d(rows, [rows.length, 1], 'int32'), tensorCopy(data, [rows.length, p.shape[1]!]), p.shape))]
   }))
 }
 

@@ -1,7 +1,7 @@
 /**
  * The worker threads beside the main one (workers.ts says what is spread over them and why the numbers never depend
  * on how many): starting them with a replica each, the requests and their answers, the shared slots gradients and
- * updated weights pass through, the all-reduce of a step (`grads` → `peers` → `update` → `shards`), the optimizer's
+ * updated weights pass through (ring.ts), the all-reduce of a step (`grads` → `update` → `shards`), the optimizer's
  * shards for a checkpoint or a resume, batches taken from a counter (reference log-probs, eval), and a worker's
  * death as one line.
  */
@@ -15,8 +15,9 @@ import * as tf from '@tensorflow/tfjs'
 import { variableOf } from '../model/backend.ts'
 import { packPairs } from './pairpack.ts'
 import { applyUpdate, gradSquares, normOf, readWeights, shardOf, slotFloats, trainableParams, writeWeights, type Shard } from './microbatch.ts'
+import { Ring, ringBuffers, ringSlots, type RingBuffers, type Wait } from './ring.ts'
 import { Optimizer } from './optim.ts'
-import { readCopies, taken, type Job, type RemoteGrads, type Update, type Weights, type WorkerInit, type WorkerRequest, type Written } from './workers.ts'
+import { readCopies, taken, type Job, type Update, type Weights, type WorkerGrads, type WorkerInit, type WorkerRequest } from './workers.ts'
 
 // a worker thread runs TypeScript through tsx, registered inside it (loader hooks do not reach worker threads)
 const BOOT = `import('tsx/esm/api').then((api) => { api.register(); return import(${JSON.stringify(new URL('./worker.ts', import.meta.url).href)}) })`
@@ -85,10 +86,10 @@ export class WorkerPool {
     this.stale.fill(true)
   }
 
-  /** The weights to send with a request to each worker that will get one (a copy of its own): only those it has not seen. */
-  private weightsFor(getsRequest: boolean[]): Promise<(Weights | undefined)[]> {
-    return Promise.all(getsRequest.map((gets, i) => {
-      if (!gets || !this.stale[i]) return undefined
+  /** The weights to send with a request to each worker (a copy of its own): only those it has not seen. */
+  private weightsFor(): Promise<(Weights | undefined)[]> {
+    return Promise.all(this.stale.map((stale, i) => {
+      if (!stale) return undefined
       this.stale[i] = false
       return readCopies(new Map(trainableParams(this.model)))
     }))
@@ -98,65 +99,65 @@ export class WorkerPool {
   private updating: Promise<unknown>[] = []
 
   /**
-   * Slots (microbatch.ts): shared buffers made once and reused, in two sets that steps take in turn — per set one
-   * gradient slot per micro-batch, and in all-reduce mode one weight slot for the updated shards. Nothing travels as
-   * fresh arrays: filling fresh memory costs more than the copy itself (backend.ts `readInto`). Why a step's slots
-   * are free again two steps later: they are read while that step runs — by this thread before it asks for the
-   * next step, and by each worker in its `peers` and `shards` messages of that step, which it handles before its
-   * next step's `grads`; a writer of step s + 2 got its request (or, for a shard, the norm it waits for) only after
-   * every worker had answered step s + 1's `grads`, so after every read of step s.
+   * All-reduce mode: the ring (ring.ts) and the weight slot, shared buffers made once and reused — filling fresh
+   * memory costs more than the copy itself (backend.ts `readInto`). One weight slot is enough: a worker reads it
+   * (`shards`) before it answers the next step's `grads`, and the next step's shards are written only after those
+   * answers; the ring's slots are all free again when a step's sums are complete.
    */
-  private slotSets: { grads: SharedArrayBuffer[]; weights?: SharedArrayBuffer }[] = [{ grads: [] }, { grads: [] }]
-  private steps = 0
-  /** the weight slot of the step under way (all-reduce mode) */
+  private ringBuffers: RingBuffers | undefined
   private weightSlot: SharedArrayBuffer | undefined
-
-  private nextSlots(ga: number, update: boolean): { grads: SharedArrayBuffer[]; weights?: SharedArrayBuffer } {
-    const set = this.slotSets[this.steps++ % 2]!
-    const bytes = slotFloats(this.model) * 4
-    while (set.grads.length < ga) set.grads.push(new SharedArrayBuffer(bytes))
-    if (update) set.weights ??= new SharedArrayBuffer(bytes)
-    return { grads: set.grads.slice(0, ga), weights: update ? set.weights : undefined }
-  }
+  /** the step under way: the workers' sums of squares once they answered, or why a request failed */
+  private squares: [string, number][] = []
+  private failed: Error | undefined
 
   /**
-   * A step's micro-batches for the workers to take their share of: every worker is asked, with all the jobs and the
-   * step's counter `next` (takeJob), and computes micro-batches until none is left. With `update` (all-reduce
-   * mode) each keeps its shard of the gradients and will step its own optimizer replica once `peers` brings it the
-   * rest; without, stale weights go along. Resolves once the requests are posted (so the caller takes micro-batches
-   * too while the workers do), with `results` to await — the micro-batches the workers computed, each with its
-   * worker — and this step's gradient `slots`, one per micro-batch.
+   * A step's micro-batches for the workers to take their share of (all-reduce mode): every worker is asked, with all
+   * the jobs and the step's counter `next` (takeJob), computes micro-batches until none is left, passes each one's
+   * other shards through the ring and sums its own shard of all of them. Resolves once the requests are posted, with
+   * this thread's view of the `ring` (the caller takes micro-batches too, and reads its shard from the ring) and
+   * the `results` to await — the micro-batches the workers computed, each with its worker.
    */
-  async grads(ga: number, jobs: Job[], next: SharedArrayBuffer, update?: Update): Promise<{ results: Promise<RemoteGrads[]>; slots: SharedArrayBuffer[] }> {
-    const weights = await this.weightsFor(this.threads.map(() => !update))
+  async grads(ga: number, jobs: Job[], next: SharedArrayBuffer, update: Update): Promise<{ results: Promise<{ a: number; stats: BatchStats; worker: number }[]>; ring: Ring }> {
     // a worker handles its messages in order, so earlier updates are done before this runs; they are awaited
-    // only so that their errors surface here (taken after the await above, so a failure is never left unhandled)
+    // only so that their errors surface here
     const earlier = Promise.all(this.updating.splice(0))
-    const { grads: slots, weights: weightSlot } = this.nextSlots(ga, update !== undefined)
-    this.weightSlot = weightSlot
-    const calls = this.threads.map((_, i) => this.call<Omit<RemoteGrads, 'worker'>[]>(i, { kind: 'grads', ga, update, slots, weightSlot, weights: weights[i], jobs, next }).then((r) => r.map((g) => ({ ...g, worker: i + 1 }))))
-    return { results: handledLater(Promise.all([earlier, ...calls]).then(([, ...r]) => (r as RemoteGrads[][]).flat())), slots }
+    const k = ringSlots(ga, this.size)
+    if ((this.ringBuffers?.slots.length ?? 0) < k) this.ringBuffers = ringBuffers(this.model, this.size, k)
+    const [ring, weightSlot] = [this.ringBuffers!, (this.weightSlot ??= new SharedArrayBuffer(slotFloats(this.model) * 4))]
+    this.failed = undefined
+    this.squares = []
+    const calls = this.threads.map((_, i) => this.call<WorkerGrads>(i, { kind: 'grads', ga, update, ring, weightSlot, jobs, next }))
+    const results = Promise.all([earlier, ...calls]).then(([, ...r]) => {
+      this.squares = (r as WorkerGrads[]).flatMap((g) => g.squares)
+      return (r as WorkerGrads[]).flatMap((g, i) => g.computed.map((c) => ({ ...c, worker: i + 1 })))
+    })
+    results.catch((e: Error) => void (this.failed ??= e))
+    return { results: handledLater(results), ring: new Ring(this.model, ring, 0, this.size, this.shard, this.ringWait) }
   }
 
-  /** All-reduce mode: tell each worker which slots hold micro-batches it did not compute; it sums its shard of them. */
-  peers(slots: SharedArrayBuffer[], written: (Written & { worker: number })[]): void {
-    this.threads.forEach((_, i) => {
-      const theirs = written.filter((w) => w.worker !== i + 1).map(({ a, rows }) => ({ a, rows }))
-      if (theirs.length) this.updating.push(this.call(i, { kind: 'peers', slots, written: theirs }))
-    })
+  /** This thread waits for the ring without blocking: it must hear a worker fail or die. */
+  private readonly ringWait: Wait = async (ctrl, v) => {
+    const r = (Atomics as unknown as { waitAsync(a: Int32Array, i: number, v: number, ms: number): { async: boolean; value: Promise<string> | string } }).waitAsync(ctrl, 0, v, 50)
+    if (r.async) {
+      const alive = setTimeout(() => {}, 100) // waitAsync alone keeps no event loop running
+      await r.value
+      clearTimeout(alive)
+    }
+    const dead = this.dead.find((d) => d !== undefined)
+    if (dead) throw new AlignError(dead)
+    if (this.failed) throw this.failed
   }
 
   /**
    * All-reduce mode, the update of a step whose shard-0 gradients `stepGradients` summed: the global norm from
-   * every shard's sums of squares (each worker answers the `peers` that completed its sum with its own), sent to
-   * the workers; this thread steps shard 0 and writes it into the step's weight slot; once every worker has
-   * stepped and written its shard, this thread reads theirs and each worker is told to read the others'.
-   * Returns the global norm before clipping.
+   * every shard's sums of squares (each worker sent its own with its micro-batches), sent to the workers; this
+   * thread steps shard 0 and writes it into the weight slot; once every worker has stepped and written its shard,
+   * this thread reads theirs and each worker is told to read the others'. Returns the global norm before clipping.
    */
   async update(opt: Optimizer, grads: Map<string, tf.Tensor>, lr: number, maxNorm: number): Promise<number> {
     const slot = this.weightSlot!
     const squares = await gradSquares(grads)
-    for (const theirs of await Promise.all(this.updating.splice(0))) if (Array.isArray(theirs)) for (const [name, sq] of theirs as [string, number][]) squares.set(name, sq)
+    for (const [name, sq] of this.squares) squares.set(name, sq)
     const norm = normOf(this.model, squares)
     this.threads.forEach((_, i) => this.updating.push(this.call(i, { kind: 'update', norm })))
     await applyUpdate(this.model, opt, grads, lr, maxNorm, this.shard.mine, norm)
@@ -217,7 +218,7 @@ export class WorkerPool {
   private async pulled<T>(count: number, request: (next: SharedArrayBuffer, weights: Weights | undefined) => WorkerRequest, local: (k: number) => Promise<T>): Promise<T[]> {
     const earlier = handledLater(Promise.all(this.updating.splice(0)))
     const next = new SharedArrayBuffer(4)
-    const weights = await this.weightsFor(this.threads.map(() => true))
+    const weights = await this.weightsFor()
     const remote = handledLater(Promise.all(this.threads.map((_, i) => this.call<[number, T][]>(i, request(next, weights[i])))))
     const out: T[] = []
     for (const k of taken(count, next)) out[k] = await local(k)

@@ -26,6 +26,7 @@ import { liveReference, precompute, precomputedReference, type Reference } from 
 import { warmupSteps } from './optim.ts'
 import { formatPlan, memoryPlan, type PlanRow } from './plan.ts'
 import { workerCount } from './workers.ts'
+import { ringSlots } from './ring.ts'
 import type { DataArgs, TRAIN_SCHEMA, TrainerArgs } from './schema.ts'
 
 export type Stage = 'sft' | 'dpo'
@@ -150,9 +151,10 @@ export function dryRunReport(run: Run): string {
 /**
  * Memory with data-parallel workers (workers.ts). GA >= 2 (all-reduce): every replica holds the weights, 1/N of the
  * optimizer state and of the running gradient sum (its shard: the sum is reduce-scattered), activations, one
- * micro-batch's gradients and its shard of at most one micro-batch that came early (OrderedSum: later early ones
- * wait in their slots); the slots (two sets, each of GA gradient slots and one weight slot) are shared. GA 1: only
- * this thread trains; the others hold the weights, to score and evaluate with.
+ * micro-batch's gradients and its shard of one micro-batch that came early (OrderedSum; more while one micro-batch
+ * takes several times as long as the others); the ring's slots (ring.ts: two per worker, at most GA) and one weight
+ * slot are shared, whatever the GA. GA 1: only this thread trains; the others hold the weights, to score and
+ * evaluate with.
  */
 function workersLine(row: PlanRow, ga: number, w: { n: number; why: string }): string {
   const gb = (x: number) => `${(x / 1e9).toFixed(2)} GB`
@@ -162,8 +164,9 @@ function workersLine(row: PlanRow, ga: number, w: { n: number; why: string }): s
   const main = row.total + (ga >= 2 ? row.gradients / (allReduce ? w.n : 1) : 0) + (allReduce ? row.gradients / w.n : 0) - (allReduce ? row.optimizer * (1 - 1 / w.n) : 0)
   if (w.n === 1) return `workers: 1 (${w.why}) · ${gb(main)}`
   const replica = allReduce ? main - row.reference : row.weights + row.activations // a frozen reference stays here
-  const slots = allReduce ? 2 * (ga + 1) * row.gradients : 0
-  return `workers: ${w.n} (${w.why}) · main ${gb(main)} · each other worker ${gb(replica)} (${allReduce ? `a replica summing and stepping 1/${w.n} of the gradients and optimizer state` : 'weights only: GA 1 trains here'})${slots ? ` · slots ${gb(slots)} (shared: 2 sets, each of ${ga} gradient slots and a weight slot)` : ''} · total ${gb(main + (w.n - 1) * replica + slots)}`
+  const k = ringSlots(ga, w.n)
+  const slots = allReduce ? (k + 1) * row.gradients : 0
+  return `workers: ${w.n} (${w.why}) · main ${gb(main)} · each other worker ${gb(replica)} (${allReduce ? `a replica summing and stepping 1/${w.n} of the gradients and optimizer state` : 'weights only: GA 1 trains here'})${slots ? ` · slots ${gb(slots)} (shared: ${k} gradient slots and a weight slot)` : ''} · total ${gb(main + (w.n - 1) * replica + slots)}`
 }
 
 /** The starting policy, with LoRA adapters added (base frozen) when the recipe enables them. */

@@ -13,21 +13,21 @@ import type { Model } from '../model/mistral.ts'
 import { dpoObjective, evalBatch, sftObjective, type BatchStats, type Objective } from '../preference/objective.ts'
 import { pairLogps, type PairLogps } from '../preference/reference.ts'
 import { packedCount, unpackPairs } from './pairpack.ts'
-import { readCopies, taken, type Update, type WorkerInit, type WorkerRequest } from './workers.ts'
-import { OrderedSum, applyUpdate, gradSquares, microBatchGrads, readGrads, readWeights, shardOf, touchedRows, writeGrads, writeWeights, type Shard } from './microbatch.ts'
+import { readCopies, taken, type Update, type WorkerGrads, type WorkerInit, type WorkerRequest } from './workers.ts'
+import { OrderedSum, applyUpdate, gradSquares, microBatchGrads, readWeights, shardOf, touchedRows, writeWeights, type Shard } from './microbatch.ts'
+import { Ring, blockingWait } from './ring.ts'
 import { Optimizer } from './optim.ts'
 
 let model: Model | undefined
 let objective: Objective | undefined
 let padId = 0
 let opt: Optimizer | undefined
-/**
- * all-reduce mode: this step's update, the sum of its micro-batch gradients (of this replica's shard) until all GA
- * are in, then the summed gradients until the norm comes, and the weight slot
- */
-let pending: { ga: number; update: Update; sum: OrderedSum; grads?: Map<string, tf.Tensor>; weightSlot: SharedArrayBuffer } | undefined
+/** all-reduce mode: this step's update, its summed gradients (of this replica's shard) until the norm comes, and the weight slot */
+let pending: { update: Update; grads: Map<string, tf.Tensor>; weightSlot: SharedArrayBuffer } | undefined
 /** all-reduce mode: the parameters this replica steps (its optimizer shard, workers.ts), and all the others */
 let shard: Shard | undefined
+/** this replica's place among how many */
+let place = { me: 0, n: 1 }
 
 function build(init: WorkerInit): void {
   const params = new Map(init.params.map((p) => [p.name, variableOf(tf.tensor(p.data, p.shape, 'float32'), p.trainable)]))
@@ -53,37 +53,36 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
       await initBackend(req.init.backend)
       build(req.init)
       shard = shardOf(model!, req.workers, req.me)
+      place = { me: req.me, n: req.workers }
       return { value: true, transfer: [] }
     }
     case 'grads': {
-      setWeights(req.weights)
-      if (req.update) pending = { ga: req.ga, update: req.update, sum: new OrderedSum(model!, shard), weightSlot: req.weightSlot! }
-      const out = []
-      for (const k of taken(req.jobs.length, req.next)) {
-        const j = req.jobs[k]!
-        const { grads, stats } = await microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, scale: j.scale, dropoutSeed: j.dropoutSeed })
-        const rows = touchedRows(model!, j.pairs, padId)
-        if (pending) await pending.sum.addShared(j.a, grads, req.slots[j.a]!, rows) // all-reduce: the shards the others sum into its slot
-        else {
-          await writeGrads(model!, grads, rows, req.slots[j.a]!)
-          tf.dispose([...grads.values()])
+      // all-reduce: micro-batches until none is left, each one's other shards through the ring; then the rest of
+      // this shard's from the ring, and the sums of squares
+      const sum = new OrderedSum(model!, shard)
+      const ring = new Ring(model!, req.ring, place.me, place.n, shard!, blockingWait)
+      const computed: WorkerGrads['computed'] = []
+      try {
+        for (const k of taken(req.jobs.length, req.next)) {
+          ring.consume(sum)
+          const j = req.jobs[k]!
+          const { grads, stats } = await microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, scale: j.scale, dropoutSeed: j.dropoutSeed })
+          await ring.share(j.a, grads, touchedRows(model!, j.pairs, padId), sum)
+          computed.push({ a: j.a, stats })
         }
-        out.push({ a: j.a, rows, stats })
+        await ring.complete(sum, req.jobs.length)
+      } catch (e) {
+        sum.dispose()
+        throw e
       }
-      return { value: out, transfer: [] }
-    }
-    case 'peers': {
-      // this replica's shard of the micro-batches it did not compute; once all are in, its sums of squares
-      for (const w of req.written) pending!.sum.add(w.a, () => readGrads(model!, req.slots[w.a]!, w.rows, shard!.mine))
-      if (pending!.sum.added < pending!.ga) return { value: null, transfer: [] }
-      pending!.grads = pending!.sum.take()
-      return { value: [...(await gradSquares(pending!.grads))], transfer: [] }
+      pending = { update: req.update, grads: sum.take(), weightSlot: req.weightSlot }
+      return { value: { computed, squares: [...(await gradSquares(pending.grads))] } satisfies WorkerGrads, transfer: [] }
     }
     case 'update': {
       // the global norm: clip, step this replica's shard, write it to the weight slot
       const { update: { lr, maxNorm }, grads, weightSlot } = pending!
       pending = undefined
-      await applyUpdate(model!, opt!, grads!, lr, maxNorm, shard!.mine, req.norm)
+      await applyUpdate(model!, opt!, grads, lr, maxNorm, shard!.mine, req.norm)
       await writeWeights(model!, shard!.mine, weightSlot)
       return { value: true, transfer: [] }
     }

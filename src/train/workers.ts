@@ -5,14 +5,14 @@
  *     counter in shared memory, `takeJob`), so a longer micro-batch or a slower core holds no one back: no replica
  *     waits while a micro-batch is left, whatever the spread of lengths or core speeds. With two or more micro-batches a
  *     step, the optimizer is sharded (ZeRO stage 1): replica w keeps the moments of shard w of the parameters
- *     (microbatch.ts `shardsOf`). The gradients are reduce-scattered: each replica writes the other shards'
- *     gradients of its micro-batches, and sums its own shard's over all micro-batches in micro-batch order
- *     (microbatch.ts `OrderedSum`, the additions a single worker makes). Each squares its shard's sums; the main
- *     thread adds every parameter's square in model order into the global norm and hands it out; each replica
- *     clips and steps its shard — the ops one worker would run on those parameters — and the updated shards pass
- *     between replicas through the step's weight slot. Checkpoints gather the moments.
- *     With one micro-batch a step, only the main thread trains and the weights go out lazily, when a worker is
- *     next asked for something (eval).
+ *     (microbatch.ts `shardsOf`). The gradients are reduce-scattered through a ring of a few shared slots (ring.ts):
+ *     each replica writes the other shards' gradients of each micro-batch it computed, and sums its own shard's
+ *     over all micro-batches in micro-batch order (microbatch.ts `OrderedSum`, the additions a single worker
+ *     makes). Each squares its shard's sums; the main thread adds every parameter's square in model order into the
+ *     global norm and hands it out; each replica clips and steps its shard — the ops one worker would run on those
+ *     parameters — and the updated shards pass between replicas through the weight slot. Checkpoints gather the
+ *     moments. With one micro-batch a step, only the main thread trains and the weights go out lazily, when a
+ *     worker is next asked for something (eval).
  *   - the reference precompute and eval: whole batches, taken the same way from a counter, results in batch order;
  *     the pairs sit once in shared memory (pairpack.ts).
  * A micro-batch or batch computes the same bits on any worker (same backend, same weights, same function), so
@@ -28,7 +28,8 @@ import type { PairLogps } from '../preference/reference.ts'
 import * as tf from '@tensorflow/tfjs'
 import type { PairPack } from './pairpack.ts'
 import type { WorkerPool } from './pool.ts'
-import { OrderedSum, microBatchGrads, readGrads, touchedRows } from './microbatch.ts'
+import { OrderedSum, microBatchGrads, touchedRows } from './microbatch.ts'
+import type { RingBuffers } from './ring.ts'
 import type { OptimConfig } from './optim.ts'
 
 export interface WorkerInit {
@@ -48,15 +49,15 @@ export interface WorkerInit {
 /** parameters' values by name, as they travel to and from workers */
 export type Weights = { name: string; data: Float32Array }[]
 /**
- * `update` in `grads`: all-reduce mode. The worker sums its shard's gradients; the `peers` message that completes
- * the sum is answered with the shard's sums of squares; `update` brings the global norm, and the worker steps its
- * optimizer shard and writes the shard's new values into `weightSlot`; `shards` then brings it the other replicas'.
+ * A step in all-reduce mode: `grads` — the worker takes micro-batches, passes each one's other shards through the
+ * ring, sums its own shard of all of them and answers with its sums of squares; `update` brings the global norm, and
+ * the worker steps its optimizer shard and writes the shard's new values into `weightSlot`; `shards` then brings it
+ * the other replicas'.
  */
 export type Update = { lr: number; maxNorm: number }
 export type WorkerRequest =
   | { kind: 'init'; init: WorkerInit; me: number; workers: number }
-  | { kind: 'grads'; ga: number; weights?: Weights; update?: Update; slots: SharedArrayBuffer[]; weightSlot?: SharedArrayBuffer; jobs: Job[]; next: SharedArrayBuffer }
-  | { kind: 'peers'; slots: SharedArrayBuffer[]; written: Written[] }
+  | { kind: 'grads'; ga: number; update: Update; ring: RingBuffers; weightSlot: SharedArrayBuffer; jobs: Job[]; next: SharedArrayBuffer }
   | { kind: 'update'; norm: number }
   | { kind: 'shards'; weightSlot: SharedArrayBuffer }
   | { kind: 'moments' }
@@ -64,16 +65,10 @@ export type WorkerRequest =
   | { kind: 'logps'; weights?: Weights; pack: PairPack; batchSize: number; adapters: boolean; next: SharedArrayBuffer }
   | { kind: 'eval'; weights?: Weights; pack: PairPack; bounds: number[]; refs: (PairLogps | undefined)[]; next: SharedArrayBuffer }
 
-/** Micro-batch `a`'s gradients are in this step's slot `a`; `rows`: the embedding rows written (microbatch.ts) */
-export interface Written {
-  a: number
-  rows?: Int32Array
-}
-
-export interface RemoteGrads extends Written {
-  stats: BatchStats
-  /** the worker that computed it (1..n−1) */
-  worker: number
+/** A worker's answer to `grads`: the micro-batches it computed, and the sums of squares of its shard's gradients. */
+export interface WorkerGrads {
+  computed: { a: number; stats: BatchStats }[]
+  squares: [string, number][]
 }
 
 /** How many workers `--workers` means: `auto` is the cores Node reports on CPU backends, 1 on device backends. */
@@ -132,34 +127,28 @@ export function* taken(count: number, next: SharedArrayBuffer, first?: number): 
 /**
  * The summed gradients of one optimizer step: its micro-batches (`jobs`, in micro-batch order), each computed by
  * whichever replica took it (takeJob), added in micro-batch order (microbatch.ts `OrderedSum`), and their stats in
- * that order. Workers pass gradients through the step's slots. With `update` (all-reduce) they are
- * reduce-scattered: each replica writes the other shards' gradients and sums its own shard's, so the sum returned
- * here is of this thread's shard only (`pool.update`).
+ * that order. With a pool and `update` (all-reduce) the gradients are reduce-scattered through the ring (ring.ts):
+ * the sum returned here is of this thread's shard only (`pool.update`); without, this thread computes them all.
  */
 export async function stepGradients(model: Model, objective: Objective, pool: WorkerPool | undefined, jobs: Job[], o: { padId: number; ga: number; update?: Update }): Promise<{ grads: Map<string, tf.Tensor>; stats: BatchStats[] }> {
-  // micro-batch 0 is this thread's, the rest go to whoever takes them: so in all-reduce mode every worker gets at
-  // least one `peers` message after its share, and answers the one that completes its sum with its squares
+  // micro-batch 0 is this thread's: it starts at once, while the requests reach the workers
   const next = new SharedArrayBuffer(4)
   new Int32Array(next)[0] = 1
-  const remote = pool && jobs.length > 1 ? await pool.grads(o.ga, jobs, next, o.update) : undefined // one micro-batch: this thread's
-  const shard = o.update ? pool!.shard : undefined
-  const sum = new OrderedSum(model, shard)
+  const remote = pool && o.update && jobs.length > 1 ? await pool.grads(o.ga, jobs, next, o.update) : undefined
+  const sum = new OrderedSum(model, remote && pool!.shard)
   const stats = new Map<number, BatchStats>()
   try {
     for (const k of taken(jobs.length, next, 0)) {
+      remote?.ring.consume(sum)
       const j = jobs[k]!
       const r = await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, scale: j.scale, dropoutSeed: j.dropoutSeed })
-      if (o.update) {
-        const rows = touchedRows(model, j.pairs, o.padId)
-        await sum.addShared(j.a, r.grads, remote!.slots[j.a]!, rows) // the other shards into its slot
-        pool!.peers(remote!.slots, [{ a: j.a, worker: 0, rows }]) // ours, for every worker now
-      } else sum.add(j.a, r.grads)
+      if (remote) await remote.ring.share(j.a, r.grads, touchedRows(model, j.pairs, o.padId), sum)
+      else sum.add(j.a, r.grads)
       stats.set(j.a, r.stats)
     }
     if (remote) {
-      const fromWorkers = await remote.results
-      if (o.update && pool!.size > 2) pool!.peers(remote.slots, fromWorkers)
-      for (const r of fromWorkers) (sum.add(r.a, () => readGrads(model, remote.slots[r.a]!, r.rows, shard?.mine)), stats.set(r.a, r.stats))
+      await remote.ring.complete(sum, jobs.length)
+      for (const r of await remote.results) stats.set(r.a, r.stats)
     }
     return { grads: sum.take(), stats: jobs.map((j) => stats.get(j.a)!) }
   } catch (e) {
