@@ -10,16 +10,16 @@ import { loadRecipe } from '../src/recipe.ts'
 import { TRAIN_SCHEMA } from '../src/train/schema.ts'
 import { train } from '../src/train/loop.ts'
 import { WorkerPool } from '../src/train/pool.ts'
-import { takeJob, workerCount, workerInit } from '../src/train/workers.ts'
+import { stepGradients, takeJob, workerCount, workerInit } from '../src/train/workers.ts'
 import { packPairs, packedCount, unpackPairs } from '../src/train/pairpack.ts'
 import { disposeModel, type Model } from '../src/model/mistral.ts'
-import { OrderedSum, readGrads, shardOf, slotFloats, touchedRows, trainableParams, writeGrads } from '../src/train/microbatch.ts'
+import { OrderedSum, applyUpdate, readGrads, shardOf, slotFloats, touchedRows, trainableParams, writeGrads } from '../src/train/microbatch.ts'
 import { Ring, ringBuffers } from '../src/train/ring.ts'
 import { AlignError } from '../src/errors.ts'
 import { readInto } from '../src/model/backend.ts'
 import * as tf from '@tensorflow/tfjs'
 import { sftObjective } from '../src/preference/objective.ts'
-import { ADAMW_DEFAULTS } from '../src/train/optim.ts'
+import { ADAMW_DEFAULTS, Optimizer } from '../src/train/optim.ts'
 import { initModel } from '../src/model/weights.ts'
 import { parseConfig } from '../src/model/config.ts'
 import { Rng } from '../src/rng.ts'
@@ -178,6 +178,24 @@ test('gradient ring: each replica gets its shard of every micro-batch, bit for b
 /** A pool of this thread and one worker thread over `model` (SFT); `kill` ends that worker as a crash would. */
 const twoWorkers = async (model: Model) => (await WorkerPool.start(2, model, () => workerInit(model, 'wasm', sftObjective(), undefined, 2, ADAMW_DEFAULTS)))!
 const kill = (pool: WorkerPool) => (pool as unknown as { threads: { terminate(): Promise<number> }[] }).threads[0]!.terminate()
+
+test('a ring of one slot between two threads: micro-batches wait for it, and the update has the one-worker bits', async () => {
+  const [shared, alone] = [initModel(parseConfig(TINY_CONFIG), Rng.fromKey('ring1')), initModel(parseConfig(TINY_CONFIG), Rng.fromKey('ring1'))]
+  const pool = (await WorkerPool.start(2, shared, () => workerInit(shared, 'wasm', sftObjective(), undefined, 2, ADAMW_DEFAULTS), { ringSlots: 1 }))!
+  const jobs = Array.from({ length: 6 }, (_, a) => ({ a, pairs: [{ promptIds: [1, 3 + a, 9], chosenIds: Array.from({ length: 2 + 3 * (a % 3) }, (_, j) => 7 + j), rejectedIds: [7, 2] }], scale: 6, dropoutSeed: 0 }))
+  const o = { padId: 2, ga: 6 }
+  const [optShared, optAlone] = [new Optimizer(ADAMW_DEFAULTS), new Optimizer(ADAMW_DEFAULTS)]
+  const a = await stepGradients(shared, sftObjective(), pool, jobs, { ...o, update: { lr: 1e-2, maxNorm: 1 } })
+  const b = await stepGradients(alone, sftObjective(), undefined, jobs, o)
+  assert.equal(a.stats, b.stats)
+  const norms = [await pool.update(optShared, a.grads, 1e-2, 1), await applyUpdate(alone, optAlone, b.grads, 1e-2, 1)]
+  assert.is(norms[0], norms[1])
+  assert.ok(norms[0]! > 1) // clipped: the norm from both shards' squares
+  for (const [name, p] of trainableParams(alone)) assert.equal(await bits(new Map([[name, shared.params.get(name)!]])), await bits(new Map([[name, p]])), name)
+  await pool.close()
+  for (const m of [shared, alone]) disposeModel(m)
+  for (const opt of [optShared, optAlone]) opt.dispose()
+})
 
 test('pair packs: the pairs back, any range of them, from one shared buffer', () => {
   const pairs = [{ promptIds: [1, 5], chosenIds: [7, 2], rejectedIds: [] }, { promptIds: [], chosenIds: [9], rejectedIds: [3, 4, 2] }, { promptIds: [8], chosenIds: [2], rejectedIds: [6] }]

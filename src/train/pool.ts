@@ -53,11 +53,12 @@ export class WorkerPool {
     })
   }
 
-  /** Start n−1 threads beside the main one, each with a replica of `model`; undefined when n is 1. */
-  static async start(n: number, model: Model, makeInit: () => Promise<WorkerInit>): Promise<WorkerPool | undefined> {
+  /** Start n−1 threads beside the main one, each with a replica of `model`; undefined when n is 1. `ringSlots`: at most this many (tests). */
+  static async start(n: number, model: Model, makeInit: () => Promise<WorkerInit>, o: { ringSlots?: number } = {}): Promise<WorkerPool | undefined> {
     if (n <= 1) return undefined
     const init = await makeInit()
     const pool = new WorkerPool(Array.from({ length: n - 1 }, () => new Worker(BOOT, { eval: true })), model)
+    pool.maxRingSlots = o.ringSlots ?? Infinity
     await Promise.all(pool.threads.map((_, i) => pool.call(i, { kind: 'init', init, me: i + 1, workers: n })))
     return pool
   }
@@ -105,6 +106,7 @@ export class WorkerPool {
    * answers; the ring's slots are all free again when a step's sums are complete.
    */
   private ringBuffers: RingBuffers | undefined
+  private maxRingSlots = Infinity
   private weightSlot: SharedArrayBuffer | undefined
   /** the step under way: the workers' sums of squares once they answered, or why a request failed */
   private squares: [string, number][] = []
@@ -121,7 +123,7 @@ export class WorkerPool {
     // a worker handles its messages in order, so earlier updates are done before this runs; they are awaited
     // only so that their errors surface here
     const earlier = Promise.all(this.updating.splice(0))
-    const k = ringSlots(ga, this.size)
+    const k = Math.min(ringSlots(ga, this.size), this.maxRingSlots)
     if ((this.ringBuffers?.slots.length ?? 0) < k) this.ringBuffers = ringBuffers(this.model, this.size, k)
     const [ring, weightSlot] = [this.ringBuffers!, (this.weightSlot ??= new SharedArrayBuffer(slotFloats(this.model) * 4))]
     this.failed = undefined
