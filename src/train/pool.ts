@@ -144,7 +144,7 @@ export class WorkerPool {
       const alive = setTimeout(() => {}, 100) // waitAsync alone keeps no event loop running
       await r.value
       clearTimeout(alive)
-    }
+    } else await new Promise((resolve) => setImmediate(resolve)) // the version moved: still let the event loop run (signals, a worker's exit)
     const dead = this.dead.find((d) => d !== undefined)
     if (dead) throw new AlignError(dead)
     if (this.failed) throw this.failed
