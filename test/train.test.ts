@@ -1,6 +1,6 @@
 // `align sft` / `align train` end to end on a 1-layer Mistral-like model (real tokenizer, vocab 32000):
 // metrics with TRL names, HF-layout checkpoints, resume equal to an uninterrupted run, NaN stop, dry-run plan.
-import { existsSync, readFileSync, readdirSync } from 'node:fs'
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import { test } from 'uvu'
@@ -9,9 +9,10 @@ import { loadRecipe } from '../src/recipe.ts'
 import { loadModel } from '../src/model/weights.ts'
 import { TRAIN_SCHEMA } from '../src/train/schema.ts'
 import { train } from '../src/train/loop.ts'
+import { STEP_LOSS, resumeLossNote } from '../src/train/checkpoint.ts'
 import { readEvents } from '../src/train/tfevents.ts'
 import { readHeader } from '../src/checkpoint/safetensors.ts'
-import { ROOT, rejects } from './helpers.ts'
+import { ROOT, rejects, tmp } from './helpers.ts'
 import { tinyRun, useBackend } from './tfjs-helpers.ts'
 
 // wasm: the fast CPU backend (cpu and wasm agree on gradients: gradients.test.ts)
@@ -52,7 +53,7 @@ test('DPO: TRL metric names in metrics.jsonl, trainer_state.json and TensorBoard
   // what transformers and the handbook leave at output_dir (TrainerState's fields only: TrainerState(**json) loads it)
   const TRAINER_STATE_FIELDS = ['epoch', 'global_step', 'max_steps', 'logging_steps', 'eval_steps', 'save_steps', 'train_batch_size', 'num_train_epochs', 'num_input_tokens_seen', 'total_flos', 'log_history', 'best_metric', 'best_global_step', 'best_model_checkpoint', 'is_local_process_zero', 'is_world_process_zero', 'is_hyper_param_search', 'trial_name', 'trial_params', 'stateful_callbacks']
   for (const d of [out, join(out, 'checkpoint-4')]) for (const k of Object.keys(JSON.parse(readFileSync(join(d, 'trainer_state.json'), 'utf8')))) assert.ok(TRAINER_STATE_FIELDS.includes(k), `${d}: ${k}`)
-  assert.equal(JSON.parse(readFileSync(join(out, 'align_state.json'), 'utf8')), { stage: 'dpo', seed: 42 })
+  assert.equal(JSON.parse(readFileSync(join(out, 'align_state.json'), 'utf8')), { stage: 'dpo', seed: 42, loss: 'pairs of the step' })
   const read = (f: string) => JSON.parse(readFileSync(join(out, f), 'utf8'))
   assert.is(read('train_results.json').train_loss, summary.train_loss)
   assert.is(read('eval_results.json').eval_loss, rows.filter((x) => x.eval_loss !== undefined).at(-1).eval_loss)
@@ -79,6 +80,19 @@ test('resume: stop after 2 steps, --resume latest, and the losses equal the unin
   const b = await train({ stage: 'dpo', recipe: recipe(...base(out)), quiet: true, resume: 'latest' })
   assert.equal(losses(b.logHistory), losses(a.logHistory))
   assert.is(losses(a.logHistory).length, 4)
+})
+
+test('resuming SFT from a checkpoint saved before the step\'s token mean says so (with GA > 1 only)', () => {
+  const dir = (state: Record<string, unknown>) => {
+    const d = tmp()
+    writeFileSync(join(d, 'align_state.json'), JSON.stringify(state))
+    return d
+  }
+  const old = dir({ stage: 'sft', seed: 42 })
+  assert.match(resumeLossNote(old, 'sft', 4)!, /^--resume .*: this SFT checkpoint was saved when each micro-batch's loss was its own token mean over gradient_accumulation_steps; the steps from here divide the step's token NLL sum by its scored tokens \(HF Trainer's num_items_in_batch\)/)
+  assert.is(resumeLossNote(old, 'sft', 1), undefined) // one micro-batch a step: the same loss either way
+  assert.is(resumeLossNote(dir({ stage: 'sft', seed: 42, loss: STEP_LOSS.sft }), 'sft', 4), undefined)
+  assert.is(resumeLossNote(dir({ stage: 'dpo', seed: 42 }), 'dpo', 4), undefined) // DPO's never changed
 })
 
 test('SFT: loss on assistant tokens decreases; DPO loss goes below ln 2 on the pairs it trains on', async () => {

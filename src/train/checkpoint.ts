@@ -1,7 +1,7 @@
 /**
  * Training checkpoints: `checkpoint-<step>/` in HF layout (model/weights.ts `savePretrained`: weights or PEFT
  * adapters, config, tokenizer files with the chat template used) plus what resume needs — `trainer_state.json`
- * (transformers' TrainerState fields only, with log_history), `align_state.json` (stage, seed), `optimizer.safetensors` (exp_avg.<name>, exp_avg_sq.<name>, in HF [out, in] layout),
+ * (transformers' TrainerState fields only, with log_history), `align_state.json` (stage, seed, loss), `optimizer.safetensors` (exp_avg.<name>, exp_avg_sq.<name>, in HF [out, in] layout),
  * `optimizer.json` and the resolved recipe. Each directory is written to a temp path and renamed, so any
  * `checkpoint-N` that exists is complete.
  *
@@ -40,6 +40,25 @@ export interface TrainerState {
 export interface AlignState {
   stage: 'sft' | 'dpo'
   seed: number
+  /** what the step's loss is a mean over (STEP_LOSS); absent in checkpoints saved before it was recorded */
+  loss?: string
+}
+
+/**
+ * What a step's loss is a mean over, recorded with each checkpoint: SFT's token NLLs are summed and divided by the
+ * step's scored tokens (HF Trainer's num_items_in_batch, transformers >= 4.46), DPO's losses are a mean over the
+ * step's pairs (TRL).
+ */
+export const STEP_LOSS = { sft: 'scored tokens of the step', dpo: 'pairs of the step' } as const
+
+/**
+ * A line for resuming SFT from a checkpoint saved before the step's token mean (2026-11-29, no `loss` recorded):
+ * each micro-batch's loss was then its own token mean over gradient_accumulation_steps, so with GA > 1 the resumed
+ * steps weight micro-batches differently from the steps saved.
+ */
+export function resumeLossNote(dir: string, stage: 'sft' | 'dpo', ga: number): string | undefined {
+  if (stage !== 'sft' || ga < 2 || (readJson(join(dir, 'align_state.json')) as AlignState).loss === STEP_LOSS.sft) return undefined
+  return `--resume ${dir}: this SFT checkpoint was saved when each micro-batch's loss was its own token mean over gradient_accumulation_steps; the steps from here divide the step's token NLL sum by its scored tokens (HF Trainer's num_items_in_batch), so micro-batches weigh by their tokens from here on; start afresh for a run trained one way throughout`
 }
 
 export interface SaveArgs {

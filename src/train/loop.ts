@@ -19,7 +19,7 @@ import type { DataStats } from '../preference/pairs.ts'
 import { pairTokens } from '../preference/pairs.ts'
 import type { References } from './setup.ts'
 import { buildPolicy, buildReference, dryRunReport, prepareRun, type Run, type TrainOptions } from './setup.ts'
-import { resolveResume, resume, saveFinal, saveStepCheckpoint, type TrainerState } from './checkpoint.ts'
+import { STEP_LOSS, resolveResume, resume, resumeLossNote, saveFinal, saveStepCheckpoint, type TrainerState } from './checkpoint.ts'
 import { writeRunOutputs } from './outputs.ts'
 import { RunLog, Window, mean, round4, type Row } from './log.ts'
 import { Optimizer, lrLambda, type OptimConfig } from './optim.ts'
@@ -83,8 +83,11 @@ async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, s
   const { o, args, runDir, schedule } = run
   const refs = o.stage === 'dpo' ? await buildReference(run, model, pool) : undefined
   const opt = new Optimizer(optimConfig(args))
-  const resumed = o.resume ? resume(resolveResume(runDir, o.resume), o.stage, model, opt) : undefined
+  const from = o.resume ? resolveResume(runDir, o.resume) : undefined
+  const resumed = from ? resume(from, o.stage, model, opt) : undefined
   if (resumed) run.log(`resumed at step ${resumed.global_step}`)
+  const lossNote = from && resumeLossNote(from, o.stage, args.gradient_accumulation_steps)
+  if (lossNote) run.log(`align: ${lossNote}`)
   // all-reduce: with two or more micro-batches a step, every replica steps its own optimizer (no weight broadcast)
   const allReduce = pool !== undefined && args.gradient_accumulation_steps >= 2
   if (resumed && allReduce) await pool.sync(opt)
@@ -94,7 +97,7 @@ async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, s
   const resolved = { recipe: o.recipe.path, overrides: o.recipe.overrides, stage: o.stage, values: o.recipe.values }
   writeFileSync(join(runDir, 'recipe.resolved.json'), JSON.stringify(resolved, null, 2) + '\n')
   const save = async (final: boolean) => {
-    const a = { model, tokenizerDir: run.tokenizerDir, chatTemplate: run.tok.template, base: o.recipe.values.model.policy, state: trainerState(run, step, log.history), alignState: { stage: o.stage, seed: args.seed }, files: { 'recipe.resolved.json': resolved } }
+    const a = { model, tokenizerDir: run.tokenizerDir, chatTemplate: run.tok.template, base: o.recipe.values.model.policy, state: trainerState(run, step, log.history), alignState: { stage: o.stage, seed: args.seed, loss: STEP_LOSS[o.stage] }, files: { 'recipe.resolved.json': resolved } }
     if (final) return saveFinal(runDir, { ...a, dtype: SAVE_DTYPE[o.recipe.values.model.save_dtype] })
     const gathered = allReduce ? await pool.gatherOptimizer(opt) : undefined // the moments of every shard
     try {
