@@ -129,13 +129,19 @@ test('saveCheckpoint -> resume restores full weights and optimizer moments bit f
   stepOnce(a, optA, 'g')
   await saveCheckpoint({ dir, model: a, dtype: 'F32', tokenizerDir: LLAMA, base: 'x', state: state(3), optimizer: optA, ...saveArgs })
   const [b, optB] = [initModel(tinyConfig, Rng.fromKey('b')), newOpt()]
-  const st = resume(dir, 'dpo', b, optB)
+  const st = resume(dir, 'dpo', b, optB).state
   assert.is(st.global_step, 3)
   assert.equal(st.log_history, [{ step: 3, loss: 0.5 }])
   assert.equal(paramData(b), paramData(a))
   assert.equal(moments(optB), moments(optA))
   assert.is(optB.step, 1)
   assert.throws(() => resume(dir, 'sft', b, optB), /a dpo checkpoint cannot resume sft/)
+  assert.is(resume(dir, 'dpo', b, optB, 4).note, undefined)
+  // an SFT checkpoint saved before align_state.json recorded the loss: resuming it with GA > 1 says so
+  const old = join(tmp(), 'checkpoint-3')
+  await saveCheckpoint({ dir: old, model: a, dtype: 'F32', tokenizerDir: LLAMA, base: 'x', state: state(3), optimizer: optA, ...saveArgs, alignState: { stage: 'sft', seed: 1 } })
+  assert.match(resume(old, 'sft', b, optB, 4).note!, /^--resume .*checkpoint-3: this SFT checkpoint was saved when each micro-batch's loss was its own token mean/)
+  assert.is(resume(old, 'sft', b, optB, 1).note, undefined)
 })
 
 test('saveCheckpoint -> resume restores LoRA adapters (PEFT layout on disk) and their moments; the base stays', async () => {

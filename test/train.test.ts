@@ -1,6 +1,6 @@
 // `align sft` / `align train` end to end on a 1-layer Mistral-like model (real tokenizer, vocab 32000):
 // metrics with TRL names, HF-layout checkpoints, resume equal to an uninterrupted run, NaN stop, dry-run plan.
-import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, readdirSync } from 'node:fs'
 import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import { test } from 'uvu'
@@ -12,7 +12,7 @@ import { train } from '../src/train/loop.ts'
 import { STEP_LOSS, resumeLossNote } from '../src/train/checkpoint.ts'
 import { readEvents } from '../src/train/tfevents.ts'
 import { readHeader } from '../src/checkpoint/safetensors.ts'
-import { ROOT, rejects, tmp } from './helpers.ts'
+import { ROOT, rejects } from './helpers.ts'
 import { tinyRun, useBackend } from './tfjs-helpers.ts'
 
 // wasm: the fast CPU backend (cpu and wasm agree on gradients: gradients.test.ts)
@@ -83,16 +83,11 @@ test('resume: stop after 2 steps, --resume latest, and the losses equal the unin
 })
 
 test('resuming SFT from a checkpoint saved before the step\'s token mean says so (with GA > 1 only)', () => {
-  const dir = (state: Record<string, unknown>) => {
-    const d = tmp()
-    writeFileSync(join(d, 'align_state.json'), JSON.stringify(state))
-    return d
-  }
-  const old = dir({ stage: 'sft', seed: 42 })
-  assert.match(resumeLossNote(old, 'sft', 4)!, /^--resume .*: this SFT checkpoint was saved when each micro-batch's loss was its own token mean over gradient_accumulation_steps; the steps from here divide the step's token NLL sum by its scored tokens \(HF Trainer's num_items_in_batch\)/)
-  assert.is(resumeLossNote(old, 'sft', 1), undefined) // one micro-batch a step: the same loss either way
-  assert.is(resumeLossNote(dir({ stage: 'sft', seed: 42, loss: STEP_LOSS.sft }), 'sft', 4), undefined)
-  assert.is(resumeLossNote(dir({ stage: 'dpo', seed: 42 }), 'dpo', 4), undefined) // DPO's never changed
+  const old = { stage: 'sft', seed: 42 } as const
+  assert.match(resumeLossNote('run/checkpoint-4', old, 4)!, /^--resume run\/checkpoint-4: this SFT checkpoint was saved when each micro-batch's loss was its own token mean over gradient_accumulation_steps; the steps from here divide the step's token NLL sum by its scored tokens \(HF Trainer's num_items_in_batch\)/)
+  assert.is(resumeLossNote('d', old, 1), undefined) // one micro-batch a step: the same loss either way
+  assert.is(resumeLossNote('d', { ...old, loss: STEP_LOSS.sft }, 4), undefined)
+  assert.is(resumeLossNote('d', { stage: 'dpo', seed: 42 }, 4), undefined) // DPO's never changed
 })
 
 test('SFT: loss on assistant tokens decreases; DPO loss goes below ln 2 on the pairs it trains on', async () => {

@@ -155,7 +155,7 @@ test('gradient ring: each replica gets its shard of every micro-batch, bit for b
   const noWait = (me: number) => () => { throw new AlignError(`replica ${me} waits`) } // one thread plays both replicas: a wait would never end
   const shards = [shardOf(model, 2, 0), shardOf(model, 2, 1)]
   const sums = shards.map((s) => new OrderedSum(model, s))
-  const rings = shards.map((s, me) => new Ring(model, buffers, me, 2, s, noWait(me)))
+  const rings = shards.map((s, me) => new Ring(model, buffers, me, s, noWait(me)))
   await rings[0]!.share(0, fakeGrads(model, rows, 0), rows, sums[0]!) // replica 0 computed 0; 1 reads its shard
   assert.is(rings[1]!.consume(sums[1]!), 1)
   await rings[1]!.share(1, fakeGrads(model, rows, 1), undefined, sums[1]!) // the slot is free again; dense this time

@@ -56,8 +56,8 @@ export const STEP_LOSS = { sft: 'scored tokens of the step', dpo: 'pairs of the 
  * each micro-batch's loss was then its own token mean over gradient_accumulation_steps, so with GA > 1 the resumed
  * steps weight micro-batches differently from the steps saved.
  */
-export function resumeLossNote(dir: string, stage: 'sft' | 'dpo', ga: number): string | undefined {
-  if (stage !== 'sft' || ga < 2 || (readJson(join(dir, 'align_state.json')) as AlignState).loss === STEP_LOSS.sft) return undefined
+export function resumeLossNote(dir: string, saved: AlignState, ga: number): string | undefined {
+  if (saved.stage !== 'sft' || ga < 2 || saved.loss === STEP_LOSS.sft) return undefined
   return `--resume ${dir}: this SFT checkpoint was saved when each micro-batch's loss was its own token mean over gradient_accumulation_steps; the steps from here divide the step's token NLL sum by its scored tokens (HF Trainer's num_items_in_batch), so micro-batches weigh by their tokens from here on; start afresh for a run trained one way throughout`
 }
 
@@ -153,13 +153,16 @@ export function resolveResume(runDir: string, resume: string): string {
   return last.dir
 }
 
-/** Load a checkpoint's weights (or adapters) into `model` and its moments into `opt`; returns its trainer state. */
-export function resume(dir: string, stage: 'sft' | 'dpo', model: Model, opt: Optimizer): TrainerState {
+/**
+ * Load a checkpoint's weights (or adapters) into `model` and its moments into `opt`; returns its trainer state, and
+ * a `note` when the run goes on with a loss the checkpoint was not trained with (resumeLossNote; `ga`: the run's).
+ */
+export function resume(dir: string, stage: 'sft' | 'dpo', model: Model, opt: Optimizer, ga = 1): { state: TrainerState; note?: string } {
   const state = readJson(join(dir, 'trainer_state.json')) as TrainerState
   const saved = readJson(join(dir, 'align_state.json')) as AlignState
   if (saved.stage !== stage) throw new AlignError(`--resume ${dir}: a ${saved.stage} checkpoint cannot resume ${stage}`)
   if (model.lora) loadAdaptersInto(model, dir)
   else loadWeightsInto(model, dir)
   loadOptimizer(dir, opt)
-  return state
+  return { state, note: resumeLossNote(dir, saved, ga) }
 }

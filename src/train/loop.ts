@@ -19,7 +19,7 @@ import type { DataStats } from '../preference/pairs.ts'
 import { pairTokens } from '../preference/pairs.ts'
 import type { References } from './setup.ts'
 import { buildPolicy, buildReference, dryRunReport, prepareRun, type Run, type TrainOptions } from './setup.ts'
-import { STEP_LOSS, resolveResume, resume, resumeLossNote, saveFinal, saveStepCheckpoint, type TrainerState } from './checkpoint.ts'
+import { STEP_LOSS, resolveResume, resume, saveFinal, saveStepCheckpoint, type TrainerState } from './checkpoint.ts'
 import { writeRunOutputs } from './outputs.ts'
 import { RunLog, Window, mean, round4, type Row } from './log.ts'
 import { Optimizer, lrLambda, type OptimConfig } from './optim.ts'
@@ -83,11 +83,10 @@ async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, s
   const { o, args, runDir, schedule } = run
   const refs = o.stage === 'dpo' ? await buildReference(run, model, pool) : undefined
   const opt = new Optimizer(optimConfig(args))
-  const from = o.resume ? resolveResume(runDir, o.resume) : undefined
-  const resumed = from ? resume(from, o.stage, model, opt) : undefined
+  const loaded = o.resume ? resume(resolveResume(runDir, o.resume), o.stage, model, opt, args.gradient_accumulation_steps) : undefined
+  const resumed = loaded?.state
   if (resumed) run.log(`resumed at step ${resumed.global_step}`)
-  const lossNote = from && resumeLossNote(from, o.stage, args.gradient_accumulation_steps)
-  if (lossNote) run.log(`align: ${lossNote}`)
+  if (loaded?.note) run.log(`align: ${loaded.note}`)
   // all-reduce: with two or more micro-batches a step, every replica steps its own optimizer (no weight broadcast)
   const allReduce = pool !== undefined && args.gradient_accumulation_steps >= 2
   if (resumed && allReduce) await pool.sync(opt)

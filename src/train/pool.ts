@@ -33,7 +33,7 @@ export class WorkerPool {
   /** all-reduce mode: the optimizer shard this thread (replica 0) steps, and the parameters the workers step */
   readonly shard: Shard
 
-  private constructor(private readonly threads: Worker[], private readonly model: Model) {
+  private constructor(private readonly threads: Worker[], private readonly model: Model, private readonly maxRingSlots = Infinity) {
     this.stale = threads.map(() => false)
     this.shard = shardOf(model, threads.length + 1, 0)
     threads.forEach((w, i) => {
@@ -57,8 +57,7 @@ export class WorkerPool {
   static async start(n: number, model: Model, makeInit: () => Promise<WorkerInit>, o: { ringSlots?: number } = {}): Promise<WorkerPool | undefined> {
     if (n <= 1) return undefined
     const init = await makeInit()
-    const pool = new WorkerPool(Array.from({ length: n - 1 }, () => new Worker(BOOT, { eval: true })), model)
-    pool.maxRingSlots = o.ringSlots ?? Infinity
+    const pool = new WorkerPool(Array.from({ length: n - 1 }, () => new Worker(BOOT, { eval: true })), model, o.ringSlots)
     await Promise.all(pool.threads.map((_, i) => pool.call(i, { kind: 'init', init, me: i + 1, workers: n })))
     return pool
   }
@@ -106,7 +105,6 @@ export class WorkerPool {
    * answers; the ring's slots are all free again when a step's sums are complete.
    */
   private ringBuffers: RingBuffers | undefined
-  private maxRingSlots = Infinity
   private weightSlot: SharedArrayBuffer | undefined
   /** the step under way: the workers' sums of squares once they answered, or why a request failed */
   private squares: [string, number][] = []
@@ -134,7 +132,7 @@ export class WorkerPool {
       return (r as WorkerGrads[]).flatMap((g, i) => g.computed.map((c) => ({ ...c, worker: i + 1 })))
     })
     results.catch((e: Error) => void (this.failed ??= e))
-    return { results: handledLater(results), ring: new Ring(this.model, ring, 0, this.size, this.shard, this.ringWait) }
+    return { results: handledLater(results), ring: new Ring(this.model, ring, 0, this.shard, this.ringWait) }
   }
 
   /** This thread waits for the ring without blocking: it must hear a worker fail or die. */

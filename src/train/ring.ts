@@ -23,6 +23,8 @@ import { readGrads, slotFloats, writeGrads, type OrderedSum, type Shard } from '
 export interface RingBuffers {
   ctrl: SharedArrayBuffer
   slots: SharedArrayBuffer[]
+  /** the replicas it serves (the control has a flag per replica and slot) */
+  replicas: number
 }
 
 /** How many slots: two per replica (one being written, one being read), never more than a step's micro-batches. */
@@ -31,7 +33,7 @@ export const ringSlots = (ga: number, n: number) => Math.min(ga, 2 * n)
 /** A ring of `k` slots for `n` replicas of `model`: each holds every trainable gradient, and room for the embedding's rows. */
 export function ringBuffers(model: Model, n: number, k: number): RingBuffers {
   const bytes = (slotFloats(model) + model.config.vocabSize) * 4
-  return { ctrl: new SharedArrayBuffer((1 + k * (3 + n)) * 4), slots: Array.from({ length: k }, () => new SharedArrayBuffer(bytes)) }
+  return { ctrl: new SharedArrayBuffer((1 + k * (3 + n)) * 4), slots: Array.from({ length: k }, () => new SharedArrayBuffer(bytes)), replicas: n }
 }
 
 /** Block until the version moves from `v` (or a short time passes: the caller looks again). */
@@ -43,11 +45,14 @@ export const blockingWait: Wait = (ctrl, v) => void Atomics.wait(ctrl, 0, v, 100
 /** One replica's view of the ring. */
 export class Ring {
   private readonly ctrl: Int32Array
-  private readonly stride: number
+  private readonly n: number
+  /** where a slot's embedding rows start, in bytes: after the floats */
+  private readonly rowsAt: number
 
-  constructor(private readonly model: Model, private readonly buffers: RingBuffers, private readonly me: number, private readonly n: number, private readonly shard: Shard, private readonly wait: Wait) {
+  constructor(private readonly model: Model, private readonly buffers: RingBuffers, private readonly me: number, private readonly shard: Shard, private readonly wait: Wait) {
     this.ctrl = new Int32Array(buffers.ctrl)
-    this.stride = 3 + n
+    this.n = buffers.replicas
+    this.rowsAt = slotFloats(model) * 4
   }
 
   /**
@@ -61,7 +66,7 @@ export class Ring {
     const base = this.base(s)
     this.ctrl[base + 1] = a
     this.ctrl[base + 2] = rows ? rows.length : -1
-    if (rows) new Int32Array(slot, slotFloats(this.model) * 4, rows.length).set(rows)
+    if (rows) new Int32Array(slot, this.rowsAt, rows.length).set(rows)
     for (let r = 0; r < this.n; r++) this.ctrl[base + 3 + r] = r === this.me ? 0 : 1
     Atomics.store(this.ctrl, base, this.n - 1) // published: the stores above are seen before it
     this.bump()
@@ -76,7 +81,7 @@ export class Ring {
       if (Atomics.load(this.ctrl, base) <= 0 || Atomics.load(this.ctrl, base + 3 + this.me) !== 1) continue
       const slot = this.buffers.slots[s]!
       const count = this.ctrl[base + 2]!
-      const rows = count < 0 ? undefined : new Int32Array(slot, slotFloats(this.model) * 4, count).slice()
+      const rows = count < 0 ? undefined : new Int32Array(slot, this.rowsAt, count).slice()
       sum.add(this.ctrl[base + 1]!, readGrads(this.model, slot, rows, this.shard.mine))
       this.ctrl[base + 3 + this.me] = 0
       if (Atomics.sub(this.ctrl, base, 1) === 1) this.bump() // the last reader frees it
@@ -105,7 +110,7 @@ export class Ring {
   }
 
   private base(s: number): number {
-    return 1 + s * this.stride
+    return 1 + s * (3 + this.n)
   }
 
   private bump(): void {

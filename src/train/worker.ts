@@ -13,8 +13,8 @@ import type { Model } from '../model/mistral.ts'
 import { dpoObjective, evalBatch, sftObjective, type BatchStats, type Objective } from '../preference/objective.ts'
 import { pairLogps, type PairLogps } from '../preference/reference.ts'
 import { packedCount, unpackPairs } from './pairpack.ts'
-import { readCopies, taken, type Update, type WorkerGrads, type WorkerInit, type WorkerRequest } from './workers.ts'
-import { OrderedSum, applyUpdate, gradSquares, microBatchGrads, readWeights, shardOf, touchedRows, writeWeights, type Shard } from './microbatch.ts'
+import { readCopies, takeShare, taken, type Update, type WorkerGrads, type WorkerInit, type WorkerRequest } from './workers.ts'
+import { OrderedSum, applyUpdate, gradSquares, readWeights, shardOf, writeWeights, type Shard } from './microbatch.ts'
 import { Ring, blockingWait } from './ring.ts'
 import { Optimizer } from './optim.ts'
 
@@ -26,8 +26,8 @@ let opt: Optimizer | undefined
 let pending: { update: Update; grads: Map<string, tf.Tensor>; weightSlot: SharedArrayBuffer } | undefined
 /** all-reduce mode: the parameters this replica steps (its optimizer shard, workers.ts), and all the others */
 let shard: Shard | undefined
-/** this replica's place among how many */
-let place = { me: 0, n: 1 }
+/** this replica's index (the main thread is 0) */
+let me = 0
 
 function build(init: WorkerInit): void {
   const params = new Map(init.params.map((p) => [p.name, variableOf(tf.tensor(p.data, p.shape, 'float32'), p.trainable)]))
@@ -53,28 +53,13 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
       await initBackend(req.init.backend)
       build(req.init)
       shard = shardOf(model!, req.workers, req.me)
-      place = { me: req.me, n: req.workers }
+      me = req.me
       return { value: true, transfer: [] }
     }
     case 'grads': {
-      // all-reduce: micro-batches until none is left, each one's other shards through the ring; then the rest of
-      // this shard's from the ring, and the sums of squares
+      // all-reduce: this replica's share of the step's micro-batches, and its shard of the sum from the ring
       const sum = new OrderedSum(model!, shard)
-      const ring = new Ring(model!, req.ring, place.me, place.n, shard!, blockingWait)
-      const computed: WorkerGrads['computed'] = []
-      try {
-        for (const k of taken(req.jobs.length, req.next)) {
-          ring.consume(sum)
-          const j = req.jobs[k]!
-          const { grads, stats } = await microBatchGrads(model!, objective!, j.pairs, j.ref, { padId, ga: req.ga, scale: j.scale, dropoutSeed: j.dropoutSeed })
-          await ring.share(j.a, grads, touchedRows(model!, j.pairs, padId), sum)
-          computed.push({ a: j.a, stats })
-        }
-        await ring.complete(sum, req.jobs.length)
-      } catch (e) {
-        sum.dispose()
-        throw e
-      }
+      const computed = await takeShare(model!, objective!, req.jobs, req.next, sum, { padId, ga: req.ga, ring: new Ring(model!, req.ring, me, shard!, blockingWait) })
       pending = { update: req.update, grads: sum.take(), weightSlot: req.weightSlot }
       return { value: { computed, squares: [...(await gradSquares(pending.grads))] } satisfies WorkerGrads, transfer: [] }
     }

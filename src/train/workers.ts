@@ -2,9 +2,9 @@
  * Data parallelism over the cores: the main thread is worker 0 and N−1 worker threads (worker.ts) each hold a
  * tfjs backend and a replica of the model. What is spread, and why the numbers never depend on N:
  *   - a training step's GA micro-batches: each replica takes the step's next micro-batch whenever it is free (a
- *     counter in shared memory, `takeJob`), so a longer micro-batch or a slower core holds no one back: no replica
- *     waits while a micro-batch is left, whatever the spread of lengths or core speeds. With two or more micro-batches a
- *     step, the optimizer is sharded (ZeRO stage 1): replica w keeps the moments of shard w of the parameters
+ *     counter in shared memory, `takeJob`; `takeShare`, the same loop on every replica), so a longer micro-batch or
+ *     a slower core holds no one back: no replica waits while a micro-batch is left, whatever the spread of lengths
+ *     or core speeds. With two or more micro-batches a step, the optimizer is sharded (ZeRO stage 1): replica w keeps the moments of shard w of the parameters
  *     (microbatch.ts `shardsOf`). The gradients are reduce-scattered through a ring of a few shared slots (ring.ts):
  *     each replica writes the other shards' gradients of each micro-batch it computed, and sums its own shard's
  *     over all micro-batches in micro-batch order (microbatch.ts `OrderedSum`, the additions a single worker
@@ -29,7 +29,7 @@ import * as tf from '@tensorflow/tfjs'
 import type { PairPack } from './pairpack.ts'
 import type { WorkerPool } from './pool.ts'
 import { OrderedSum, microBatchGrads, touchedRows } from './microbatch.ts'
-import type { RingBuffers } from './ring.ts'
+import type { Ring, RingBuffers } from './ring.ts'
 import type { OptimConfig } from './optim.ts'
 
 export interface WorkerInit {
@@ -125,6 +125,31 @@ export function* taken(count: number, next: SharedArrayBuffer, first?: number): 
 }
 
 /**
+ * This replica's part of a step: micro-batches taken from `next` (after `first`, given) until none is left, each
+ * one's gradients into `sum` — through the `ring` in all-reduce mode (its other shards to their owners), then the
+ * rest of this replica's shard from the ring until the sum is complete. The same on the main thread and in every
+ * worker. `sum` is disposed on an error. Returns the stats of the micro-batches computed here.
+ */
+export async function takeShare(model: Model, objective: Objective, jobs: Job[], next: SharedArrayBuffer, sum: OrderedSum, o: { padId: number; ga: number; ring?: Ring; first?: number }): Promise<{ a: number; stats: BatchStats }[]> {
+  const computed: { a: number; stats: BatchStats }[] = []
+  try {
+    for (const k of taken(jobs.length, next, o.first)) {
+      o.ring?.consume(sum)
+      const j = jobs[k]!
+      const { grads, stats } = await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, scale: j.scale, dropoutSeed: j.dropoutSeed })
+      if (o.ring) await o.ring.share(j.a, grads, touchedRows(model, j.pairs, o.padId), sum)
+      else sum.add(j.a, grads)
+      computed.push({ a: j.a, stats })
+    }
+    await o.ring?.complete(sum, jobs.length)
+    return computed
+  } catch (e) {
+    sum.dispose()
+    throw e
+  }
+}
+
+/**
  * The summed gradients of one optimizer step: its micro-batches (`jobs`, in micro-batch order), each computed by
  * whichever replica took it (takeJob), added in micro-batch order (microbatch.ts `OrderedSum`), and their stats in
  * that order. With a pool and `update` (all-reduce) the gradients are reduce-scattered through the ring (ring.ts):
@@ -136,23 +161,8 @@ export async function stepGradients(model: Model, objective: Objective, pool: Wo
   new Int32Array(next)[0] = 1
   const remote = pool && o.update && jobs.length > 1 ? await pool.grads(o.ga, jobs, next, o.update) : undefined
   const sum = new OrderedSum(model, remote && pool!.shard)
-  const stats = new Map<number, BatchStats>()
-  try {
-    for (const k of taken(jobs.length, next, 0)) {
-      remote?.ring.consume(sum)
-      const j = jobs[k]!
-      const r = await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, scale: j.scale, dropoutSeed: j.dropoutSeed })
-      if (remote) await remote.ring.share(j.a, r.grads, touchedRows(model, j.pairs, o.padId), sum)
-      else sum.add(j.a, r.grads)
-      stats.set(j.a, r.stats)
-    }
-    if (remote) {
-      await remote.ring.complete(sum, jobs.length)
-      for (const r of await remote.results) stats.set(r.a, r.stats)
-    }
-    return { grads: sum.take(), stats: jobs.map((j) => stats.get(j.a)!) }
-  } catch (e) {
-    sum.dispose()
-    throw e
-  }
+  const here = await takeShare(model, objective, jobs, next, sum, { padId: o.padId, ga: o.ga, ring: remote?.ring, first: 0 })
+  const theirs = remote ? await remote.results.catch((e: Error) => (sum.dispose(), Promise.reject(e))) : []
+  const stats = new Map([...here, ...theirs].map((r) => [r.a, r.stats]))
+  return { grads: sum.take(), stats: jobs.map((j) => stats.get(j.a)!) }
 }
