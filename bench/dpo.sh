@@ -4,6 +4,7 @@
 # ~128 prompt + ~128 completion tokens, 4 pairs per step. Installs Debian's python3-torch and libopenblas0-pthread
 # (the strong peer: reference BLAS is ~10x slower) when missing; needs root for apt-get.
 # Usage: bash bench/dpo.sh [steps]     Targets: align (default workers) pairs/s >= 1.3x PyTorch; 1 -> 2 workers >= 1.7x.
+# Also printed: 1 -> 2 workers at GA 4 (8 pairs a step in 4 micro-batches), where the workers take micro-batches as they come.
 # Also printed: two separate one-worker processes side by side (half the pairs each): what two cores give this step
 # with nothing shared, the ceiling for the workers on this machine.
 steps=5
@@ -41,6 +42,10 @@ align+=("$(bench --layout packed --paired)")
 echo "${align[-1]}"
 concat=$(bench --layout concatenated)                 # TRL's layout, 2n rows: the packing's saving
 echo "$concat"
+# the scaling at a recipe's gradient accumulation: 8 pairs a step in 4 micro-batches of 2 (the standard set's
+# micro-batch), 2 a worker, taken as they come — the target's step above has the fewest micro-batches to spread
+ga=$(batch_pairs=8 bench --layout packed --paired --micro-batches 4)
+echo "$ga"
 if ! /usr/bin/python3 -c 'import torch' 2>/dev/null || ! dpkg -s libopenblas0-pthread >/dev/null 2>&1; then
   echo "installing python3-torch + libopenblas0-pthread (apt-get)" >&2
   apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch libopenblas0-pthread >&2
@@ -52,10 +57,10 @@ echo "machine: $(machine) · OpenBLAS core ${blas} · align wasm, one thread per
 torch=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 bench/dpo_torch.py bench/out/pairs-128.jsonl 4 "$steps")
 echo "$torch"
 node -e '
-const [a1, a2, side, c, t] = process.argv.slice(1).map((s) => JSON.parse(s))
+const [a1, a2, side, c, g, t] = process.argv.slice(1).map((s) => JSON.parse(s))
 const mean = (k) => (a1[k] + a2[k]) / 2
 const [a, o, w] = [mean("pairs_per_second"), mean("one_worker_pairs_per_second"), mean("one_micro_batch_pairs_per_second")]
-if (!a1.one_worker_same_weights || !a2.one_worker_same_weights) throw new Error("the workers and one worker trained different weights")
+if (!a1.one_worker_same_weights || !a2.one_worker_same_weights || !g.one_worker_same_weights) throw new Error("the workers and one worker trained different weights")
 const r = (x) => (x / t.pairs_per_second).toFixed(2)
-console.log(`align/pytorch pairs/s: ${r(a)}x packed with ${a1.workers} workers, ${r(o)}x with 1, ${r(c.pairs_per_second)}x concatenated (${a1.backend} ${a.toFixed(3)} / ${o.toFixed(3)} / ${c.pairs_per_second} vs ${t.pairs_per_second}); workers 1 -> ${a1.workers}: ${(a / o).toFixed(2)}x, same micro-batches, same weights (runs ${a1.workers_scaling}x, ${a2.workers_scaling}x), ${(a / w).toFixed(2)}x against one worker with the step as one micro-batch (${w.toFixed(3)} pairs/s; runs ${a1.workers_scaling_vs_one_micro_batch}x, ${a2.workers_scaling_vs_one_micro_batch}x); two 1-worker processes side by side ${side.pairs_per_second} pairs/s = ${(side.pairs_per_second / o).toFixed(2)}x one worker (what two cores give with nothing shared), ${a1.workers} workers ${(a / side.pairs_per_second).toFixed(2)} of that; matMul in step ${a1.matmul_gflops_in_step} GFLOP/s = ${a1.matmul_efficiency} of plain; on ${new Date().toISOString().slice(0, 10)}`)
-' "${align[0]}" "${align[1]}" "$side" "$concat" "$torch"
+console.log(`align/pytorch pairs/s: ${r(a)}x packed with ${a1.workers} workers, ${r(o)}x with 1, ${r(c.pairs_per_second)}x concatenated (${a1.backend} ${a.toFixed(3)} / ${o.toFixed(3)} / ${c.pairs_per_second} vs ${t.pairs_per_second}); workers 1 -> ${a1.workers}: ${(a / o).toFixed(2)}x, same micro-batches, same weights (runs ${a1.workers_scaling}x, ${a2.workers_scaling}x), ${(a / w).toFixed(2)}x against one worker with the step as one micro-batch (${w.toFixed(3)} pairs/s; runs ${a1.workers_scaling_vs_one_micro_batch}x, ${a2.workers_scaling_vs_one_micro_batch}x); two 1-worker processes side by side ${side.pairs_per_second} pairs/s = ${(side.pairs_per_second / o).toFixed(2)}x one worker (what two cores give with nothing shared), ${a1.workers} workers ${(a / side.pairs_per_second).toFixed(2)} of that; at GA ${g.micro_batches} (${g.batch_pairs} pairs a step) workers 1 -> ${g.workers}: ${g.workers_scaling}x (${g.pairs_per_second} / ${g.one_worker_pairs_per_second} pairs/s); matMul in step ${a1.matmul_gflops_in_step} GFLOP/s = ${a1.matmul_efficiency} of plain; on ${new Date().toISOString().slice(0, 10)}`)
+' "${align[0]}" "${align[1]}" "$side" "$concat" "$ga" "$torch"

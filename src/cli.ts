@@ -175,6 +175,7 @@ const benchCmd = subcommands({
         layout: option({ type: oneOf(['auto', 'packed', 'concatenated'] as const), long: 'layout', defaultValue: () => 'auto' as const, defaultValueIsSerializable: true, description: "auto: whichever needs fewer FLOPs per batch, as align train does; packed: the prompt run once per pair; concatenated: TRL's 2n rows" }),
         profile: flag({ long: 'profile', description: 'one more, profiled step: matMul GFLOP/s inside the step against the best plain matMul' }),
         workers: workersOpt,
+        microBatches: option({ type: optional(number), long: 'micro-batches', description: "the micro-batches a step's pairs are split into (gradient accumulation), each taken by whichever worker is free (default: one per worker)" }),
         paired: flag({ long: 'paired', description: 'with workers: each step also run on one worker with the same micro-batches (weights checked bit-identical) and with its pairs as one micro-batch, timed apart: workers_scaling from steps next to each other in time' }),
         startAfter: option({ type: optional(string), long: 'start-after', description: 'after the warm-up, write <file>.ready.<pid> and wait for <file> to exist before the timed steps (a start barrier for processes timed side by side)' }),
         json: flag({ long: 'json', description: 'one JSON object' }),

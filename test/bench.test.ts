@@ -42,6 +42,26 @@ test('bench dpo --paired with 2 workers: the one-worker steps timed apart, the s
   assert.is(plain.one_worker_pairs_per_second, undefined) // one worker: nothing to pair with
 })
 
+test('bench dpo --micro-batches: a step in more micro-batches than workers, taken as they come, the same weights as one worker', async () => {
+  const dir = tmp()
+  writeConfig(dir)
+  writeFileSync(join(dir, 'pairs.jsonl'), [0, 1, 2, 3].map((i) => JSON.stringify({ prompt_ids: [1, 5 + i, 7, 9].slice(0, 2 + i), chosen_ids: [11, 12, 2], rejected_ids: [13, 2] })).join('\n'))
+  const args = { model: join(dir, 'config.json'), pairs: join(dir, 'pairs.jsonl'), batchPairs: 4, steps: 1, warmup: 1, backend: 'wasm', layout: 'packed' as const, workers: 2, paired: true }
+  const r = await benchDpo({ ...args, microBatches: 4 })
+  assert.is(r.micro_batches, 4)
+  assert.is(r.one_worker_same_weights, true) // 4 micro-batches of one pair, on 2 workers and on one
+  assert.ok((r.workers_scaling as number) > 0)
+  assert.is(r.one_micro_batch_pairs_per_second, undefined) // the step as one micro-batch: only beside one micro-batch per worker
+  for (const [microBatches, what] of [[1, '--micro-batches 1'], [5, '--micro-batches 5']] as const) {
+    try {
+      await benchDpo({ ...args, microBatches })
+      assert.unreachable(`${what} ran`)
+    } catch (e) {
+      assert.match((e as Error).message, `${what}: a step needs a micro-batch per worker (2) and a pair per micro-batch (--batch-pairs 4); --micro-batches from 2 to 4`)
+    }
+  }
+})
+
 test('bench dpo --start-after: ready after the warm-up, the timed steps only once the file exists', async () => {
   const dir = tmp()
   writeConfig(dir)

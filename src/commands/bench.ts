@@ -31,8 +31,13 @@ export interface BenchArgs {
   layout: Layout
   /** two extra, profiled steps: matMul GFLOP/s inside the step against the best plain matMul */
   profile?: boolean
-  /** data-parallel workers: the step's pairs split into one micro-batch per worker */
+  /** data-parallel workers: the step's pairs split into one micro-batch per worker, unless `microBatches` */
   workers?: number | 'auto'
+  /**
+   * the micro-batches a step's pairs are split into (gradient accumulation), taken by whichever worker is free:
+   * default one per worker, the fewest there are to spread; more show the scaling at a recipe's GA
+   */
+  microBatches?: number
   /**
    * with workers: after each step, the same micro-batches on this thread alone (a second policy, what
    * `--workers 1` runs for the same recipe), then the step's pairs as one micro-batch (a third), each timed apart
@@ -61,6 +66,11 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   const dpo = { beta: 0.1, lossType: 'sigmoid' as const, labelSmoothing: 0 }
   const objective = dpoObjective(dpo, a.layout)
   const workers = workerCount(a.workers ?? 1, backend)
+  const K = a.microBatches ?? workers.n
+  if (!Number.isInteger(K) || K < workers.n || K > a.batchPairs) {
+    const what = a.microBatches === undefined ? `--batch-pairs ${a.batchPairs}` : `--micro-batches ${a.microBatches}`
+    throw new AlignError(`${what}: a step needs a micro-batch per worker (${workers.n}) and a pair per micro-batch (--batch-pairs ${a.batchPairs}); --micro-batches from ${workers.n} to ${a.batchPairs}`)
+  }
   const pool = await WorkerPool.start(workers.n, model, () => workerInit(model, backend.active, objective, dpo, 0, ADAMW_DEFAULTS, a.layout))
   const W = pool?.size ?? 1
   const LR = 1e-6
@@ -68,8 +78,9 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   // micro-batches — what align train --workers 1 runs for the same recipe, so the two policies stay bit-identical
   // (checked at the end): this VM's speed drifts over minutes, and steps next to each other give the scaling without it
   const solo: Trainer | undefined = a.paired && pool ? { model: initModel(config, Rng.fromKey('bench')), opt: new Optimizer(ADAMW_DEFAULTS) } : undefined
-  // and the best one worker does with the step: all its pairs in one micro-batch (bigger products, one pass)
-  const whole: Trainer | undefined = solo && { model: initModel(config, Rng.fromKey('bench')), opt: new Optimizer(ADAMW_DEFAULTS), oneMicroBatch: true }
+  // and the best one worker does with the step: all its pairs in one micro-batch (bigger products, one pass) — with
+  // one micro-batch per worker, where the step is small enough to run as one
+  const whole: Trainer | undefined = solo && K === W ? { model: initModel(config, Rng.fromKey('bench')), opt: new Optimizer(ADAMW_DEFAULTS), oneMicroBatch: true } : undefined
   const update = async (t: Trainer, grads: Map<string, tf.Tensor>) => {
     if (t.pool) await t.pool.update(t.opt, grads, LR, 0) // all-reduce, as align train with GA >= 2: each replica steps its shard
     else await applyUpdate(t.model, t.opt, grads, LR, 0)
@@ -81,11 +92,11 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     const idx = Array.from({ length: a.batchPairs }, (_, j) => (s * a.batchPairs + j) % pairs.length)
     return { chunk: idx.map((i) => pairs[i]!), ref: { chosen: idx.map((i) => refC[i]!), rejected: idx.map((i) => refR[i]!) } }
   }
-  // one optimizer step of batchPairs pairs: one micro-batch per worker (W of them), gradients summed in order; the
-  // solo policy runs the same W micro-batches one after another
+  // one optimizer step of batchPairs pairs: K micro-batches (default one per worker), gradients summed in order;
+  // the solo policy runs the same K micro-batches one after another
   const step = async (s: number, t: Trainer) => {
     const { chunk, ref } = pairsOf(s)
-    const n = t.oneMicroBatch ? 1 : W
+    const n = t.oneMicroBatch ? 1 : K
     const parts = Array.from({ length: n }, (_, w) => [Math.floor((w * chunk.length) / n), Math.floor(((w + 1) * chunk.length) / n)] as const)
     const scales = objective.stepScales(parts.map(([b, e]) => chunk.slice(b, e)))
     const jobs = parts.map(([b, e], w) => ({ a: w, pairs: chunk.slice(b, e), ref: { chosen: ref.chosen.slice(b, e), rejected: ref.rejected.slice(b, e) }, scale: scales[w]!, dropoutSeed: 0 }))
@@ -101,7 +112,7 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     tf.dispose([...g.values()])
   }
   const workersTrainer: Trainer = { model, opt, pool }
-  const trainers = [workersTrainer, ...(solo && whole ? [solo, whole] : [])]
+  const trainers = [workersTrainer, ...(solo ? [solo] : []), ...(whole ? [whole] : [])]
   const timed = trainers.map(() => 0)
   let packedSteps = 0
   let tokens = 0
@@ -135,10 +146,10 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   const secs = timedWorkers / 1000
   const paired = solo && {
     one_worker_pairs_per_second: +(pairsDone / (timedSolo / 1000)).toFixed(3), one_worker_step_ms: Math.round(timedSolo / a.steps), workers_scaling: +(timedSolo / timedWorkers).toFixed(2), one_worker_same_weights: identical,
-    one_micro_batch_pairs_per_second: +(pairsDone / (timedWhole / 1000)).toFixed(3), workers_scaling_vs_one_micro_batch: +(timedWhole / timedWorkers).toFixed(2),
+    ...(whole && { one_micro_batch_pairs_per_second: +(pairsDone / (timedWhole / 1000)).toFixed(3), workers_scaling_vs_one_micro_batch: +(timedWhole / timedWorkers).toFixed(2) }),
   }
   return {
-    bench: 'dpo', backend: backend.active, workers: W, model: a.model, layout: a.layout, packed_steps: packedSteps, // of the timed steps
+    bench: 'dpo', backend: backend.active, workers: W, micro_batches: K, model: a.model, layout: a.layout, packed_steps: packedSteps, // of the timed steps
     batch_pairs: a.batchPairs, steps: a.steps,
     pairs_per_second: +(pairsDone / secs).toFixed(3), tokens_per_second: Math.round(tokens / secs), step_ms: Math.round(timedWorkers / a.steps),
     peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024), tensors_flat: new Set(tensorsAfter).size === 1, ...paired, ...mm,
