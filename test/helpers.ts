@@ -1,5 +1,5 @@
 // Shared test helpers: temp dirs, fixture paths, and asserting on AlignError messages.
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -15,9 +15,32 @@ process.on('exit', () => {
   for (const dir of made) rmSync(dir, { recursive: true, force: true })
 })
 
-/** A fresh temp dir, removed when the test process exits. */
+/** Whether process `pid` is alive (signal 0 checks without sending; EPERM: alive, someone else's). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+/**
+ * A test process killed outright (SIGKILL, OOM) cannot remove its dirs on exit: the next one removes them — every
+ * `<prefix><pid>-*` of a process no longer alive.
+ */
+function sweep(prefix: string): void {
+  for (const name of readdirSync(tmpdir())) {
+    const pid = name.startsWith(prefix) ? Number(/^(\d+)-/.exec(name.slice(prefix.length))?.[1]) : NaN
+    if (pid > 0 && pid !== process.pid && !alive(pid)) rmSync(join(tmpdir(), name), { recursive: true, force: true })
+  }
+}
+const swept = new Set<string>()
+
+/** A fresh temp dir (`<prefix><pid>-XXXXXX`), removed when the test process exits. */
 export function tmp(prefix = 'align-test-'): string {
-  const dir = mkdtempSync(join(tmpdir(), prefix))
+  if (!swept.has(prefix)) (swept.add(prefix), sweep(prefix))
+  const dir = mkdtempSync(join(tmpdir(), `${prefix}${process.pid}-`))
   made.push(dir)
   return dir
 }
