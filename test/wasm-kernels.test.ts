@@ -55,6 +55,11 @@ test('batched, transposed and broadcast matMuls equal the plain product', () => 
     [[1, 5, 7], [3, 7, 4], false, false],
     [[1, 6, 9], [1, 5, 9], false, true], // unbatched with transposeB (the tied LM head)
     [[1, 9, 6], [1, 9, 5], true, false], // unbatched with transposeA (a weight gradient)
+    // transposeA where aᵀ·b runs as (bᵀ·a)ᵀ, a's transpose the biggest of the copies (attention's dV and dK)
+    [[3, 12, 5], [3, 12, 2], true, false],
+    [[3, 12, 5], [3, 2, 12], true, true],
+    [[1, 12, 5], [3, 12, 2], true, false],
+    [[3, 12, 5], [1, 12, 2], true, false],
   ]
   for (const [as, bs, ta, tb] of cases) {
     const a = rand(as.reduce((x, y) => x * y))
@@ -62,6 +67,12 @@ test('batched, transposed and broadcast matMuls equal the plain product', () => 
     const got = tf.tidy(() => tf.matMul(tf.tensor3d(a, as as [number, number, number]), tf.tensor3d(b, bs as [number, number, number]), ta, tb).dataSync())
     const want = refMatMul(a, as, b, bs, ta, tb)
     assert.ok(maxAbsDiff(got, want) < 1e-5, `${as} x ${bs} (${ta}, ${tb}): ${maxAbsDiff(got, want)}`)
+    // and the same bits as the operands transposed first (the sums over k in the same order, either way)
+    const explicit = tf.tidy(() => {
+      const [x, y] = [tf.tensor3d(a, as as [number, number, number]), tf.tensor3d(b, bs as [number, number, number])]
+      return tf.matMul(ta ? tf.transpose(x, [0, 2, 1]) : x, tb ? tf.transpose(y, [0, 2, 1]) : y).dataSync()
+    })
+    assert.equal([...got], [...explicit], `${as} x ${bs} (${ta}, ${tb}): bits`)
   }
 })
 

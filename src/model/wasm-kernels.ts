@@ -77,14 +77,35 @@ export function installWasmKernels(): void {
     const plain = !transposeA && !transposeB
     const broadcastable = batchA === batchB || batchA === 1 || batchB === 1
     if (a.dtype !== 'float32' || b.dtype !== 'float32' || !broadcastable || (plain && batchA === 1 && batchB === 1)) return batchMatMulKernel(args)
+    const [m, k] = (transposeA ? a.shape.slice(-2).reverse() : a.shape.slice(-2)) as [number, number]
+    const n = transposeB ? b.shape[b.shape.length - 2]! : b.shape[b.shape.length - 1]!
+    const outer = (batchA >= batchB ? a : b).shape.slice(0, -2)
+    // aᵀ·op(b) = (op(b)ᵀ·a)ᵀ: a as stored is already the right operand there, so transposing a [k, m] gives way to
+    // transposing b [k, n] (unless transposed already) and the [n, m] result — far fewer elements when m·k is the
+    // big one (attention's dV = pᵀ·dO and dK = dSᵀ·q in tiny-bench: [1536, 384] against [1536, 32] and [32, 384];
+    // their 8 products a micro-batch 111 → 100 ms in a profiled step, 2026-11-29). The same products, each summed
+    // over k in the same order: bit-identical on the attention shapes (checked), and tested against the plain product.
+    if (transposeA && (transposeB ? 0 : k * n) + m * n < m * k + (transposeB ? k * n : 0)) {
+      const lhs = transposeB ? b : transposeLast2(be, b) // [..., n, k]
+      const outT = product(be, lhs, a, batchB, batchA, n, k, m, outer)
+      const out = transposeLast2(be, outT)
+      if (lhs !== b) be.disposeData(lhs.dataId)
+      be.disposeData(outT.dataId)
+      return out
+    }
     const at = transposeA ? transposeLast2(be, a) : a // [..., m, k]
     const bt = transposeB ? transposeLast2(be, b) : b // [..., k, n]
-    const [m, k] = at.shape.slice(-2) as [number, number]
-    const n = bt.shape[bt.shape.length - 1]!
+    const out = product(be, at, bt, batchA, batchB, m, k, n, outer)
+    if (at !== a) be.disposeData(at.dataId) // the transposed copies
+    if (bt !== b) be.disposeData(bt.dataId)
+    return out
+  }
+
+  /** out [...outer, m, n] = a [..., m, k] @ b [..., k, n] on XNNPACK, per batch slice; a batch of 1 broadcasts. */
+  function product(be: WasmBackend, a: tf.TensorInfo, b: tf.TensorInfo, batchA: number, batchB: number, m: number, k: number, n: number, outer: number[]): tf.TensorInfo {
     const batch = Math.max(batchA, batchB)
-    const outer = (batchA >= batchB ? a : b).shape.slice(0, -2)
     const out = be.makeOutput([...outer, m, n], 'float32')
-    const [aOff, bOff, oOff] = [at, bt, out].map((t) => be.dataIdMap.get(t.dataId).memoryOffset) as [number, number, number]
+    const [aOff, bOff, oOff] = [a, b, out].map((t) => be.dataIdMap.get(t.dataId).memoryOffset) as [number, number, number]
     if (batchB === 1) {
       xnnMatMul(be, aOff, bOff, oOff, batch * m, k, n) // a shared b: the batch folds into the rows, one product
     } else {
@@ -92,8 +113,6 @@ export function installWasmKernels(): void {
         xnnMatMul(be, aOff + (batchA === 1 ? 0 : i * m * k * 4), bOff + i * k * n * 4, oOff + i * m * n * 4, m, k, n)
       }
     }
-    if (at !== a) be.disposeData(at.dataId) // the transposed copies
-    if (bt !== b) be.disposeData(bt.dataId)
     return out
   }
 
