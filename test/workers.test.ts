@@ -188,7 +188,9 @@ test('a ring of one slot between two threads: micro-batches wait for it, and the
   const a = await stepGradients(shared, sftObjective(), pool, jobs, { ...o, update: { lr: 1e-2, maxNorm: 1 } })
   const b = await stepGradients(alone, sftObjective(), undefined, jobs, o)
   assert.equal(a.stats, b.stats)
-  const norms = [await pool.update(optShared, a.grads, 1e-2, 1), await applyUpdate(alone, optAlone, b.grads, 1e-2, 1)]
+  assert.equal([...a.squares.keys()], [...pool.shard.others]) // the worker's shard's sums of squares come with the step
+  assert.is(b.squares.size, 0)
+  const norms = [await pool.update(optShared, a.grads, a.squares, 1e-2, 1), await applyUpdate(alone, optAlone, b.grads, 1e-2, 1)]
   assert.is(norms[0], norms[1])
   assert.ok(norms[0]! > 1) // clipped: the norm from both shards' squares
   for (const [name, p] of trainableParams(alone)) assert.equal(await bits(new Map([[name, shared.params.get(name)!]])), await bits(new Map([[name, p]])), name)
@@ -216,7 +218,7 @@ test('workers take micro-batches from a shared counter: one that is free takes a
   const { results, ring } = await pool.grads(3, [0, 1, 2].map((a) => ({ a, pairs: [pair(a)], scale: 9, dropoutSeed: 0 })), next, { lr: 0, maxNorm: 0 }) // this thread takes none
   const sum = new OrderedSum(model, pool.shard)
   await ring.complete(sum, 3) // its shard of the worker's three, from the ring
-  assert.equal((await results).map((r) => [r.a, r.worker]), [[0, 1], [1, 1], [2, 1]])
+  assert.equal((await results).computed.map((r) => [r.a, r.worker]), [[0, 1], [1, 1], [2, 1]])
   assert.is(takeJob(3, next), undefined) // all taken
   sum.dispose()
   await pool.close()

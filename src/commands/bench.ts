@@ -81,8 +81,8 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   // and the best one worker does with the step: all its pairs in one micro-batch (bigger products, one pass) — with
   // one micro-batch per worker, where the step is small enough to run as one
   const whole: Trainer | undefined = solo && K === W ? { model: initModel(config, Rng.fromKey('bench')), opt: new Optimizer(ADAMW_DEFAULTS), oneMicroBatch: true } : undefined
-  const update = async (t: Trainer, grads: Map<string, tf.Tensor>) => {
-    if (t.pool) await t.pool.update(t.opt, grads, LR, 0) // all-reduce, as align train with GA >= 2: each replica steps its shard
+  const update = async (t: Trainer, grads: Map<string, tf.Tensor>, squares: Map<string, number>) => {
+    if (t.pool) await t.pool.update(t.opt, grads, squares, LR, 0) // all-reduce, as align train with GA >= 2: each replica steps its shard
     else await applyUpdate(t.model, t.opt, grads, LR, 0)
     const done = tf.tidy(() => tf.sum(t.model.params.get('model.norm.weight')!))
     await done.data() // wait for the update on async backends (a scalar readback)
@@ -100,8 +100,8 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     const parts = Array.from({ length: n }, (_, w) => [Math.floor((w * chunk.length) / n), Math.floor(((w + 1) * chunk.length) / n)] as const)
     const scales = objective.stepScales(parts.map(([b, e]) => chunk.slice(b, e)))
     const jobs = parts.map(([b, e], w) => ({ a: w, pairs: chunk.slice(b, e), ref: { chosen: ref.chosen.slice(b, e), rejected: ref.rejected.slice(b, e) }, scale: scales[w]!, dropoutSeed: 0 }))
-    const { grads, stats } = await stepGradients(t.model, objective, t.pool, jobs, { padId: 0, ga: n, update: t.pool ? { lr: LR, maxNorm: 0 } : undefined })
-    await update(t, grads)
+    const { grads, stats, squares } = await stepGradients(t.model, objective, t.pool, jobs, { padId: 0, ga: n, update: t.pool ? { lr: LR, maxNorm: 0 } : undefined })
+    await update(t, grads, squares)
     return { chunk, packed: stats[0]!.packed ?? false }
   }
   // the profiled step runs here alone (tf.profile times this thread's kernels)

@@ -115,8 +115,8 @@ async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, s
     while (step < schedule.maxSteps) {
       await new Promise((r) => setImmediate(r)) // let a pending Ctrl-C (SIGINT) handler run between steps
       const lr = args.learning_rate * lrLambda(args.lr_scheduler_type, step, schedule.maxSteps, schedule.warmup)
-      const { grads, batches } = await accumulate(run, model, refs, step, nextBatch, pool, allReduce ? { lr, maxNorm: args.max_grad_norm } : undefined)
-      const norm = allReduce ? await pool.update(opt, grads, lr, args.max_grad_norm) : await applyUpdate(model, opt, grads, lr, args.max_grad_norm)
+      const { grads, batches, squares } = await accumulate(run, model, refs, step, nextBatch, pool, allReduce ? { lr, maxNorm: args.max_grad_norm } : undefined)
+      const norm = allReduce ? await pool.update(opt, grads, squares, lr, args.max_grad_norm) : await applyUpdate(model, opt, grads, lr, args.max_grad_norm)
       if (!Number.isFinite(norm)) throw new AlignError(`${o.stage}: grad_norm is ${norm} at step ${step + 1}; stopped before the update. The last good checkpoint is kept in ${runDir}; lower learning_rate or check the data`)
       if (!allReduce) pool?.weightsChanged()
       step++
@@ -162,19 +162,19 @@ async function trainLoop(run: Run, model: Model, pool: WorkerPool | undefined, s
  * micro-batch order — the same additions whatever N is and whoever computed what. A non-finite loss stops the run
  * here, before any update.
  */
-async function accumulate(run: Run, model: Model, refs: References | undefined, step: number, nextBatch: (k: number) => number[], pool: WorkerPool | undefined, update: Update | undefined): Promise<{ grads: Map<string, tf.Tensor>; batches: BatchStats[] }> {
+async function accumulate(run: Run, model: Model, refs: References | undefined, step: number, nextBatch: (k: number) => number[], pool: WorkerPool | undefined, update: Update | undefined): Promise<{ grads: Map<string, tf.Tensor>; batches: BatchStats[]; squares: Map<string, number> }> {
   const ga = run.args.gradient_accumulation_steps
   const idx = Array.from({ length: ga }, (_, a) => nextBatch(step * ga + a)) // each micro-batch's pair indices
   const pairs = idx.map((b) => b.map((i) => run.data.train.pairs[i]!))
   const scales = run.objective.stepScales(pairs)
   const jobs = await Promise.all(idx.map(async (b, a) => ({ a, pairs: pairs[a]!, ref: await refs?.train.logps(b), scale: scales[a]!, dropoutSeed: dropoutSeed(run.args.seed, step * ga + a) })))
-  const { grads: acc, stats: batches } = await stepGradients(model, run.objective, pool, jobs, { padId: run.tok.padId, ga, update })
+  const { grads: acc, stats: batches, squares } = await stepGradients(model, run.objective, pool, jobs, { padId: run.tok.padId, ga, update })
   const bad = batches.findIndex((b) => !Number.isFinite(b.loss))
   if (bad >= 0) {
     tf.dispose([...acc.values()])
     throw new AlignError(`${run.o.stage}: loss is ${batches[bad]!.loss} at step ${step + 1}; stopped. The last good checkpoint is kept in ${run.runDir}; lower learning_rate or check the data`)
   }
-  return { grads: acc, batches }
+  return { grads: acc, batches, squares }
 }
 
 const optimConfig = (a: TrainerArgs): OptimConfig => ({ optimizer: a.optim, beta1: a.adam_beta1, beta2: a.adam_beta2, eps: a.adam_epsilon, weightDecay: a.weight_decay, rmspropAlpha: 0.99 })

@@ -106,8 +106,7 @@ export class WorkerPool {
    */
   private ringBuffers: RingBuffers | undefined
   private weightSlot: SharedArrayBuffer | undefined
-  /** the step under way: the workers' sums of squares once they answered, or why a request failed */
-  private squares: [string, number][] = []
+  /** the step under way: why a request failed */
   private failed: Error | undefined
 
   /**
@@ -115,9 +114,10 @@ export class WorkerPool {
    * the jobs and the step's counter `next` (takeJob), computes micro-batches until none is left, passes each one's
    * other shards through the ring and sums its own shard of all of them. Resolves once the requests are posted, with
    * this thread's view of the `ring` (the caller takes micro-batches too, and reads its shard from the ring) and
-   * the `results` to await — the micro-batches the workers computed, each with its worker.
+   * the `results` to await — the micro-batches the workers computed, each with its worker, and the sums of squares
+   * of their shards' gradients (for `update`).
    */
-  async grads(ga: number, jobs: Job[], next: SharedArrayBuffer, update: Update): Promise<{ results: Promise<{ a: number; stats: BatchStats; worker: number }[]>; ring: Ring }> {
+  async grads(ga: number, jobs: Job[], next: SharedArrayBuffer, update: Update): Promise<{ results: Promise<{ computed: { a: number; stats: BatchStats; worker: number }[]; squares: Map<string, number> }>; ring: Ring }> {
     // a worker handles its messages in order, so earlier updates are done before this runs; they are awaited
     // only so that their errors surface here
     const earlier = Promise.all(this.updating.splice(0))
@@ -125,12 +125,11 @@ export class WorkerPool {
     if ((this.ringBuffers?.slots.length ?? 0) < k) this.ringBuffers = ringBuffers(this.model, this.size, k)
     const [ring, weightSlot] = [this.ringBuffers!, (this.weightSlot ??= new SharedArrayBuffer(slotFloats(this.model) * 4))]
     this.failed = undefined
-    this.squares = []
     const calls = this.threads.map((_, i) => this.call<WorkerGrads>(i, { kind: 'grads', ga, update, ring, weightSlot, jobs, next }))
-    const results = Promise.all([earlier, ...calls]).then(([, ...r]) => {
-      this.squares = (r as WorkerGrads[]).flatMap((g) => g.squares)
-      return (r as WorkerGrads[]).flatMap((g, i) => g.computed.map((c) => ({ ...c, worker: i + 1 })))
-    })
+    const results = Promise.all([earlier, ...calls]).then(([, ...r]) => ({
+      computed: (r as WorkerGrads[]).flatMap((g, i) => g.computed.map((c) => ({ ...c, worker: i + 1 }))),
+      squares: new Map((r as WorkerGrads[]).flatMap((g) => g.squares)),
+    }))
     results.catch((e: Error) => void (this.failed ??= e))
     return { results: handledLater(results), ring: new Ring(this.model, ring, 0, this.shard, this.ringWait) }
   }
@@ -150,14 +149,14 @@ export class WorkerPool {
 
   /**
    * All-reduce mode, the update of a step whose shard-0 gradients `stepGradients` summed: the global norm from
-   * every shard's sums of squares (each worker sent its own with its micro-batches), sent to the workers; this
+   * every shard's sums of squares (`theirs`: the workers sent their shards' with their micro-batches), sent to the workers; this
    * thread steps shard 0 and writes it into the weight slot; once every worker has stepped and written its shard,
    * this thread reads theirs and each worker is told to read the others'. Returns the global norm before clipping.
    */
-  async update(opt: Optimizer, grads: Map<string, tf.Tensor>, lr: number, maxNorm: number): Promise<number> {
+  async update(opt: Optimizer, grads: Map<string, tf.Tensor>, theirs: ReadonlyMap<string, number>, lr: number, maxNorm: number): Promise<number> {
     const slot = this.weightSlot!
     const squares = await gradSquares(grads)
-    for (const [name, sq] of this.squares) squares.set(name, sq)
+    for (const [name, sq] of theirs) squares.set(name, sq)
     const norm = normOf(this.model, squares)
     this.threads.forEach((_, i) => this.updating.push(this.call(i, { kind: 'update', norm })))
     await applyUpdate(this.model, opt, grads, lr, maxNorm, this.shard.mine, norm)

@@ -153,16 +153,17 @@ export async function takeShare(model: Model, objective: Objective, jobs: Job[],
  * The summed gradients of one optimizer step: its micro-batches (`jobs`, in micro-batch order), each computed by
  * whichever replica took it (takeJob), added in micro-batch order (microbatch.ts `OrderedSum`), and their stats in
  * that order. With a pool and `update` (all-reduce) the gradients are reduce-scattered through the ring (ring.ts):
- * the sum returned here is of this thread's shard only (`pool.update`); without, this thread computes them all.
+ * the sum returned here is of this thread's shard only, and `squares` holds the sums of squares of the others'
+ * (both for `pool.update`); without, this thread computes them all and `squares` is empty.
  */
-export async function stepGradients(model: Model, objective: Objective, pool: WorkerPool | undefined, jobs: Job[], o: { padId: number; ga: number; update?: Update }): Promise<{ grads: Map<string, tf.Tensor>; stats: BatchStats[] }> {
+export async function stepGradients(model: Model, objective: Objective, pool: WorkerPool | undefined, jobs: Job[], o: { padId: number; ga: number; update?: Update }): Promise<{ grads: Map<string, tf.Tensor>; stats: BatchStats[]; squares: Map<string, number> }> {
   // micro-batch 0 is this thread's: it starts at once, while the requests reach the workers
   const next = new SharedArrayBuffer(4)
   new Int32Array(next)[0] = 1
   const remote = pool && o.update && jobs.length > 1 ? await pool.grads(o.ga, jobs, next, o.update) : undefined
   const sum = new OrderedSum(model, remote && pool!.shard)
   const here = await takeShare(model, objective, jobs, next, sum, { padId: o.padId, ga: o.ga, ring: remote?.ring, first: 0 })
-  const theirs = remote ? await remote.results.catch((e: Error) => (sum.dispose(), Promise.reject(e))) : []
-  const stats = new Map([...here, ...theirs].map((r) => [r.a, r.stats]))
-  return { grads: sum.take(), stats: jobs.map((j) => stats.get(j.a)!) }
+  const theirs = remote ? await remote.results.catch((e: Error) => (sum.dispose(), Promise.reject(e))) : { computed: [], squares: new Map<string, number>() }
+  const stats = new Map([...here, ...theirs.computed].map((r) => [r.a, r.stats]))
+  return { grads: sum.take(), stats: jobs.map((j) => stats.get(j.a)!), squares: theirs.squares }
 }
