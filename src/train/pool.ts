@@ -149,9 +149,9 @@ export class WorkerPool {
 
   /**
    * All-reduce mode, the update of a step whose shard-0 gradients `stepGradients` summed: the global norm from
-   * every shard's sums of squares (`theirs`: the workers sent their shards' with their micro-batches), sent to the workers; this
-   * thread steps shard 0 and writes it into the weight slot; once every worker has stepped and written its shard,
-   * this thread reads theirs and each worker is told to read the others'. Returns the global norm before clipping.
+   * every shard's sums of squares (`theirs`: the workers', sent with their micro-batches), sent to the workers;
+   * this thread steps shard 0 and writes it into the weight slot; once every worker has stepped and written its
+   * shard, this thread reads theirs and each worker is told to read the others'. Returns the norm before clipping.
    */
   async update(opt: Optimizer, grads: Map<string, tf.Tensor>, theirs: ReadonlyMap<string, number>, lr: number, maxNorm: number): Promise<number> {
     const slot = this.weightSlot!
