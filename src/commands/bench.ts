@@ -66,13 +66,13 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
   const dpo = { beta: 0.1, lossType: 'sigmoid' as const, labelSmoothing: 0 }
   const objective = dpoObjective(dpo, a.layout)
   const workers = workerCount(a.workers ?? 1, backend)
-  const K = a.microBatches ?? workers.n
-  if (!Number.isInteger(K) || K < workers.n || K > a.batchPairs) {
+  const W = workers.n
+  const K = a.microBatches ?? W
+  if (!Number.isInteger(K) || K < W || K > a.batchPairs) {
     const what = a.microBatches === undefined ? `--batch-pairs ${a.batchPairs}` : `--micro-batches ${a.microBatches}`
-    throw new AlignError(`${what}: a step needs a micro-batch per worker (${workers.n}) and a pair per micro-batch (--batch-pairs ${a.batchPairs}); --micro-batches from ${workers.n} to ${a.batchPairs}`)
+    throw new AlignError(`${what}: a step needs a micro-batch per worker (${W}) and a pair per micro-batch (--batch-pairs ${a.batchPairs}); --micro-batches from ${W} to ${a.batchPairs}`)
   }
-  const pool = await WorkerPool.start(workers.n, model, () => workerInit(model, backend.active, objective, dpo, 0, ADAMW_DEFAULTS, a.layout))
-  const W = pool?.size ?? 1
+  const pool = await WorkerPool.start(W, model, () => workerInit(model, backend.active, objective, dpo, 0, ADAMW_DEFAULTS, a.layout))
   const LR = 1e-6
   // --paired: a second policy, trained on this thread alone, steps right after each step of the workers on the same
   // micro-batches — what align train --workers 1 runs for the same recipe, so the two policies stay bit-identical
