@@ -12,7 +12,7 @@ import { packPairs, padBatch, pairSequences, sftBatch, sftScoredTokens } from '.
 import { dpoBatchLoss, dpoObjective, sftObjective } from '../src/preference/objective.ts'
 import { microBatchGrads } from '../src/train/microbatch.ts'
 import { Rng } from '../src/rng.ts'
-import { blockedHeadLogProbs, linear, targetLogProbs } from '../src/model/autograd.ts'
+import { blockedHeadLogProbs, chunkedHeadLogProbs, headWeightGrad, linear, targetLogProbs, type HeadBackward } from '../src/model/autograd.ts'
 import { maxAbsDiff, SMALL_DPO } from './tfjs-helpers.ts'
 import type { PairIds } from '../src/preference/pairs.ts'
 
@@ -188,6 +188,32 @@ test('the LM head in vocabulary blocks gives the log-probs and gradients of one 
     assert.ok(maxAbsDiff(b.dw, whole.dw) < 1e-5, `block ${block}: dW ${maxAbsDiff(b.dw, whole.dw)}`)
   }
   assert.ok(Math.abs(whole.lp[1]! - (-Math.log(V))) > 0.1) // the weights are not degenerate: log-probs far from uniform
+})
+
+test("the LM head's weight gradient handed on (deferred) has autograd's bits, and dh is unchanged", async () => {
+  const [N, D, V] = [6, 5, 23]
+  const rng = Rng.fromKey('deferred-head')
+  const h = tf.tensor2d(Array.from({ length: N * D }, () => rng.normal()), [N, D])
+  const w = tf.variable(tf.tensor2d(Array.from({ length: D * V }, () => rng.normal()), [D, V]))
+  const targets = [0, 22, 7, 7, 15, 3]
+  const dy = tf.tensor1d([0.5, -1, 2, 0.25, -0.75, 1])
+  const bits = (t: tf.Tensor) => [...new Uint32Array((t.dataSync() as Float32Array).slice().buffer)]
+  const heads = [
+    ['blocked', (hh: tf.Tensor2D, defer?: (d: HeadBackward) => void) => blockedHeadLogProbs(hh, w, targets, 5, defer)],
+    ['chunked', (hh: tf.Tensor2D, defer?: (d: HeadBackward) => void) => chunkedHeadLogProbs(hh, w, tf.tensor1d(targets, 'int32'), 4, defer)],
+  ] as const
+  for (const [name, head] of heads) {
+    const loss = (defer?: (d: HeadBackward) => void) => () => tf.sum(tf.mul(head(h, defer), dy)) as tf.Scalar
+    const inline = tf.variableGrads(loss(), [w]) // dW from autograd
+    const dhInline = tf.grad((hh: tf.Tensor) => tf.sum(tf.mul(head(hh as tf.Tensor2D), dy)))(h)
+    const handed: HeadBackward[] = []
+    const dh = tf.grad((hh: tf.Tensor) => tf.sum(tf.mul(head(hh as tf.Tensor2D, (d) => handed.push(d)), dy)))(h)
+    assert.is(handed.length, 1, name)
+    assert.is('ready' in handed[0]!, name === 'chunked') // the chunked head computes dW as it goes
+    assert.equal(bits(dh), bits(dhInline), `${name}: dh`)
+    assert.equal(bits(headWeightGrad(handed[0]!)), bits(inline.grads[w.name]!), `${name}: dW`)
+  }
+  w.dispose()
 })
 
 test('the chunked LM head gives the same log-probs and gradients as the whole head', async () => {

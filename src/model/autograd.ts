@@ -92,6 +92,26 @@ export function targetLogProbs(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Te
 }
 
 /**
+ * The LM head's weight gradient of one backward pass, handed to whoever asked for it (logprobs.ts
+ * `deferringHeadGrad`) instead of returned to autograd: either `ready` (the chunked head computes it as it goes), or
+ * the parts of dW = hᵀ·g, one product per vocabulary block — computed once the rest of the backward pass is done,
+ * where a replica that finished first can take some of them (ring.ts). `headWeightGrad` computes it here.
+ */
+export type HeadBackward = { ready: tf.Tensor2D } | { hT: tf.Tensor2D; g: tf.Tensor2D[]; blocks: { v0: number; vb: number }[] }
+
+/** A vocabulary block's weight gradient hᵀ [D, N] · g [N, vb] → [D, vb]: the product a replica computes wherever it runs. */
+export const headBlockGrad = (hT: tf.Tensor2D, g: tf.Tensor2D): tf.Tensor2D => tf.matMul(hT, g)
+
+/** The head's weight gradient [D, V] of a HeadBackward, computed here; the parts are disposed. */
+export function headWeightGrad(d: HeadBackward): tf.Tensor2D {
+  if ('ready' in d) return d.ready
+  const dw = d.g.map((g) => headBlockGrad(d.hT, g))
+  const dW = tf.concat(dw, 1) as tf.Tensor2D // [D, V]
+  tf.dispose([d.hT, ...d.g, ...dw])
+  return dW
+}
+
+/**
  * log p(target) [N] of hidden states h [N, D] through the head w [D, V], the vocabulary taken `block` columns at a
  * time — the blockwise cross-entropy of Liger-Kernel and of "Cut Your Losses in Large-Vocabulary Language Models"
  * (Wijmans et al., 2024), in plain tf ops. The math is targetLogProbs(h·w); the order of the float operations is
@@ -101,8 +121,9 @@ export function targetLogProbs(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Te
  * softmax and its logsumexp lse_b (max − log max softmax, as targetLogProbs); lse over the vocabulary is the
  * logsumexp of the lse_b, and the backward turns a block's softmax into the whole one with exp(lse_b − lse) per row.
  * `targets` are plain numbers: which block holds each row's target is known before any kernel runs.
+ * With `defer`, w (a variable) is no input: the backward returns dh only and hands dW's parts to `defer`.
  */
-export function blockedHeadLogProbs(h: tf.Tensor2D, w: tf.Tensor2D, targets: readonly number[], block: number): tf.Tensor1D {
+export function blockedHeadLogProbs(h: tf.Tensor2D, w: tf.Tensor2D, targets: readonly number[], block: number, defer?: (d: HeadBackward) => void): tf.Tensor1D {
   const [N, D] = h.shape
   const V = w.shape[1]
   checkPositions(N, Math.min(block, V))
@@ -119,7 +140,7 @@ export function blockedHeadLogProbs(h: tf.Tensor2D, w: tf.Tensor2D, targets: rea
     return { v0, vb, rows, at }
   })
   const columns = (ws: tf.Tensor2D, b: (typeof blocks)[number]) => tf.slice(ws, [0, b.v0], [D, b.vb]) as tf.Tensor2D // [D, vb]
-  const f = customGrad(([hs, ws]: [tf.Tensor2D, tf.Tensor2D], save) => {
+  const head = ([hs, ws]: [tf.Tensor2D, tf.Tensor2D], save: tf.GradSaveFunc) => {
     const parts = blocks.map((b) => tf.tidy(() => {
       const logits = tf.matMul(hs, columns(ws, b)) // [N, vb]
       const probs = tf.softmax(logits) // [N, vb]
@@ -136,42 +157,46 @@ export function blockedHeadLogProbs(h: tf.Tensor2D, w: tf.Tensor2D, targets: rea
     save([hs, toWhole, ...parts.map((p) => p.probs), ...(ws instanceof tf.Variable ? [] : [ws])])
     return {
       value: tf.sub(tf.addN(parts.map((p) => p.picked)), lse),
-      gradFunc: (dy, saved) => {
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
         const [hSaved, scale] = saved as [tf.Tensor2D, tf.Tensor2D]
         const wSaved = (saved[2 + blocks.length] ?? ws) as tf.Tensor2D
-        const hT = tf.transpose(hSaved) // [D, N]
+        const hT = tf.transpose(hSaved) as tf.Tensor2D // [D, N]
         const negDy = tf.neg(tf.reshape(dy, [N, 1])) // [N, 1]
         let dh: tf.Tensor = tf.zeros([N, D])
-        const dw = blocks.map((b, i) => {
-          const [dhNext, dwb] = tf.tidy(() => {
+        const gs = blocks.map((b, i) => {
+          const [dhNext, g] = tf.tidy(() => {
             // g = dy · (onehot(t) − softmax), the gradient of the block's logits [N, vb]
             let g: tf.Tensor = tf.mul(saved[2 + i]!, tf.mul(negDy, tf.slice(scale, [0, i], [N, 1])))
             if (b.rows.length) g = tf.add(g, tf.reshape(tf.scatterND(tf.tensor2d(b.at, [b.at.length, 1], 'int32'), tf.gather(dy, tf.tensor1d(b.rows, 'int32')), [N * b.vb]), [N, b.vb]))
-            return [tf.add(dh, tf.matMul(g as tf.Tensor2D, tf.transpose(columns(wSaved, b)))), tf.matMul(hT, g as tf.Tensor2D)] // [N, D], [D, vb]
+            return [tf.add(dh, tf.matMul(g as tf.Tensor2D, tf.transpose(columns(wSaved, b)))), g] // [N, D], [N, vb]
           })
           dh.dispose()
           dh = dhNext!
-          return dwb!
+          return g as tf.Tensor2D
         })
-        const dW = tf.concat(dw, 1) // [D, V]
-        tf.dispose([hT, negDy, ...dw])
-        return [dh, dW]
+        negDy.dispose()
+        const parts = { hT, g: gs, blocks: blocks.map(({ v0, vb }) => ({ v0, vb })) }
+        // the backward pass runs in a tidy: what is handed on outlives it
+        if (defer) return (defer({ ...parts, hT: tf.keep(hT), g: gs.map((g) => tf.keep(g)) }), [dh])
+        return [dh, headWeightGrad(parts)] // [N, D], [D, V]
       },
     }
-  })
-  return f(h, w) as tf.Tensor1D
+  }
+  if (defer) return customGrad(([hs]: [tf.Tensor2D], save) => head([hs, w], save))(h) as tf.Tensor1D
+  return customGrad(head)(h, w) as tf.Tensor1D
 }
 
 /**
  * log p(target) [N] of hidden states h [N, D] through the head w [D, V], `chunk` tokens at a time: the forward
  * keeps only the [N] results, and the backward recomputes each chunk's softmax (dh = g Wᵀ, dW += hᵀ g with
- * g = dy·(onehot − softmax)), so memory is bounded by one [chunk, V] block.
+ * g = dy·(onehot − softmax)), so memory is bounded by one [chunk, V] block. With `defer`, w (a variable) is no
+ * input: the backward returns dh only and hands dW, `ready`, to `defer`.
  */
-export function chunkedHeadLogProbs(h: tf.Tensor2D, w: tf.Tensor2D, targets: tf.Tensor1D, chunk: number): tf.Tensor1D {
+export function chunkedHeadLogProbs(h: tf.Tensor2D, w: tf.Tensor2D, targets: tf.Tensor1D, chunk: number, defer?: (d: HeadBackward) => void): tf.Tensor1D {
   const [N] = h.shape
   const starts = Array.from({ length: Math.ceil(N / chunk) }, (_, i) => i * chunk)
   const pieces = (t: tf.Tensor, s: number) => tf.slice(t, [s], [Math.min(chunk, N - s)])
-  const f = customGrad(([hs, ws]: [tf.Tensor2D, tf.Tensor2D], save) => {
+  const head = ([hs, ws]: [tf.Tensor2D, tf.Tensor2D], save: tf.GradSaveFunc) => {
     save([hs, targets])
     const value = tf.concat(starts.map((s) => tf.tidy(() => {
       const hc = tf.slice(hs, [s, 0], [Math.min(chunk, N - s), -1]) as tf.Tensor2D // [C, D]
@@ -179,7 +204,7 @@ export function chunkedHeadLogProbs(h: tf.Tensor2D, w: tf.Tensor2D, targets: tf.
     })))
     return {
       value,
-      gradFunc: (dy, [hSaved, tSaved]) => {
+      gradFunc: (dy: tf.Tensor, [hSaved, tSaved]: tf.Tensor[]) => {
         const wT = tf.transpose(ws) // [V, D], once
         const dh: tf.Tensor[] = []
         let dw: tf.Tensor = tf.zerosLike(ws)
@@ -194,9 +219,12 @@ export function chunkedHeadLogProbs(h: tf.Tensor2D, w: tf.Tensor2D, targets: tf.
           dw.dispose()
           dw = next!
         }
+        wT.dispose()
+        if (defer) return (defer({ ready: tf.keep(dw) as tf.Tensor2D }), [tf.concat(dh)]) // kept past the backward's tidy
         return [tf.concat(dh), dw]
       },
     }
-  })
-  return f(h, w) as tf.Tensor1D
+  }
+  if (defer) return customGrad(([hs]: [tf.Tensor2D], save) => head([hs, w], save))(h) as tf.Tensor1D
+  return customGrad(head)(h, w) as tf.Tensor1D
 }

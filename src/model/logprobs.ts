@@ -6,7 +6,7 @@
  * pairs) is the caller's business (preference/batch.ts); this file only reads a `SeqBatch`.
  */
 import * as tf from '@tensorflow/tfjs'
-import { blockedHeadLogProbs, chunkedHeadLogProbs, gatherRows } from './autograd.ts'
+import { blockedHeadLogProbs, chunkedHeadLogProbs, gatherRows, type HeadBackward } from './autograd.ts'
 import { backendLimits } from './backend.ts'
 import { hidden, param, type Model, type Packing } from './mistral.ts'
 
@@ -57,6 +57,30 @@ export function headChunkTokens(V: number): number {
  */
 export const HEAD_VOCAB_BLOCK = 4096
 
+/** Whether `model`'s LM head can hand its weight gradient on (deferringHeadGrad): its own weights, trained. */
+export const headDeferrable = (model: Model): boolean => !model.config.tieWordEmbeddings && model.params.get(HEAD)?.trainable === true
+
+/** the untied LM head's weights */
+export const HEAD = 'lm_head.weight'
+
+/** where the head's weight gradient goes while deferringHeadGrad runs */
+let deferTo: ((d: HeadBackward) => void) | undefined
+
+/**
+ * Run `f` (a forward and backward pass, tf.variableGrads without the head's weights) with the LM head's weight
+ * gradient left out of autograd: each head the forward runs hands it to `to` in the backward, as a HeadBackward
+ * (autograd.ts), for the caller to compute once the rest of the backward is done — where a replica that finished
+ * first can take some of it (ring.ts). Only for a headDeferrable model; every other pass returns its gradients as usual.
+ */
+export function deferringHeadGrad<T>(to: (d: HeadBackward) => void, f: () => T): T {
+  deferTo = to
+  try {
+    return f()
+  } finally {
+    deferTo = undefined
+  }
+}
+
 /**
  * Target log-probs [N] and mean logits [N] of final hidden states h [N, D]: the head in blocks of the vocabulary,
  * or, for more tokens than one [tokens, vocab] block holds, in chunks of `chunkTokens` tokens (default: a
@@ -67,13 +91,14 @@ export function headLogProbs(model: Model, h: tf.Tensor2D, targets: readonly num
   const V = model.config.vocabSize
   const chunk = chunkTokens > 0 ? chunkTokens : headChunkTokens(V)
   const tied = model.config.tieWordEmbeddings
-  const table = param<tf.Rank.R2>(model, tied ? 'model.embed_tokens.weight' : 'lm_head.weight') // [V, D] tied, [D, V] untied
+  const table = param<tf.Rank.R2>(model, tied ? 'model.embed_tokens.weight' : HEAD) // [V, D] tied, [D, V] untied
+  const defer = deferTo && headDeferrable(model) ? deferTo : undefined
   // the mean over the vocabulary of h·W is h · (mean column of W): no [N, V] pass for the logits/* metrics
   const meanColumn = tied ? tf.reshape(tf.mean(table, 0), [-1, 1]) : tf.mean(table, 1, true) // [D, 1]
   const meanLogits = tf.reshape(tf.matMul(h, meanColumn), [N]) as tf.Tensor1D // [N]
   const w = tied ? tf.transpose(table) : table // [D, V] either way
-  if (N <= chunk) return { logps: blockedHeadLogProbs(h, w, targets, HEAD_VOCAB_BLOCK), meanLogits }
-  return { logps: chunkedHeadLogProbs(h, w, tf.tensor1d(targets as number[], 'int32'), chunk), meanLogits }
+  if (N <= chunk) return { logps: blockedHeadLogProbs(h, w, targets, HEAD_VOCAB_BLOCK, defer), meanLogits }
+  return { logps: chunkedHeadLogProbs(h, w, tf.tensor1d(targets as number[], 'int32'), chunk, defer), meanLogits }
 }
 
 /** Per-row summed completion log-probs and logit sums of a batch, one forward pass. */

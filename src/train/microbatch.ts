@@ -12,7 +12,9 @@
  *   shardsOf, shardOf, writeWeights / readWeights   the optimizer's shards, and updated weights through a slot
  */
 import * as tf from '@tensorflow/tfjs'
+import { headWeightGrad, type HeadBackward } from '../model/autograd.ts'
 import { withAdapters } from '../model/lora.ts'
+import { HEAD, deferringHeadGrad, headDeferrable } from '../model/logprobs.ts'
 import type { Model } from '../model/mistral.ts'
 import type { BatchStats, Objective } from '../preference/objective.ts'
 import type { PairIds } from '../preference/pairs.ts'
@@ -25,17 +27,28 @@ export const trainableParams = (model: Model): [string, tf.Variable][] => [...mo
 /** LoRA dropout seed of micro-batch k of the stream (the same on every worker and after a resume). */
 export const dropoutSeed = (seed: number, k: number) => seed * 1_000_003 + k
 
-export async function microBatchGrads(model: Model, objective: Objective, pairs: PairIds[], ref: PairLogps | undefined, o: { padId: number; ga: number; scale: number; dropoutSeed: number }): Promise<{ grads: Map<string, tf.Tensor>; stats: BatchStats }> {
+/**
+ * One micro-batch's gradients of every trainable parameter, and its stats. An untied, trained LM head's weight
+ * gradient is computed last, after the rest of the backward pass (logprobs.ts `deferringHeadGrad`), by `headGrad`:
+ * here by default, or with a replica that finished its share first taking part of it (ring.ts) — the same bits.
+ */
+export async function microBatchGrads(model: Model, objective: Objective, pairs: PairIds[], ref: PairLogps | undefined, o: { padId: number; ga: number; scale: number; dropoutSeed: number; headGrad?: (d: HeadBackward) => Promise<tf.Tensor> }): Promise<{ grads: Map<string, tf.Tensor>; stats: BatchStats }> {
   const trainable = trainableParams(model)
+  const deferred = headDeferrable(model)
+  const heads: HeadBackward[] = []
   let stats: (() => Promise<Omit<BatchStats, 'loss'>>) | undefined
-  const { value, grads } = withAdapters(model, true, () => tf.variableGrads(() => {
+  const { value, grads } = withAdapters(model, true, () => deferringHeadGrad((d) => heads.push(d), () => tf.variableGrads(() => {
     const r = objective.step(model, pairs, ref, o.padId, o.scale)
     stats = r.stats
     return r.loss
-  }, trainable.map(([, p]) => p)), o.dropoutSeed)
+  }, trainable.filter(([name]) => !deferred || name !== HEAD).map(([, p]) => p))), o.dropoutSeed)
+  if (heads.length > 1) throw new Error(`microBatchGrads: ${heads.length} LM head passes in one micro-batch; one is handled`)
   const [lossData, batchStats] = await Promise.all([value.data(), stats!()]) // one wait for the device
   value.dispose()
-  return { grads: new Map(trainable.map(([name, p]) => [name, grads[p.name]!])), stats: { ...batchStats, loss: lossData[0]! * o.ga } }
+  const out = new Map(trainable.map(([name, p]) => [name, grads[p.name]!]))
+  // no head pass (no scored token): the head gets a zero gradient
+  if (deferred) out.set(HEAD, heads[0] ? await (o.headGrad ?? (async (d) => headWeightGrad(d)))(heads[0]) : tf.zerosLike(model.params.get(HEAD)!))
+  return { grads: out, stats: { ...batchStats, loss: lossData[0]! * o.ga } }
 }
 
 type Grads = Map<string, tf.Tensor>
