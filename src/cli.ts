@@ -177,6 +177,7 @@ const benchCmd = subcommands({
         workers: workersOpt,
         microBatches: option({ type: optional(number), long: 'micro-batches', description: "the micro-batches a step's pairs are split into (gradient accumulation), each taken by whichever worker is free (default: one per worker)" }),
         paired: flag({ long: 'paired', description: 'with workers: each step also run on one worker with the same micro-batches (weights checked bit-identical) and with its pairs as one micro-batch, timed apart: workers_scaling from steps next to each other in time' }),
+        compareHandoff: flag({ long: 'compare-handoff', description: "with workers: each step also run by the same workers with the LM head's hand-off off (no replica computes head blocks for another), timed apart: handoff_speedup from steps next to each other in time" }),
         startAfter: option({ type: optional(string), long: 'start-after', description: 'after the warm-up, write <file>.ready.<pid> and wait for <file> to exist before the timed steps (a start barrier for processes timed side by side)' }),
         json: flag({ long: 'json', description: 'one JSON object' }),
         backend: backendOpt,

@@ -28,8 +28,12 @@ test('bench dpo --paired with 2 workers: the one-worker steps timed apart, the s
   const dir = tmp()
   writeConfig(dir)
   writeFileSync(join(dir, 'pairs.jsonl'), [0, 1, 2, 3].map((i) => JSON.stringify({ prompt_ids: [1, 5 + i, 7, 9], chosen_ids: [11, 12, 2], rejected_ids: [13, 2] })).join('\n'))
-  const r = await benchDpo({ model: join(dir, 'config.json'), pairs: join(dir, 'pairs.jsonl'), batchPairs: 4, steps: 2, warmup: 1, backend: 'wasm', layout: 'packed', workers: 2, paired: true })
+  const r = await benchDpo({ model: join(dir, 'config.json'), pairs: join(dir, 'pairs.jsonl'), batchPairs: 4, steps: 2, warmup: 1, backend: 'wasm', layout: 'packed', workers: 2, paired: true, compareHandoff: true })
   assert.is(r.workers, 2)
+  // --compare-handoff: the same workers without the LM head's hand-off, timed apart, with the same weights
+  assert.is(r.no_handoff_same_weights, true)
+  assert.ok(Math.abs((r.handoff_speedup as number) - (r.pairs_per_second as number) / (r.no_handoff_pairs_per_second as number)) < 0.01)
+  assert.equal(r.head_blocks_taken, [0, 0]) // per timed step; a 300-token vocabulary is one block: nothing to share out
   assert.is(r.tensors_flat, true)
   assert.is(r.one_worker_same_weights, true) // the same micro-batches on one worker: the same weights, bit for bit
   const [two, one] = [r.pairs_per_second as number, r.one_worker_pairs_per_second as number]
@@ -40,6 +44,7 @@ test('bench dpo --paired with 2 workers: the one-worker steps timed apart, the s
   assert.ok(whole > 0 && Math.abs((r.workers_scaling_vs_one_micro_batch as number) - two / whole) < 0.02, `${r.workers_scaling_vs_one_micro_batch} vs ${two / whole}`)
   const plain = await benchDpo({ model: join(dir, 'config.json'), pairs: join(dir, 'pairs.jsonl'), batchPairs: 4, steps: 1, warmup: 0, backend: 'wasm', layout: 'packed', workers: 1, paired: true })
   assert.is(plain.one_worker_pairs_per_second, undefined) // one worker: nothing to pair with
+  await rejects(() => benchDpo({ model: join(dir, 'config.json'), pairs: join(dir, 'pairs.jsonl'), batchPairs: 4, steps: 1, warmup: 0, backend: 'wasm', layout: 'packed', workers: 1, compareHandoff: true }), /^--compare-handoff: the hand-off is between workers; use --workers 2 or more$/)
 })
 
 test('bench dpo --micro-batches: a step in more micro-batches than workers, taken as they come, the same weights as one worker', async () => {

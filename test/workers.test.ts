@@ -176,12 +176,19 @@ test('gradient ring: each replica gets its shard of every micro-batch, bit for b
 })
 
 /** A pool of this thread and one worker thread over `model` (SFT); `kill` ends that worker as a crash would. */
-const twoWorkers = async (model: Model) => (await WorkerPool.start(2, model, () => workerInit(model, 'wasm', sftObjective(), undefined, 2, ADAMW_DEFAULTS)))!
+/** pools a test started: closed after it even when it fails, or their threads would keep the test process alive */
+const started: WorkerPool[] = []
+test.after.each(async () => void (await Promise.all(started.splice(0).map((p) => p.close()))))
+const twoWorkers = async (model: Model, o: { ringSlots?: number } = {}) => {
+  const pool = (await WorkerPool.start(2, model, () => workerInit(model, 'wasm', sftObjective(), undefined, 2, ADAMW_DEFAULTS), o))!
+  started.push(pool)
+  return pool
+}
 const kill = (pool: WorkerPool) => (pool as unknown as { threads: { terminate(): Promise<number> }[] }).threads[0]!.terminate()
 
 test('a ring of one slot between two threads: micro-batches wait for it, and the update has the one-worker bits', async () => {
   const [shared, alone] = [initModel(parseConfig(TINY_CONFIG), Rng.fromKey('ring1')), initModel(parseConfig(TINY_CONFIG), Rng.fromKey('ring1'))]
-  const pool = (await WorkerPool.start(2, shared, () => workerInit(shared, 'wasm', sftObjective(), undefined, 2, ADAMW_DEFAULTS), { ringSlots: 1 }))!
+  const pool = await twoWorkers(shared, { ringSlots: 1 })
   const jobs = Array.from({ length: 6 }, (_, a) => ({ a, pairs: [{ promptIds: [1, 3 + a, 9], chosenIds: Array.from({ length: 2 + 3 * (a % 3) }, (_, j) => 7 + j), rejectedIds: [7, 2] }], scale: 6, dropoutSeed: 0 }))
   const o = { padId: 2, ga: 6 }
   const [optShared, optAlone] = [new Optimizer(ADAMW_DEFAULTS), new Optimizer(ADAMW_DEFAULTS)]
@@ -193,6 +200,31 @@ test('a ring of one slot between two threads: micro-batches wait for it, and the
   const norms = [await pool.update(optShared, a.grads, a.squares, 1e-2, 1), await applyUpdate(alone, optAlone, b.grads, 1e-2, 1)]
   assert.is(norms[0], norms[1])
   assert.ok(norms[0]! > 1) // clipped: the norm from both shards' squares
+  for (const [name, p] of trainableParams(alone)) assert.equal(await bits(new Map([[name, shared.params.get(name)!]])), await bits(new Map([[name, p]])), name)
+  await pool.close()
+  for (const m of [shared, alone]) disposeModel(m)
+  for (const opt of [optShared, optAlone]) opt.dispose()
+})
+
+test("LM head blocks: a replica that finished first computes some of the other's, and the update keeps the one-worker bits", async () => {
+  const [shared, alone] = [initModel(parseConfig(TINY_CONFIG), Rng.fromKey('handoff')), initModel(parseConfig(TINY_CONFIG), Rng.fromKey('handoff'))]
+  const pool = await twoWorkers(shared)
+  const rng = Rng.fromKey('handoff-pairs')
+  const long = () => Array.from({ length: 400 }, () => 3 + rng.int(31990))
+  // this thread takes micro-batch 0 (one short pair), the worker micro-batch 1 (three long ones, 8 vocabulary blocks of
+  // ~1200 tokens): this thread is done long before the worker's head, and waits for its blocks
+  const jobs = [
+    { a: 0, pairs: [{ promptIds: [1, 5], chosenIds: [7, 2], rejectedIds: [] }], scale: 4, dropoutSeed: 0 },
+    { a: 1, pairs: [0, 1, 2].map(() => ({ promptIds: [1, 9], chosenIds: long(), rejectedIds: [] })), scale: 4, dropoutSeed: 0 },
+  ]
+  const o = { padId: 2, ga: 2 }
+  const [optShared, optAlone] = [new Optimizer(ADAMW_DEFAULTS), new Optimizer(ADAMW_DEFAULTS)]
+  const a = await stepGradients(shared, sftObjective(), pool, jobs, { ...o, update: { lr: 1e-2, maxNorm: 1 } })
+  const b = await stepGradients(alone, sftObjective(), undefined, jobs, o)
+  assert.ok(a.headBlocksTaken > 0, 'no block was taken')
+  assert.is(b.headBlocksTaken, 0)
+  assert.equal(a.stats, b.stats)
+  assert.is(await pool.update(optShared, a.grads, a.squares, 1e-2, 1), await applyUpdate(alone, optAlone, b.grads, 1e-2, 1))
   for (const [name, p] of trainableParams(alone)) assert.equal(await bits(new Map([[name, shared.params.get(name)!]])), await bits(new Map([[name, p]])), name)
   await pool.close()
   for (const m of [shared, alone]) disposeModel(m)

@@ -44,6 +44,11 @@ export interface BenchArgs {
    */
   paired?: boolean
   /**
+   * with workers: each step also run by the same workers with the LM head's hand-off off (handoff.ts: no replica
+   * computes head blocks for another), a policy of its own timed apart, its weights checked bit-identical
+   */
+  compareHandoff?: boolean
+  /**
    * a start barrier for processes timed side by side: after the warm-up steps, write `<file>.ready.<pid>` and wait
    * until `<file>` exists (the caller makes it once every process is ready), so the timed steps run together
    */
@@ -72,6 +77,7 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     const what = a.microBatches === undefined ? `--batch-pairs ${a.batchPairs}` : `--micro-batches ${a.microBatches}`
     throw new AlignError(`${what}: a step needs a micro-batch per worker (${W}) and a pair per micro-batch (--batch-pairs ${a.batchPairs}); --micro-batches from ${W} to ${a.batchPairs}`)
   }
+  if (a.compareHandoff && W < 2) throw new AlignError('--compare-handoff: the hand-off is between workers; use --workers 2 or more')
   const pool = await WorkerPool.start(W, model, () => workerInit(model, backend.active, objective, dpo, 0, ADAMW_DEFAULTS, a.layout))
   const LR = 1e-6
   // --paired: a second policy, trained on this thread alone, steps right after each step of the workers on the same
@@ -100,9 +106,9 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     const parts = Array.from({ length: n }, (_, w) => [Math.floor((w * chunk.length) / n), Math.floor(((w + 1) * chunk.length) / n)] as const)
     const scales = objective.stepScales(parts.map(([b, e]) => chunk.slice(b, e)))
     const jobs = parts.map(([b, e], w) => ({ a: w, pairs: chunk.slice(b, e), ref: { chosen: ref.chosen.slice(b, e), rejected: ref.rejected.slice(b, e) }, scale: scales[w]!, dropoutSeed: 0 }))
-    const { grads, stats, squares } = await stepGradients(t.model, objective, t.pool, jobs, { padId: 0, ga: n, update: t.pool ? { lr: LR, maxNorm: 0 } : undefined })
+    const { grads, stats, squares, headBlocksTaken } = await stepGradients(t.model, objective, t.pool, jobs, { padId: 0, ga: n, update: t.pool ? { lr: LR, maxNorm: 0 } : undefined })
     await update(t, grads, squares)
-    return { chunk, packed: stats[0]!.packed ?? false }
+    return { chunk, packed: stats[0]!.packed ?? false, headBlocksTaken }
   }
   // the profiled step runs here alone (tf.profile times this thread's kernels)
   const localStep = async (s: number) => {
@@ -112,47 +118,60 @@ export async function benchDpo(a: BenchArgs): Promise<Record<string, unknown>> {
     tf.dispose([...g.values()])
   }
   const workersTrainer: Trainer = { model, opt, pool }
-  const trainers = [workersTrainer, ...(solo ? [solo] : []), ...(whole ? [whole] : [])]
+  // --compare-handoff: a fourth policy, the same workers with the LM head's hand-off off (handoff.ts), in its own pool
+  const plainModel = a.compareHandoff ? initModel(config, Rng.fromKey('bench')) : undefined
+  const noHandoff: Trainer | undefined = plainModel && { model: plainModel, opt: new Optimizer(ADAMW_DEFAULTS), pool: await WorkerPool.start(W, plainModel, () => workerInit(plainModel, backend.active, objective, dpo, 0, ADAMW_DEFAULTS, a.layout), { handoff: false }) }
+  const trainers = [workersTrainer, ...(solo ? [solo] : []), ...(whole ? [whole] : []), ...(noHandoff ? [noHandoff] : [])]
   const timed = trainers.map(() => 0)
   let packedSteps = 0
   let tokens = 0
   let pairsDone = 0
   const tensorsAfter: number[] = []
-  // --paired: per round, two steps of each policy in turn on the same two steps' pairs, the second of each timed —
+  const blocksTaken: number[] = [] // per timed step of the workers: LM head blocks one replica computed for another
+  // with more than one policy (--paired, --compare-handoff): per round, two steps of each policy in turn on the same
+  // two steps' pairs, the second of each timed —
   // the first warms the threads back up after the other policies ran (the workers' first step after the one-worker
   // steps measured ~7 % slower, 2026-11-29); without, one timed step per round
-  const perRound = solo ? 2 : 1
+  const perRound = trainers.length > 1 ? 2 : 1
   for (let r = 0; r < a.warmup + a.steps; r++) {
     if (r === a.warmup && a.startAfter) await startBarrier(a.startAfter)
     for (const [i, t] of trainers.entries()) {
       for (let k = 0; k < perRound; k++) {
         const t0 = performance.now()
-        const { chunk, packed } = await step(r * perRound + k, t)
+        const { chunk, packed, headBlocksTaken } = await step(r * perRound + k, t)
         if (r < a.warmup || k < perRound - 1) continue
         timed[i]! += performance.now() - t0
         if (t !== workersTrainer) continue
         packedSteps += packed ? 1 : 0
+        blocksTaken.push(headBlocksTaken)
         tokens += chunk.reduce((x, p) => x + pairTokens(p), 0)
         pairsDone += chunk.length
         tensorsAfter.push(tf.memory().numTensors)
       }
     }
   }
-  const [timedWorkers = 0, timedSolo = 0, timedWhole = 0] = timed
+  const timedOf = (t: Trainer | undefined) => (t ? timed[trainers.indexOf(t)]! : 0)
+  const [timedWorkers, timedSolo, timedWhole, timedPlain] = [workersTrainer, solo, whole, noHandoff].map(timedOf) as [number, number, number, number]
   const identical = solo && (await sameWeights(model, solo.model))
+  const plainIdentical = noHandoff && (await sameWeights(model, noHandoff.model))
   const mm = a.profile ? await matMulThroughput((r) => localStep(a.warmup + a.steps + r)) : undefined
-  await pool?.close()
+  await Promise.all(trainers.map((t) => t.pool?.close()))
   for (const t of trainers) (disposeModel(t.model), t.opt.dispose())
   const secs = timedWorkers / 1000
   const paired = solo && {
     one_worker_pairs_per_second: +(pairsDone / (timedSolo / 1000)).toFixed(3), one_worker_step_ms: Math.round(timedSolo / a.steps), workers_scaling: +(timedSolo / timedWorkers).toFixed(2), one_worker_same_weights: identical,
     ...(whole && { one_micro_batch_pairs_per_second: +(pairsDone / (timedWhole / 1000)).toFixed(3), workers_scaling_vs_one_micro_batch: +(timedWhole / timedWorkers).toFixed(2) }),
+    ...(noHandoff && { workers_scaling_no_handoff: +(timedSolo / timedPlain).toFixed(2) }),
+  }
+  const handoff = noHandoff && {
+    no_handoff_pairs_per_second: +(pairsDone / (timedPlain / 1000)).toFixed(3), no_handoff_step_ms: Math.round(timedPlain / a.steps), handoff_speedup: +(timedPlain / timedWorkers).toFixed(3), no_handoff_same_weights: plainIdentical,
   }
   return {
     bench: 'dpo', backend: backend.active, workers: W, micro_batches: K, model: a.model, layout: a.layout, packed_steps: packedSteps, // of the timed steps
     batch_pairs: a.batchPairs, steps: a.steps,
     pairs_per_second: +(pairsDone / secs).toFixed(3), tokens_per_second: Math.round(tokens / secs), step_ms: Math.round(timedWorkers / a.steps),
-    peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024), tensors_flat: new Set(tensorsAfter).size === 1, ...paired, ...mm,
+    head_blocks_taken: blocksTaken, // per timed step: LM head dW blocks a replica that finished first computed for another (handoff.ts)
+    peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024), tensors_flat: new Set(tensorsAfter).size === 1, ...paired, ...handoff, ...mm,
   }
 }
 

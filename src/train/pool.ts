@@ -16,6 +16,8 @@ import { variableOf } from '../model/backend.ts'
 import { packPairs } from './pairpack.ts'
 import { applyUpdate, gradSquares, normOf, readWeights, shardOf, slotFloats, trainableParams, writeWeights, type Shard } from './microbatch.ts'
 import { Ring, ringBuffers, ringSlots, type RingBuffers, type Wait } from './ring.ts'
+import { HANDOFF_ROOM, handoffBuffers } from './handoff.ts'
+import { HEAD_VOCAB_BLOCK, headDeferrable } from '../model/logprobs.ts'
 import { Optimizer } from './optim.ts'
 import { readCopies, taken, type Job, type Update, type Weights, type WorkerGrads, type WorkerInit, type WorkerRequest } from './workers.ts'
 
@@ -33,7 +35,7 @@ export class WorkerPool {
   /** all-reduce mode: the optimizer shard this thread (replica 0) steps, and the parameters the workers step */
   readonly shard: Shard
 
-  private constructor(private readonly threads: Worker[], private readonly model: Model, private readonly maxRingSlots = Infinity) {
+  private constructor(private readonly threads: Worker[], private readonly model: Model, private readonly maxRingSlots = Infinity, private readonly handoff = true) {
     this.stale = threads.map(() => false)
     this.shard = shardOf(model, threads.length + 1, 0)
     threads.forEach((w, i) => {
@@ -54,10 +56,10 @@ export class WorkerPool {
   }
 
   /** Start n−1 threads beside the main one, each with a replica of `model`; undefined when n is 1. `ringSlots`: at most this many (tests). */
-  static async start(n: number, model: Model, makeInit: () => Promise<WorkerInit>, o: { ringSlots?: number } = {}): Promise<WorkerPool | undefined> {
+  static async start(n: number, model: Model, makeInit: () => Promise<WorkerInit>, o: { ringSlots?: number; handoff?: boolean } = {}): Promise<WorkerPool | undefined> {
     if (n <= 1) return undefined
     const init = await makeInit()
-    const pool = new WorkerPool(Array.from({ length: n - 1 }, () => new Worker(BOOT, { eval: true })), model, o.ringSlots)
+    const pool = new WorkerPool(Array.from({ length: n - 1 }, () => new Worker(BOOT, { eval: true })), model, o.ringSlots, o.handoff)
     await Promise.all(pool.threads.map((_, i) => pool.call(i, { kind: 'init', init, me: i + 1, workers: n })))
     return pool
   }
@@ -117,18 +119,24 @@ export class WorkerPool {
    * the `results` to await — the micro-batches the workers computed, each with its worker, and the sums of squares
    * of their shards' gradients (for `update`).
    */
-  async grads(ga: number, jobs: Job[], next: SharedArrayBuffer, update: Update): Promise<{ results: Promise<{ computed: { a: number; stats: BatchStats; worker: number }[]; squares: Map<string, number> }>; ring: Ring }> {
+  async grads(ga: number, jobs: Job[], next: SharedArrayBuffer, update: Update): Promise<{ results: Promise<{ computed: { a: number; stats: BatchStats; worker: number }[]; squares: Map<string, number>; headBlocksTaken: number }>; ring: Ring }> {
     // a worker handles its messages in order, so earlier updates are done before this runs; they are awaited
     // only so that their errors surface here
     const earlier = Promise.all(this.updating.splice(0))
     const k = Math.min(ringSlots(ga, this.size), this.maxRingSlots)
-    if ((this.ringBuffers?.slots.length ?? 0) < k) this.ringBuffers = ringBuffers(this.model, this.size, k)
+    if ((this.ringBuffers?.slots.length ?? 0) < k) this.ringBuffers = { ...ringBuffers(this.model, this.size, k), handoff: this.ringBuffers?.handoff }
+    const tokens = Math.max(...jobs.map((j) => j.pairs.reduce((n, p) => n + p.chosenIds.length + p.rejectedIds.length, 0))) // ≥ the scored tokens
+    if (this.handoff && headDeferrable(this.model) && (this.ringBuffers!.handoff?.maxTokens ?? 0) < tokens) {
+      const c = this.model.config
+      this.ringBuffers!.handoff = handoffBuffers(this.size, c.hiddenSize, c.vocabSize, HEAD_VOCAB_BLOCK, Math.ceil(tokens * HANDOFF_ROOM))
+    }
     const [ring, weightSlot] = [this.ringBuffers!, (this.weightSlot ??= new SharedArrayBuffer(slotFloats(this.model) * 4))]
     this.failed = undefined
     const calls = this.threads.map((_, i) => this.call<WorkerGrads>(i, { kind: 'grads', ga, update, ring, weightSlot, jobs, next }))
     const results = Promise.all([earlier, ...calls]).then(([, ...r]) => ({
       computed: (r as WorkerGrads[]).flatMap((g, i) => g.computed.map((c) => ({ ...c, worker: i + 1 }))),
       squares: new Map((r as WorkerGrads[]).flatMap((g) => g.squares)),
+      headBlocksTaken: (r as WorkerGrads[]).reduce((n, g) => n + g.headBlocksTaken, 0),
     }))
     results.catch((e: Error) => void (this.failed ??= e))
     return { results: handledLater(results), ring: new Ring(this.model, ring, 0, this.shard, this.ringWait) }

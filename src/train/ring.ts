@@ -18,6 +18,7 @@
 import type * as tf from '@tensorflow/tfjs'
 import type { Model } from '../model/mistral.ts'
 import { readGrads, slotFloats, writeGrads, type OrderedSum, type Shard } from './microbatch.ts'
+import { Handoff, type HandoffBuffers } from './handoff.ts'
 
 /** The ring's shared memory, made once by the pool and sent to every worker. */
 export interface RingBuffers {
@@ -25,6 +26,8 @@ export interface RingBuffers {
   slots: SharedArrayBuffer[]
   /** the replicas it serves (the control has a flag per replica and slot) */
   replicas: number
+  /** the boards on which the LM head's weight gradient is shared out (handoff.ts), when it is deferred */
+  handoff?: HandoffBuffers
 }
 
 /** How many slots: two per replica (one being written, one being read), never more than a step's micro-batches. */
@@ -48,11 +51,14 @@ export class Ring {
   private readonly n: number
   /** where a slot's embedding rows start, in bytes: after the floats */
   private readonly rowsAt: number
+  /** the LM head's weight gradient shared out at the end of a micro-batch (handoff.ts), on the ring's version */
+  readonly handoff: Handoff | undefined
 
   constructor(private readonly model: Model, private readonly buffers: RingBuffers, private readonly me: number, private readonly shard: Shard, private readonly wait: Wait) {
     this.ctrl = new Int32Array(buffers.ctrl)
     this.n = buffers.replicas
     this.rowsAt = slotFloats(model) * 4
+    this.handoff = buffers.handoff && new Handoff(buffers.handoff, me, this.ctrl, wait)
   }
 
   /**
@@ -90,12 +96,13 @@ export class Ring {
     return read
   }
 
-  /** Read until `sum` holds all `ga` micro-batches of the step. */
+  /** Read until `sum` holds all `ga` micro-batches of the step, taking LM head blocks from the others meanwhile (handoff.ts). */
   async complete(sum: OrderedSum, ga: number): Promise<void> {
     for (;;) {
       const v = Atomics.load(this.ctrl, 0)
       this.consume(sum)
       if (sum.added >= ga) return
+      if (await this.handoff?.take()) continue
       await this.wait(this.ctrl, v)
     }
   }

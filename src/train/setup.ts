@@ -27,6 +27,8 @@ import { warmupSteps } from './optim.ts'
 import { formatPlan, memoryPlan, type PlanRow } from './plan.ts'
 import { workerCount } from './workers.ts'
 import { ringSlots } from './ring.ts'
+import { HANDOFF_ROOM, boardBytes } from './handoff.ts'
+import { HEAD_VOCAB_BLOCK } from '../model/logprobs.ts'
 import type { DataArgs, TRAIN_SCHEMA, TrainerArgs } from './schema.ts'
 
 export type Stage = 'sft' | 'dpo'
@@ -144,7 +146,7 @@ export function dryRunReport(run: Run): string {
     counts(`eval (${data.eval.file})`, data.eval.stats),
     `${schedule.maxSteps} optimizer steps (${schedule.microPerEpoch} micro-batches/epoch, global batch ${args.per_device_train_batch_size * args.gradient_accumulation_steps}), warmup ${schedule.warmup}`,
     formatPlan(plan),
-    workersLine(plan.rows.find((r) => r.mode === (v.lora.enabled ? 'lora' : 'full'))!, args.gradient_accumulation_steps, workerCount(o.workers ?? 1, run.backend)),
+    workersLine(plan.rows.find((r) => r.mode === (v.lora.enabled ? 'lora' : 'full'))!, args.gradient_accumulation_steps, workerCount(o.workers ?? 1, run.backend), handoffBoard(run.policy.config, v.lora.enabled, plan.tokensPerMicroBatch)),
   ].join('\n')
 }
 
@@ -152,11 +154,11 @@ export function dryRunReport(run: Run): string {
  * Memory with data-parallel workers (workers.ts). GA >= 2 (all-reduce): every replica holds the weights, 1/N of the
  * optimizer state and of the running gradient sum (its shard: the sum is reduce-scattered), activations, one
  * micro-batch's gradients and its shard of one micro-batch that came early (OrderedSum; more while one micro-batch
- * takes several times as long as the others); the ring's slots (ring.ts: two per worker, at most GA) and one weight
- * slot are shared, whatever the GA. GA 1: only this thread trains; the others hold the weights, to score and
+ * takes several times as long as the others); the ring's slots (ring.ts: two per worker, at most GA), one weight
+ * slot and, with a trained untied LM head, a hand-off board per replica (handoff.ts) are shared, whatever the GA. GA 1: only this thread trains; the others hold the weights, to score and
  * evaluate with.
  */
-function workersLine(row: PlanRow, ga: number, w: { n: number; why: string }): string {
+function workersLine(row: PlanRow, ga: number, w: { n: number; why: string }, board: number): string {
   const gb = (x: number) => `${(x / 1e9).toFixed(2)} GB`
   const allReduce = ga >= 2 && w.n > 1
   // with GA >= 2: the running sum beside the micro-batch being added; all-reduce: this thread's shard of the sum,
@@ -165,8 +167,14 @@ function workersLine(row: PlanRow, ga: number, w: { n: number; why: string }): s
   if (w.n === 1) return `workers: 1 (${w.why}) · ${gb(main)}`
   const replica = allReduce ? main - row.reference : row.weights + row.activations // a frozen reference stays here
   const k = ringSlots(ga, w.n)
-  const slots = allReduce ? (k + 1) * row.gradients : 0
-  return `workers: ${w.n} (${w.why}) · main ${gb(main)} · each other worker ${gb(replica)} (${allReduce ? `a replica summing and stepping 1/${w.n} of the gradients and optimizer state` : 'weights only: GA 1 trains here'})${slots ? ` · slots ${gb(slots)} (shared: ${k} gradient slots and a weight slot)` : ''} · total ${gb(main + (w.n - 1) * replica + slots)}`
+  const slots = allReduce ? (k + 1) * row.gradients + w.n * board : 0
+  const shared = `${k} gradient slots, a weight slot${board ? ' and a board per worker for the LM head blocks they share out' : ''}`
+  return `workers: ${w.n} (${w.why}) · main ${gb(main)} · each other worker ${gb(replica)} (${allReduce ? `a replica summing and stepping 1/${w.n} of the gradients and optimizer state` : 'weights only: GA 1 trains here'})${slots ? ` · slots ${gb(slots)} (shared: ${shared})` : ''} · total ${gb(main + (w.n - 1) * replica + slots)}`
+}
+
+/** One replica's hand-off board (handoff.ts), as the pool sizes it for micro-batches of `tokens`; none when the head is frozen or tied. */
+function handoffBoard(c: ModelConfig, lora: boolean, tokens: number): number {
+  return lora || c.tieWordEmbeddings ? 0 : boardBytes(c.hiddenSize, c.vocabSize, HEAD_VOCAB_BLOCK, Math.ceil(tokens * HANDOFF_ROOM))
 }
 
 /** The starting policy, with LoRA adapters added (base frozen) when the recipe enables them. */

@@ -59,9 +59,10 @@ async function handle(req: WorkerRequest): Promise<{ value: unknown; transfer: A
     case 'grads': {
       // all-reduce: this replica's share of the step's micro-batches, and its shard of the sum from the ring
       const sum = new OrderedSum(model!, shard)
-      const computed = await takeShare(model!, objective!, req.jobs, req.next, sum, { padId, ga: req.ga, ring: new Ring(model!, req.ring, me, shard!, blockingWait) })
+      const ring = new Ring(model!, req.ring, me, shard!, blockingWait)
+      const computed = await takeShare(model!, objective!, req.jobs, req.next, sum, { padId, ga: req.ga, ring })
       pending = { update: req.update, grads: sum.take(), weightSlot: req.weightSlot }
-      return { value: { computed, squares: [...(await gradSquares(pending.grads))] } satisfies WorkerGrads, transfer: [] }
+      return { value: { computed, squares: [...(await gradSquares(pending.grads))], headBlocksTaken: ring.handoff?.taken ?? 0 } satisfies WorkerGrads, transfer: [] }
     }
     case 'update': {
       // the global norm: clip, step this replica's shard, write it to the weight slot

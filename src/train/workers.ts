@@ -30,6 +30,7 @@ import type { PairPack } from './pairpack.ts'
 import type { WorkerPool } from './pool.ts'
 import { OrderedSum, microBatchGrads, touchedRows } from './microbatch.ts'
 import type { Ring, RingBuffers } from './ring.ts'
+import type { HeadBackward } from '../model/autograd.ts'
 import type { OptimConfig } from './optim.ts'
 
 export interface WorkerInit {
@@ -69,6 +70,8 @@ export type WorkerRequest =
 export interface WorkerGrads {
   computed: { a: number; stats: BatchStats }[]
   squares: [string, number][]
+  /** LM head blocks it computed for other replicas (handoff.ts) */
+  headBlocksTaken: number
 }
 
 /** How many workers `--workers` means: `auto` is the cores Node reports on CPU backends, 1 on device backends. */
@@ -136,7 +139,8 @@ export async function takeShare(model: Model, objective: Objective, jobs: Job[],
     for (const k of taken(jobs.length, next, o.first)) {
       o.ring?.consume(sum)
       const j = jobs[k]!
-      const { grads, stats } = await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, scale: j.scale, dropoutSeed: j.dropoutSeed })
+      const headGrad = o.ring?.handoff && ((d: HeadBackward) => o.ring!.handoff!.headGrad(d)) // blocks shared out as others finish
+      const { grads, stats } = await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, scale: j.scale, dropoutSeed: j.dropoutSeed, headGrad })
       if (o.ring) await o.ring.share(j.a, grads, touchedRows(model, j.pairs, o.padId), sum)
       else sum.add(j.a, grads)
       computed.push({ a: j.a, stats })
@@ -154,16 +158,18 @@ export async function takeShare(model: Model, objective: Objective, jobs: Job[],
  * whichever replica took it (takeJob), added in micro-batch order (microbatch.ts `OrderedSum`), and their stats in
  * that order. With a pool and `update` (all-reduce) the gradients are reduce-scattered through the ring (ring.ts):
  * the sum returned here is of this thread's shard only, and `squares` holds the sums of squares of the others'
- * (both for `pool.update`); without, this thread computes them all and `squares` is empty.
+ * (both for `pool.update`); without, this thread computes them all and `squares` is empty. `headBlocksTaken`: LM
+ * head blocks a replica computed for another (handoff.ts).
  */
-export async function stepGradients(model: Model, objective: Objective, pool: WorkerPool | undefined, jobs: Job[], o: { padId: number; ga: number; update?: Update }): Promise<{ grads: Map<string, tf.Tensor>; stats: BatchStats[]; squares: Map<string, number> }> {
+export async function stepGradients(model: Model, objective: Objective, pool: WorkerPool | undefined, jobs: Job[], o: { padId: number; ga: number; update?: Update }): Promise<{ grads: Map<string, tf.Tensor>; stats: BatchStats[]; squares: Map<string, number>; headBlocksTaken: number }> {
   // micro-batch 0 is this thread's: it starts at once, while the requests reach the workers
   const next = new SharedArrayBuffer(4)
   new Int32Array(next)[0] = 1
   const remote = pool && o.update && jobs.length > 1 ? await pool.grads(o.ga, jobs, next, o.update) : undefined
   const sum = new OrderedSum(model, remote && pool!.shard)
   const here = await takeShare(model, objective, jobs, next, sum, { padId: o.padId, ga: o.ga, ring: remote?.ring, first: 0 })
-  const theirs = remote ? await remote.results.catch((e: Error) => (sum.dispose(), Promise.reject(e))) : { computed: [], squares: new Map<string, number>() }
+  const theirs = remote ? await remote.results.catch((e: Error) => (sum.dispose(), Promise.reject(e))) : { computed: [], squares: new Map<string, number>(), headBlocksTaken: 0 }
   const stats = new Map([...here, ...theirs.computed].map((r) => [r.a, r.stats]))
-  return { grads: sum.take(), stats: jobs.map((j) => stats.get(j.a)!), squares: theirs.squares }
+  const headBlocksTaken = theirs.headBlocksTaken + (remote?.ring.handoff?.taken ?? 0)
+  return { grads: sum.take(), stats: jobs.map((j) => stats.get(j.a)!), squares: theirs.squares, headBlocksTaken }
 }
