@@ -38,7 +38,9 @@ align+=("$(bench --layout packed --paired --profile)")
 echo "${align[-1]}"
 side=$(side_by_side)
 echo "$side"
-align+=("$(bench --layout packed --paired)")
+# the second run also times the same workers with the LM head's hand-off off (--compare-handoff: no replica computes
+# head blocks for another, src/train/handoff.ts), a fourth policy in the same rounds
+align+=("$(bench --layout packed --paired --compare-handoff)")
 echo "${align[-1]}"
 concat=$(bench --layout concatenated)                 # TRL's layout, 2n rows: the packing's saving
 echo "$concat"
@@ -60,7 +62,7 @@ node -e '
 const [a1, a2, side, c, g, t] = process.argv.slice(1).map((s) => JSON.parse(s))
 const mean = (k) => (a1[k] + a2[k]) / 2
 const [a, o, w] = [mean("pairs_per_second"), mean("one_worker_pairs_per_second"), mean("one_micro_batch_pairs_per_second")]
-if (!a1.one_worker_same_weights || !a2.one_worker_same_weights || !g.one_worker_same_weights) throw new Error("the workers and one worker trained different weights")
+if (!a1.one_worker_same_weights || !a2.one_worker_same_weights || !g.one_worker_same_weights || !a2.no_handoff_same_weights) throw new Error("the workers and one worker (or the workers without the hand-off) trained different weights")
 const r = (x) => (x / t.pairs_per_second).toFixed(2)
-console.log(`align/pytorch pairs/s: ${r(a)}x packed with ${a1.workers} workers, ${r(o)}x with 1, ${r(c.pairs_per_second)}x concatenated (${a1.backend} ${a.toFixed(3)} / ${o.toFixed(3)} / ${c.pairs_per_second} vs ${t.pairs_per_second}); workers 1 -> ${a1.workers}: ${(a / o).toFixed(2)}x, same micro-batches, same weights (runs ${a1.workers_scaling}x, ${a2.workers_scaling}x), ${(a / w).toFixed(2)}x against one worker with the step as one micro-batch (${w.toFixed(3)} pairs/s; runs ${a1.workers_scaling_vs_one_micro_batch}x, ${a2.workers_scaling_vs_one_micro_batch}x); two 1-worker processes side by side ${side.pairs_per_second} pairs/s = ${(side.pairs_per_second / o).toFixed(2)}x one worker (what two cores give with nothing shared), ${a1.workers} workers ${(a / side.pairs_per_second).toFixed(2)} of that; at GA ${g.micro_batches} (${g.batch_pairs} pairs a step) workers 1 -> ${g.workers}: ${g.workers_scaling}x (${g.pairs_per_second} / ${g.one_worker_pairs_per_second} pairs/s); matMul in step ${a1.matmul_gflops_in_step} GFLOP/s = ${a1.matmul_efficiency} of plain; on ${new Date().toISOString().slice(0, 10)}`)
+console.log(`align/pytorch pairs/s: ${r(a)}x packed with ${a1.workers} workers, ${r(o)}x with 1, ${r(c.pairs_per_second)}x concatenated (${a1.backend} ${a.toFixed(3)} / ${o.toFixed(3)} / ${c.pairs_per_second} vs ${t.pairs_per_second}); workers 1 -> ${a1.workers}: ${(a / o).toFixed(2)}x, same micro-batches, same weights (runs ${a1.workers_scaling}x, ${a2.workers_scaling}x), ${(a / w).toFixed(2)}x against one worker with the step as one micro-batch (${w.toFixed(3)} pairs/s; runs ${a1.workers_scaling_vs_one_micro_batch}x, ${a2.workers_scaling_vs_one_micro_batch}x); two 1-worker processes side by side ${side.pairs_per_second} pairs/s = ${(side.pairs_per_second / o).toFixed(2)}x one worker (what two cores give with nothing shared), ${a1.workers} workers ${(a / side.pairs_per_second).toFixed(2)} of that; at GA ${g.micro_batches} (${g.batch_pairs} pairs a step) workers 1 -> ${g.workers}: ${g.workers_scaling}x (${g.pairs_per_second} / ${g.one_worker_pairs_per_second} pairs/s); LM head hand-off (second run): ${a2.handoff_speedup}x the same workers without it (${a2.pairs_per_second} / ${a2.no_handoff_pairs_per_second} pairs/s, head blocks taken per step ${a2.head_blocks_taken.join(" ")}; 1 -> ${a2.workers} without it ${a2.workers_scaling_no_handoff}x); matMul in step ${a1.matmul_gflops_in_step} GFLOP/s = ${a1.matmul_efficiency} of plain; on ${new Date().toISOString().slice(0, 10)}`)
 ' "${align[0]}" "${align[1]}" "$side" "$concat" "$ga" "$torch"
