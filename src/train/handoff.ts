@@ -9,13 +9,16 @@
  * The bits are the owner's: a block taken elsewhere is the same product (autograd.ts `headBlockGrad`) of copies of
  * the same hᵀ and g_b on the same backend, and lands in its own columns. Per replica, a board:
  *   the owner opens it with hᵀ and its states all 0 (open), and computes blocks from the first, marking each 1;
- *   a replica with nothing left to do sets `hungry` to its index + 1; between two blocks the owner, when at least two
+ *   a replica with nothing left to do sets `hungry` to its index + 1 on every other board, open or not yet (so
+ *   that the owner can give from its first block on), and withdraws from one that is open with fewer than two blocks
+ *   left, and from all once its step's sum is complete; between two blocks the owner, when at least two
  *   are still open, gives it the last: state 2, g_b copied into the hand-off buffer, `given` = the block;
  *   the taker copies g_b and hᵀ out (freeing the buffer, and asking for another if two are still open), computes
  *   the block, writes it into the board's gradient buffer and marks it 4;
  *   the owner, once no block is open, waits for those given to be 4, reads them, and closes the board.
- * Giving races with a taker withdrawing (nothing left, or the board closed): the owner first swaps `hungry` for
- * its negative (compareExchange), which a withdrawal (the same from the taker's side) cannot then undo.
+ * Giving races with a taker withdrawing: the owner first swaps `hungry` for its negative (compareExchange), which a
+ * withdrawal (the same from the taker's side) cannot then undo. A taker whose sum is complete has nothing given to
+ * it: every owner's micro-batch came after its head's blocks were all done.
  *
  * Control (Int32, shared), per replica: [open, tokens N, given (−1: none), given to, hungry, a state per block].
  */
@@ -72,7 +75,8 @@ export class Handoff {
     if ('ready' in d || N > this.b.maxTokens || d.g.length !== this.blocks) return headWeightGrad(d)
     const c = this.board(this.me)
     await readInto(d.hT, new Float32Array(this.b.hT[this.me]!, 0, this.b.hidden * N))
-    for (const [at, value] of [[TOKENS, N], [GIVEN, -1], [HUNGRY, 0]]) Atomics.store(c, at!, value!)
+    Atomics.store(c, TOKENS, N)
+    Atomics.store(c, GIVEN, -1)
     for (let i = 0; i < this.blocks; i++) Atomics.store(c, STATE + i, FREE)
     Atomics.store(c, OPEN, 1)
     this.bump()
@@ -96,8 +100,8 @@ export class Handoff {
   }
 
   /**
-   * The taker's side, for a replica waiting for the others: compute a block given to it, or ask an open board for
-   * one (or withdraw from one that has none left). Whether it computed a block.
+   * The taker's side, for a replica waiting for the others: compute a block given to it, or ask every board for one
+   * (withdrawing from an open one with fewer than two left). Whether it computed a block.
    */
   async take(): Promise<boolean> {
     for (let r = 0; r < this.b.replicas; r++) {
@@ -105,16 +109,21 @@ export class Handoff {
       const c = this.board(r)
       if (Atomics.load(c, OPEN) === 1 && Atomics.load(c, GIVEN) >= 0 && Atomics.load(c, GIVEN_TO) === this.me) return (await this.compute(r, c), true)
       const hungry = Atomics.load(c, HUNGRY)
-      if (hungry === this.me + 1 && !this.worthAsking(c)) Atomics.compareExchange(c, HUNGRY, hungry, 0) // fails if a block is on its way
-      else if (hungry === 0 && this.worthAsking(c)) Atomics.compareExchange(c, HUNGRY, 0, this.me + 1)
+      if (hungry === this.me + 1 && !this.wanted(c)) Atomics.compareExchange(c, HUNGRY, hungry, 0) // fails if a block is on its way
+      else if (hungry === 0 && this.wanted(c)) Atomics.compareExchange(c, HUNGRY, 0, this.me + 1)
     }
     return false
+  }
+
+  /** The taker's side, once its step's sum is complete: withdraw from every board (nothing can be on its way then). */
+  leave(): void {
+    for (let r = 0; r < this.b.replicas; r++) if (r !== this.me) Atomics.compareExchange(this.board(r), HUNGRY, this.me + 1, 0)
   }
 
   /** Between two of the owner's blocks: give the last open one to a taker that asked, if two are open. */
   private async give(d: Extract<HeadBackward, { g: tf.Tensor2D[] }>, c: Int32Array): Promise<void> {
     const hungry = Atomics.load(c, HUNGRY)
-    if (hungry <= 0 || Atomics.load(c, GIVEN) >= 0 || !this.worthAsking(c)) return
+    if (hungry <= 0 || Atomics.load(c, GIVEN) >= 0 || !this.twoOpen(c)) return
     if (Atomics.compareExchange(c, HUNGRY, hungry, -hungry) !== hungry) return // it withdrew
     const i = this.lastFree(c)
     Atomics.store(c, STATE + i, GIVEN_AWAY)
@@ -131,7 +140,7 @@ export class Handoff {
     const g = tensorCopy(new Float32Array(this.b.g[r]!, 0, N * this.width(i)), [N, this.width(i)]) as tf.Tensor2D
     const hT = tensorCopy(new Float32Array(this.b.hT[r]!, 0, this.b.hidden * N), [this.b.hidden, N]) as tf.Tensor2D
     Atomics.store(c, GIVEN, -1) // the hand-off buffer is free: ask for the next block while this one runs
-    if (this.worthAsking(c)) Atomics.compareExchange(c, HUNGRY, 0, this.me + 1)
+    if (this.wanted(c)) Atomics.compareExchange(c, HUNGRY, 0, this.me + 1)
     const dw = headBlockGrad(hT, g)
     await readInto(dw, this.dwView(r, i))
     tf.dispose([g, hT, dw])
@@ -140,9 +149,13 @@ export class Handoff {
     this.bump()
   }
 
-  /** An open board with two blocks or more still open: the owner keeps one to compute while a taker computes another. */
-  private worthAsking(c: Int32Array): boolean {
-    if (Atomics.load(c, OPEN) !== 1) return false
+  /** A board to ask: not open yet, or with two blocks or more still open. */
+  private wanted(c: Int32Array): boolean {
+    return Atomics.load(c, OPEN) !== 1 || this.twoOpen(c)
+  }
+
+  /** Two blocks or more still open: the owner keeps one to compute while a taker computes another. */
+  private twoOpen(c: Int32Array): boolean {
     let free = 0
     for (let i = 0; i < this.blocks; i++) if (Atomics.load(c, STATE + i) === FREE) free++
     return free >= 2

@@ -101,7 +101,7 @@ export class Ring {
     for (;;) {
       const v = Atomics.load(this.ctrl, 0)
       this.consume(sum)
-      if (sum.added >= ga) return
+      if (sum.added >= ga) return this.handoff?.leave()
       if (await this.handoff?.take()) continue
       await this.wait(this.ctrl, v)
     }
