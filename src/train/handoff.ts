@@ -60,7 +60,7 @@ export function handoffBuffers(replicas: number, hidden: number, vocab: number, 
 
 /** One replica's view of every board: its own (as owner) and the others' (to take from). */
 export class Handoff {
-  /** blocks this replica computed for others (this step's, until the caller resets it) */
+  /** blocks this replica computed for others (a view is made per step, with its Ring) */
   taken = 0
   private readonly blocks: number
 

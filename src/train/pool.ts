@@ -55,7 +55,10 @@ export class WorkerPool {
     })
   }
 
-  /** Start n−1 threads beside the main one, each with a replica of `model`; undefined when n is 1. `ringSlots`: at most this many (tests). */
+  /**
+   * Start n−1 threads beside the main one, each with a replica of `model`; undefined when n is 1. `ringSlots`: at
+   * most this many (tests); `handoff: false`: no LM head blocks computed for another replica (bench --compare-handoff).
+   */
   static async start(n: number, model: Model, makeInit: () => Promise<WorkerInit>, o: { ringSlots?: number; handoff?: boolean } = {}): Promise<WorkerPool | undefined> {
     if (n <= 1) return undefined
     const init = await makeInit()

@@ -4,15 +4,17 @@
  *   - a training step's GA micro-batches: each replica takes the step's next micro-batch whenever it is free (a
  *     counter in shared memory, `takeJob`; `takeShare`, the same loop on every replica), so a longer micro-batch or
  *     a slower core holds no one back: no replica waits while a micro-batch is left, whatever the spread of lengths
- *     or core speeds. With two or more micro-batches a step, the optimizer is sharded (ZeRO stage 1): replica w keeps the moments of shard w of the parameters
- *     (microbatch.ts `shardsOf`). The gradients are reduce-scattered through a ring of a few shared slots (ring.ts):
- *     each replica writes the other shards' gradients of each micro-batch it computed, and sums its own shard's
- *     over all micro-batches in micro-batch order (microbatch.ts `OrderedSum`, the additions a single worker
- *     makes). Each squares its shard's sums; the main thread adds every parameter's square in model order into the
- *     global norm and hands it out; each replica clips and steps its shard — the ops one worker would run on those
- *     parameters — and the updated shards pass between replicas through the weight slot. Checkpoints gather the
- *     moments. With one micro-batch a step, only the main thread trains and the weights go out lazily, when a
- *     worker is next asked for something (eval).
+ *     or core speeds. With two or more micro-batches a step, the optimizer is sharded (ZeRO stage 1): replica w
+ *     keeps the moments of shard w of the parameters (microbatch.ts `shardsOf`). The gradients are reduce-scattered
+ *     through a ring of a few shared slots (ring.ts): each replica writes the other shards' gradients of each
+ *     micro-batch it computed, and sums its own shard's over all micro-batches in micro-batch order (microbatch.ts
+ *     `OrderedSum`, the additions a single worker makes). A replica left with nothing to compute takes LM head
+ *     weight-gradient blocks from one still computing (handoff.ts: the same products, the same bits). Each squares
+ *     its shard's sums; the main thread adds every parameter's square in model order into the global norm and
+ *     hands it out; each replica clips and steps its shard — the ops one worker would run on those parameters — and
+ *     the updated shards pass between replicas through the weight slot. Checkpoints gather the moments. With one
+ *     micro-batch a step, only the main thread trains and the weights go out lazily, when a worker is next asked
+ *     for something (eval).
  *   - the reference precompute and eval: whole batches, taken the same way from a counter, results in batch order;
  *     the pairs sit once in shared memory (pairpack.ts).
  * A micro-batch or batch computes the same bits on any worker (same backend, same weights, same function), so
