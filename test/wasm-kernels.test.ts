@@ -71,7 +71,7 @@ test('batched, transposed and broadcast matMuls equal the plain product', () => 
     // a transposed a: the same bits as transposing it first, whichever way the kernel runs it (sums over k in order)
     const explicit = tf.tidy(() => {
       const [x, y] = [tf.tensor3d(a, as as [number, number, number]), tf.tensor3d(b, bs as [number, number, number])]
-      return tf.matMul(ta ? tf.transpose(x, [0, 2, 1]) : x, tb ? tf.transpose(y, [0, 2, 1]) : y).dataSync()
+      return tf.matMul(tf.transpose(x, [0, 2, 1]), tb ? tf.transpose(y, [0, 2, 1]) : y).dataSync()
     })
     assert.equal([...got], [...explicit], `${as} x ${bs} (${ta}, ${tb}): bits`)
   }

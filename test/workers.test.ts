@@ -175,10 +175,10 @@ test('gradient ring: each replica gets its shard of every micro-batch, bit for b
   }
 })
 
-/** A pool of this thread and one worker thread over `model` (SFT); `kill` ends that worker as a crash would. */
 /** pools a test started: closed after it even when it fails, or their threads would keep the test process alive */
 const started: WorkerPool[] = []
 test.after.each(async () => void (await Promise.all(started.splice(0).map((p) => p.close()))))
+/** A pool of this thread and one worker thread over `model` (SFT); `kill` ends that worker as a crash would. */
 const twoWorkers = async (model: Model, o: { ringSlots?: number } = {}) => {
   const pool = (await WorkerPool.start(2, model, () => workerInit(model, 'wasm', sftObjective(), undefined, 2, ADAMW_DEFAULTS), o))!
   started.push(pool)

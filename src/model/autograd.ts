@@ -97,7 +97,7 @@ export function targetLogProbs(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Te
  * the parts of dW = hᵀ·g, one product per vocabulary block — computed once the rest of the backward pass is done,
  * where a replica that finished first can take some of them (ring.ts). `headWeightGrad` computes it here.
  */
-export type HeadBackward = { ready: tf.Tensor2D } | { hT: tf.Tensor2D; g: tf.Tensor2D[]; blocks: { v0: number; vb: number }[] }
+export type HeadBackward = { ready: tf.Tensor2D } | { hT: tf.Tensor2D; g: tf.Tensor2D[] }
 
 /** A vocabulary block's weight gradient hᵀ [D, N] · g [N, vb] → [D, vb]: the product a replica computes wherever it runs. */
 export const headBlockGrad = (hT: tf.Tensor2D, g: tf.Tensor2D): tf.Tensor2D => tf.matMul(hT, g)
@@ -175,10 +175,9 @@ export function blockedHeadLogProbs(h: tf.Tensor2D, w: tf.Tensor2D, targets: rea
           return g as tf.Tensor2D
         })
         negDy.dispose()
-        const parts = { hT, g: gs, blocks: blocks.map(({ v0, vb }) => ({ v0, vb })) }
         // the backward pass runs in a tidy: what is handed on outlives it
-        if (defer) return (defer({ ...parts, hT: tf.keep(hT), g: gs.map((g) => tf.keep(g)) }), [dh])
-        return [dh, headWeightGrad(parts)] // [N, D], [D, V]
+        if (defer) return (defer({ hT: tf.keep(hT), g: gs.map((g) => tf.keep(g)) }), [dh])
+        return [dh, headWeightGrad({ hT, g: gs })] // [N, D], [D, V]
       },
     }
   }

@@ -47,15 +47,21 @@ const [FREE, OWNER, GIVEN_AWAY, DONE] = [0, 1, 2, 4]
 /** How much longer than the longest micro-batch so far the pool makes the boards, so that slightly longer ones fit. */
 export const HANDOFF_ROOM = 1.25
 
-/** The shared memory of one replica's board, in bytes (without its control words): hᵀ, one g_b, and dW. */
-export const boardBytes = (hidden: number, vocab: number, block: number, maxTokens: number) => 4 * (hidden * maxTokens + maxTokens * block + hidden * vocab)
+/** The floats of one replica's board (its control words aside): hᵀ [D, maxTokens], one g_b [maxTokens, block], dW [D, V]. */
+const boardFloats = (hidden: number, vocab: number, block: number, maxTokens: number) => ({ hT: hidden * maxTokens, g: maxTokens * block, dw: hidden * vocab })
+
+/** The shared memory of one replica's board, in bytes (without its control words). */
+export const boardBytes = (hidden: number, vocab: number, block: number, maxTokens: number) => 4 * Object.values(boardFloats(hidden, vocab, block, maxTokens)).reduce((a, b) => a + b)
+
+/** Control words per board: the fixed ones and a state per block. */
+const boardWords = (vocab: number, block: number) => STATE + Math.ceil(vocab / block)
 
 export function handoffBuffers(replicas: number, hidden: number, vocab: number, block: number, maxTokens: number): HandoffBuffers {
-  const blocks = Math.ceil(vocab / block)
-  const each = (floats: number) => Array.from({ length: replicas }, () => new SharedArrayBuffer(floats * 4))
-  const ctrl = new SharedArrayBuffer(replicas * (STATE + blocks) * 4)
-  for (let r = 0; r < replicas; r++) new Int32Array(ctrl)[r * (STATE + blocks) + GIVEN] = -1 // closed, nothing given
-  return { ctrl, hT: each(hidden * maxTokens), g: each(maxTokens * block), dw: each(hidden * vocab), replicas, hidden, vocab, block, maxTokens }
+  const floats = boardFloats(hidden, vocab, block, maxTokens)
+  const each = (n: number) => Array.from({ length: replicas }, () => new SharedArrayBuffer(n * 4))
+  const ctrl = new SharedArrayBuffer(replicas * boardWords(vocab, block) * 4)
+  for (let r = 0; r < replicas; r++) new Int32Array(ctrl)[r * boardWords(vocab, block) + GIVEN] = -1 // closed, nothing given
+  return { ctrl, hT: each(floats.hT), g: each(floats.g), dw: each(floats.dw), replicas, hidden, vocab, block, maxTokens }
 }
 
 /** One replica's view of every board: its own (as owner) and the others' (to take from). */
@@ -167,7 +173,7 @@ export class Handoff {
   }
 
   private board(r: number): Int32Array {
-    const n = STATE + this.blocks
+    const n = boardWords(this.b.vocab, this.b.block)
     return new Int32Array(this.b.ctrl, r * n * 4, n)
   }
 

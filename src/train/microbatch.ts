@@ -42,12 +42,11 @@ export async function microBatchGrads(model: Model, objective: Objective, pairs:
     stats = r.stats
     return r.loss
   }, trainable.filter(([name]) => !deferred || name !== HEAD).map(([, p]) => p))), o.dropoutSeed)
-  if (heads.length > 1) throw new Error(`microBatchGrads: ${heads.length} LM head passes in one micro-batch; one is handled`)
+  if (deferred && heads.length !== 1) throw new Error(`microBatchGrads: ${heads.length} LM head passes in one micro-batch; one is handled`)
   const [lossData, batchStats] = await Promise.all([value.data(), stats!()]) // one wait for the device
   value.dispose()
   const out = new Map(trainable.map(([name, p]) => [name, grads[p.name]!]))
-  // no head pass (no scored token): the head gets a zero gradient
-  if (deferred) out.set(HEAD, heads[0] ? await (o.headGrad ?? (async (d) => headWeightGrad(d)))(heads[0]) : tf.zerosLike(model.params.get(HEAD)!))
+  if (deferred) out.set(HEAD, await (o.headGrad ?? (async (d) => headWeightGrad(d)))(heads[0]!))
   return { grads: out, stats: { ...batchStats, loss: lossData[0]! * o.ga } }
 }
 

@@ -128,10 +128,10 @@ export class WorkerPool {
     const earlier = Promise.all(this.updating.splice(0))
     const k = Math.min(ringSlots(ga, this.size), this.maxRingSlots)
     if ((this.ringBuffers?.slots.length ?? 0) < k) this.ringBuffers = { ...ringBuffers(this.model, this.size, k), handoff: this.ringBuffers?.handoff }
-    const tokens = Math.max(...jobs.map((j) => j.pairs.reduce((n, p) => n + p.chosenIds.length + p.rejectedIds.length, 0))) // ≥ the scored tokens
-    if (this.handoff && headDeferrable(this.model) && (this.ringBuffers!.handoff?.maxTokens ?? 0) < tokens) {
+    if (this.handoff && headDeferrable(this.model)) {
+      const tokens = Math.max(...jobs.map((j) => j.pairs.reduce((n, p) => n + p.chosenIds.length + p.rejectedIds.length, 0))) // ≥ the scored tokens
       const c = this.model.config
-      this.ringBuffers!.handoff = handoffBuffers(this.size, c.hiddenSize, c.vocabSize, HEAD_VOCAB_BLOCK, Math.ceil(tokens * HANDOFF_ROOM))
+      if ((this.ringBuffers!.handoff?.maxTokens ?? 0) < tokens) this.ringBuffers!.handoff = handoffBuffers(this.size, c.hiddenSize, c.vocabSize, HEAD_VOCAB_BLOCK, Math.ceil(tokens * HANDOFF_ROOM))
     }
     const [ring, weightSlot] = [this.ringBuffers!, (this.weightSlot ??= new SharedArrayBuffer(slotFloats(this.model) * 4))]
     this.failed = undefined

@@ -155,8 +155,8 @@ export function dryRunReport(run: Run): string {
  * optimizer state and of the running gradient sum (its shard: the sum is reduce-scattered), activations, one
  * micro-batch's gradients and its shard of one micro-batch that came early (OrderedSum; more while one micro-batch
  * takes several times as long as the others); the ring's slots (ring.ts: two per worker, at most GA), one weight
- * slot and, with a trained untied LM head, a hand-off board per replica (handoff.ts) are shared, whatever the GA. GA 1: only this thread trains; the others hold the weights, to score and
- * evaluate with.
+ * slot and, with a trained untied LM head, a hand-off board per replica (handoff.ts) are shared, whatever the GA.
+ * GA 1: only this thread trains; the others hold the weights, to score and evaluate with.
  */
 function workersLine(row: PlanRow, ga: number, w: { n: number; why: string }, board: number): string {
   const gb = (x: number) => `${(x / 1e9).toFixed(2)} GB`
