@@ -33,7 +33,8 @@ test('bench dpo --paired with 2 workers: the one-worker steps timed apart, the s
   // --compare-handoff: the same workers without the LM head's hand-off, timed apart, with the same weights
   assert.is(r.no_handoff_same_weights, true)
   assert.ok(Math.abs((r.handoff_speedup as number) - (r.pairs_per_second as number) / (r.no_handoff_pairs_per_second as number)) < 0.01)
-  assert.equal(r.head_blocks_taken, [0, 0]) // per timed step; a 300-token vocabulary is one block: nothing to share out
+  // per timed step; a 300-token vocabulary is one block: the other replica's, or none
+  assert.ok((r.head_blocks_taken as number[]).length === 2 && (r.head_blocks_taken as number[]).every((n) => n === 0 || n === 1), String(r.head_blocks_taken))
   assert.is(r.tensors_flat, true)
   assert.is(r.one_worker_same_weights, true) // the same micro-batches on one worker: the same weights, bit for bit
   const [two, one] = [r.pairs_per_second as number, r.one_worker_pairs_per_second as number]

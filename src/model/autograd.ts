@@ -95,7 +95,7 @@ export function targetLogProbs(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Te
  * The LM head's weight gradient of one backward pass, handed to whoever asked for it (logprobs.ts
  * `deferringHeadGrad`) instead of returned to autograd: either `ready` (the chunked head computes it as it goes), or
  * the parts of dW = hᵀ·g, one product per vocabulary block — computed once the rest of the backward pass is done,
- * where a replica that finished first can take some of them (ring.ts). `headWeightGrad` computes it here.
+ * where a replica that finished first can take some of them (handoff.ts, from as soon as they are handed on). `headWeightGrad` computes it here.
  */
 export type HeadBackward = { ready: tf.Tensor2D } | { hT: tf.Tensor2D; g: tf.Tensor2D[] }
 

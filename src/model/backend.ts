@@ -72,9 +72,19 @@ export function checkTensorBytes(what: string, bytes: number, fix: string): void
  * two workers exchange, against ~10 ms to copy into memory already touched (README "Workers").
  */
 export async function readInto(t: tf.Tensor, out: Float32Array): Promise<void> {
+  if (!readIntoSync(t, out)) out.set((await t.data()) as Float32Array)
+}
+
+/**
+ * readInto from code that cannot wait (a gradient function, inside the backward pass): false, with nothing copied,
+ * where the backend reads only asynchronously — webgpu, whose readSync draws through an OffscreenCanvas that Node
+ * does not have. The rest read synchronously (wasm from its heap, cpu and tensorflow through dataSync).
+ */
+export function readIntoSync(t: tf.Tensor, out: Float32Array): boolean {
   if (t.dtype !== 'float32' || out.length !== t.size) throw new Error(`readInto: a float32 tensor of ${t.size} values into ${out.length}`)
-  if (current?.active === 'wasm') out.set(heapView(t))
-  else out.set((await t.data()) as Float32Array)
+  if (current?.active === 'webgpu') return false
+  out.set(current?.active === 'wasm' ? heapView(t) : (t.dataSync() as Float32Array))
+  return true
 }
 
 /**

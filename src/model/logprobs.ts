@@ -70,7 +70,7 @@ let deferTo: ((d: HeadBackward) => void) | undefined
  * Run `f` (a forward and backward pass, tf.variableGrads without the head's weights) with the LM head's weight
  * gradient left out of autograd: each head the forward runs hands it to `to` in the backward, as a HeadBackward
  * (autograd.ts), for the caller to compute once the rest of the backward is done — where a replica that finished
- * first can take some of it (ring.ts). Only for a headDeferrable model; every other pass returns its gradients as usual.
+ * first can take some of it (handoff.ts). Only for a headDeferrable model; every other pass returns its gradients as usual.
  */
 export function deferringHeadGrad<T>(to: (d: HeadBackward) => void, f: () => T): T {
   deferTo = to

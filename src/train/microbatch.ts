@@ -28,16 +28,25 @@ export const trainableParams = (model: Model): [string, tf.Variable][] => [...mo
 export const dropoutSeed = (seed: number, k: number) => seed * 1_000_003 + k
 
 /**
- * One micro-batch's gradients of every trainable parameter, and its stats. An untied, trained LM head's weight
- * gradient is computed last, after the rest of the backward pass (logprobs.ts `deferringHeadGrad`), by `headGrad`:
- * here by default, or with a replica that finished its share first taking part of it (ring.ts) — the same bits.
+ * Where a deferred LM head weight gradient goes: `open` gets its parts as the head's backward hands them on (inside
+ * the backward pass), `headGrad` computes it after the rest of the backward pass (handoff.ts: the parts shared out).
  */
-export async function microBatchGrads(model: Model, objective: Objective, pairs: PairIds[], ref: PairLogps | undefined, o: { padId: number; ga: number; scale: number; dropoutSeed: number; headGrad?: (d: HeadBackward) => Promise<tf.Tensor> }): Promise<{ grads: Map<string, tf.Tensor>; stats: BatchStats }> {
+export interface HeadGrad {
+  open(d: HeadBackward): void
+  headGrad(d: HeadBackward): Promise<tf.Tensor>
+}
+
+/**
+ * One micro-batch's gradients of every trainable parameter, and its stats. An untied, trained LM head's weight
+ * gradient is computed last, after the rest of the backward pass (logprobs.ts `deferringHeadGrad`): here by default,
+ * or by `head`, with a replica that finished its share first taking part of it (handoff.ts) — the same bits.
+ */
+export async function microBatchGrads(model: Model, objective: Objective, pairs: PairIds[], ref: PairLogps | undefined, o: { padId: number; ga: number; scale: number; dropoutSeed: number; head?: HeadGrad }): Promise<{ grads: Map<string, tf.Tensor>; stats: BatchStats }> {
   const trainable = trainableParams(model)
   const deferred = headDeferrable(model)
   const heads: HeadBackward[] = []
   let stats: (() => Promise<Omit<BatchStats, 'loss'>>) | undefined
-  const { value, grads } = withAdapters(model, true, () => deferringHeadGrad((d) => heads.push(d), () => tf.variableGrads(() => {
+  const { value, grads } = withAdapters(model, true, () => deferringHeadGrad((d) => (heads.push(d), o.head?.open(d)), () => tf.variableGrads(() => {
     const r = objective.step(model, pairs, ref, o.padId, o.scale)
     stats = r.stats
     return r.loss
@@ -46,7 +55,7 @@ export async function microBatchGrads(model: Model, objective: Objective, pairs:
   const [lossData, batchStats] = await Promise.all([value.data(), stats!()]) // one wait for the device
   value.dispose()
   const out = new Map(trainable.map(([name, p]) => [name, grads[p.name]!]))
-  if (deferred) out.set(HEAD, await (o.headGrad ?? (async (d) => headWeightGrad(d)))(heads[0]!))
+  if (deferred) out.set(HEAD, await (o.head ? o.head.headGrad(heads[0]!) : headWeightGrad(heads[0]!)))
   return { grads: out, stats: { ...batchStats, loss: lossData[0]! * o.ga } }
 }
 

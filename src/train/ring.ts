@@ -51,7 +51,7 @@ export class Ring {
   private readonly n: number
   /** where a slot's embedding rows start, in bytes: after the floats */
   private readonly rowsAt: number
-  /** the LM head's weight gradient shared out at the end of a micro-batch (handoff.ts), on the ring's version */
+  /** the boards on which a micro-batch's LM head weight gradient is shared out (handoff.ts), on the ring's version */
   readonly handoff: Handoff | undefined
 
   constructor(private readonly model: Model, private readonly buffers: RingBuffers, private readonly me: number, private readonly shard: Shard, private readonly wait: Wait) {
@@ -101,7 +101,7 @@ export class Ring {
     for (;;) {
       const v = Atomics.load(this.ctrl, 0)
       this.consume(sum)
-      if (sum.added >= ga) return this.handoff?.leave()
+      if (sum.added >= ga) return
       if (await this.handoff?.take()) continue
       await this.wait(this.ctrl, v)
     }

@@ -28,7 +28,6 @@ import { formatPlan, memoryPlan, type PlanRow } from './plan.ts'
 import { workerCount } from './workers.ts'
 import { ringSlots } from './ring.ts'
 import { HANDOFF_ROOM, boardBytes } from './handoff.ts'
-import { HEAD_VOCAB_BLOCK } from '../model/logprobs.ts'
 import type { DataArgs, TRAIN_SCHEMA, TrainerArgs } from './schema.ts'
 
 export type Stage = 'sft' | 'dpo'
@@ -174,7 +173,7 @@ function workersLine(row: PlanRow, ga: number, w: { n: number; why: string }, bo
 
 /** One replica's hand-off board (handoff.ts), as the pool sizes it for micro-batches of `tokens`; none when the head is frozen or tied. */
 function handoffBoard(c: ModelConfig, lora: boolean, tokens: number): number {
-  return lora || c.tieWordEmbeddings ? 0 : boardBytes(c.hiddenSize, c.vocabSize, HEAD_VOCAB_BLOCK, Math.ceil(tokens * HANDOFF_ROOM))
+  return lora || c.tieWordEmbeddings ? 0 : boardBytes(c.hiddenSize, c.vocabSize, Math.ceil(tokens * HANDOFF_ROOM))
 }
 
 /** The starting policy, with LoRA adapters added (base frozen) when the recipe enables them. */

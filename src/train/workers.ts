@@ -32,7 +32,6 @@ import type { PairPack } from './pairpack.ts'
 import type { WorkerPool } from './pool.ts'
 import { OrderedSum, microBatchGrads, touchedRows } from './microbatch.ts'
 import type { Ring, RingBuffers } from './ring.ts'
-import type { HeadBackward } from '../model/autograd.ts'
 import type { OptimConfig } from './optim.ts'
 
 export interface WorkerInit {
@@ -141,8 +140,8 @@ export async function takeShare(model: Model, objective: Objective, jobs: Job[],
     for (const k of taken(jobs.length, next, o.first)) {
       o.ring?.consume(sum)
       const j = jobs[k]!
-      const headGrad = o.ring?.handoff && ((d: HeadBackward) => o.ring!.handoff!.headGrad(d)) // blocks shared out as others finish
-      const { grads, stats } = await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, scale: j.scale, dropoutSeed: j.dropoutSeed, headGrad })
+      // the LM head's dW blocks shared out: others take them as they finish
+      const { grads, stats } = await microBatchGrads(model, objective, j.pairs, j.ref, { padId: o.padId, ga: o.ga, scale: j.scale, dropoutSeed: j.dropoutSeed, head: o.ring?.handoff })
       if (o.ring) await o.ring.share(j.a, grads, touchedRows(model, j.pairs, o.padId), sum)
       else sum.add(j.a, grads)
       computed.push({ a: j.a, stats })
