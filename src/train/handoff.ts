@@ -1,8 +1,9 @@
 /**
  * The LM head's weight gradient, shared out (the all-reduce step of workers.ts): a replica that has finished its
  * share of the step computes vocabulary blocks of another's dW = hᵀ·g instead of waiting for it. On this 2-core VM
- * one replica often finishes 0.1–0.7 s before the other (which core is slower changes from minute to minute), and
- * the head's dW is ~0.3 s of a tiny-bench micro-batch. Written by hand: no library does this; it is Atomics over
+ * one replica often finishes 0.1–0.7 s before the other (which core is slower changes from minute to minute), with
+ * real data's spread of lengths two micro-batches differ in work anyway, and the head's dW is ~0.3 s of a tiny-bench
+ * micro-batch. Written by hand: no library does this; it is Atomics over
  * shared memory, like ring.ts, whose version counter and wait it shares.
  *
  * The head's backward runs first in the backward pass; its dW is left out of autograd (logprobs.ts
