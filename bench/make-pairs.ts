@@ -1,5 +1,5 @@
 // The standard DPO bench set: pre-tokenized pairs of ~128 prompt + ~128 completion tokens (vocab 32000, seeded),
-// with reference log-probs, as JSONL. With --varied, lengths spread the way real data's do (prompts 60–199,
+// with reference log-probs, as JSONL. With --varied, lengths spread the way real data's do (prompts 61–200,
 // chosen 41–300, rejected 41–240 tokens), so that two micro-batches of a step differ in work: what the LM head
 // hand-off (src/train/handoff.ts) evens out. Usage: tsx bench/make-pairs.ts <out.jsonl> [pairs] [--varied]
 import { writeFileSync } from 'node:fs'

@@ -212,7 +212,7 @@ test("LM head blocks: a replica that finished first computes some of the other's
   const rng = Rng.fromKey('handoff-pairs')
   const long = () => Array.from({ length: 400 }, () => 3 + rng.int(31990))
   // this thread takes micro-batch 0 (one short pair), the worker micro-batch 1 (three long ones, 8 vocabulary blocks of
-  // ~1200 tokens): this thread is done long before the worker's head, and waits for its blocks
+  // ~1200 tokens): this thread is done long before the worker's head hands its blocks on, and takes some of them
   const jobs = [
     { a: 0, pairs: [{ promptIds: [1, 5], chosenIds: [7, 2], rejectedIds: [] }], scale: 4, dropoutSeed: 0 },
     { a: 1, pairs: [0, 1, 2].map(() => ({ promptIds: [1, 9], chosenIds: long(), rejectedIds: [] })), scale: 4, dropoutSeed: 0 },

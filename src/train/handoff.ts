@@ -80,17 +80,14 @@ export class Handoff {
 
   /** The owner's side, inside the backward pass as the head hands its parts on: open the board, if they fit and the backend reads here. */
   open(d: HeadBackward): void {
-    if (!this.fits(d) || !readIntoSync(d.hT, this.hTView(this.me, d.hT.shape[1]))) return
-    d.g.forEach((g, i) => readIntoSync(g, this.gView(this.me, i, g.shape[0])))
-    this.publish(d)
+    if (this.fits(d) && this.copies(d).every(([t, to]) => readIntoSync(t, to))) this.publish(d)
   }
 
   /** The owner's side, after the rest of the backward pass: the head's weight gradient [D, V], the blocks taken by others read back. */
   async headGrad(d: HeadBackward): Promise<tf.Tensor> {
     if (!this.fits(d)) return headWeightGrad(d)
     if (this.opened !== d) {
-      await readInto(d.hT, this.hTView(this.me, d.hT.shape[1]))
-      for (const [i, g] of d.g.entries()) await readInto(g, this.gView(this.me, i, g.shape[0]))
+      for (const [t, to] of this.copies(d)) await readInto(t, to)
       this.publish(d)
     }
     this.opened = undefined
@@ -123,6 +120,12 @@ export class Handoff {
   /** Blocked-head parts that fit the board (the chunked head's dW comes `ready`). */
   private fits(d: HeadBackward): d is Extract<HeadBackward, { g: tf.Tensor2D[] }> {
     return !('ready' in d) && d.hT.shape[1] <= this.b.maxTokens && d.g.length === this.blocks
+  }
+
+  /** Each part and its place on this replica's board: hᵀ, then every block's g. */
+  private copies(d: Extract<HeadBackward, { g: tf.Tensor2D[] }>): [tf.Tensor, Float32Array][] {
+    const N = d.hT.shape[1]
+    return [[d.hT, this.hTView(this.me, N)], ...d.g.map((g, i): [tf.Tensor, Float32Array] => [g, this.gView(this.me, i, N)])]
   }
 
   /** The parts are on the board: free its blocks. */
